@@ -1,0 +1,56 @@
+# tokenagent: the two newcomer commands are `make demo` and `make test`.
+# Both install what they need first (Debian packages, then a virtualenv).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+# Debian 12 packages the tool and its tests use:
+#   softhsm2          the test token (libsofthsm2.so, softhsm2-util)
+#   opensc            pkcs11-tool (independent listings), opensc-pkcs11 (smart cards), pkcs11-spy.so
+#   gnutls-bin        p11tool (second independent listing)
+#   pcscd, swig, libpcsclite-dev, gcc, python3-dev   PC/SC daemon and what pyscard needs to build
+#   libengine-pkcs11-openssl   OpenSSL engine to use token keys by pkcs11: URI
+#   openssl, python3-venv, make, p11-kit
+APT_PACKAGES := softhsm2 opensc opensc-pkcs11 gnutls-bin pcscd swig libpcsclite-dev gcc python3-dev \
+	libengine-pkcs11-openssl openssl python3-venv make p11-kit
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup apt venv demo test lint bench clean
+
+setup: apt venv
+
+# Installs only what is missing, so a second run does not touch apt at all.
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+demo: setup
+	@bash softhsm/demo.sh
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check tokenagent tests softhsm
+	$(BIN)/ruff format --check tokenagent tests softhsm
+
+bench: setup
+	@if [ -d benchmarks ]; then $(BIN)/python -m benchmarks; else echo "no benchmarks yet"; fi
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -1,0 +1,149 @@
+"""Test harness: one private SoftHSM instance per test session, real tokens, no PKCS#11 mocks.
+
+The instance is made by softhsm/softhsm-env.sh (the same script people use by hand) before any
+test loads a PKCS#11 module, because SoftHSM reads SOFTHSM2_CONF once, at C_Initialize.
+
+Tokens (user PIN 1234, SO PIN 87654321 unless said otherwise):
+  ta-main     keys and a certificate made by pkcs11-tool (an independent tool), read-only for tests
+  ta-second   empty
+  ta-twin x2  two tokens with the same label, for ambiguity
+  ta-login    for wrong-PIN tests (its PIN state flags change)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+USER_PIN = "1234"
+SO_PIN = "87654321"
+TOKENS = ["ta-main", "ta-second", "ta-twin", "ta-twin", "ta-login"]
+
+
+@dataclass(frozen=True)
+class SoftHSM:
+    directory: Path
+    conf: Path
+    module: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(SOFTHSM2_CONF=str(self.conf), TOKENAGENT_MODULE=self.module)
+        env.pop("TOKENAGENT_PIN_SOURCE", None)
+        env.update(extra)
+        return env
+
+
+def make_softhsm(directory: Path, labels: list[str]) -> SoftHSM:
+    """Run the shell harness; twins (repeated labels) are created by softhsm2-util directly."""
+    script = ROOT / "softhsm" / "softhsm-env.sh"
+    unique = list(dict.fromkeys(labels))
+    out = subprocess.run(
+        ["bash", str(script), str(directory), *unique], check=True, capture_output=True, text=True
+    ).stdout
+    exports = dict(re.findall(r"^export (\w+)=(.*)$", out, flags=re.M))
+    conf, module = exports["SOFTHSM2_CONF"], exports["TOKENAGENT_MODULE"]
+    for label in {lab for lab in labels if labels.count(lab) > 1}:
+        for _ in range(labels.count(label) - 1):
+            subprocess.run(
+                ["softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", SO_PIN, "--pin", USER_PIN],
+                check=True,
+                capture_output=True,
+                env={**os.environ, "SOFTHSM2_CONF": conf},
+            )
+    return SoftHSM(directory=directory, conf=Path(conf), module=module)
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHSM]:
+    instance = make_softhsm(tmp_path_factory.mktemp("softhsm"), TOKENS)
+    saved = {k: os.environ.get(k) for k in ("SOFTHSM2_CONF", "TOKENAGENT_MODULE", "TOKENAGENT_PIN_SOURCE")}
+    os.environ["SOFTHSM2_CONF"] = str(instance.conf)
+    os.environ["TOKENAGENT_MODULE"] = instance.module
+    os.environ.pop("TOKENAGENT_PIN_SOURCE", None)
+    populate_main_token(instance)
+    yield instance
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def pkcs11_tool(instance: SoftHSM, *args: str, token: str = "ta-main", login: bool = True) -> str:
+    command = ["pkcs11-tool", "--module", instance.module, "--token-label", token]
+    if login:
+        command += ["--login", "--pin", USER_PIN]
+    result = subprocess.run(
+        [*command, *args], capture_output=True, text=True, env=instance.env(), check=False
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"pkcs11-tool {' '.join(args)} failed: {result.stderr}")
+    return result.stdout
+
+
+def populate_main_token(instance: SoftHSM) -> None:
+    """Keys and a certificate on ta-main, made by pkcs11-tool and openssl (tools we did not write)."""
+    pkcs11_tool(instance, "--keypairgen", "--key-type", "rsa:2048", "--id", "01", "--label", "rsa-key",
+                "--usage-sign", "--usage-decrypt")
+    pkcs11_tool(instance, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "02", "--label", "ec-key",
+                "--usage-sign")
+    work = instance.directory / "cert"
+    work.mkdir(exist_ok=True)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(work / "k.pem"), "-out", str(work / "c.pem"), "-subj", "/CN=tokenagent test/O=Test",
+         "-days", "30"],
+        check=True, capture_output=True,
+    )
+    subprocess.run(
+        ["openssl", "x509", "-in", str(work / "c.pem"), "-outform", "DER", "-out", str(work / "c.der")],
+        check=True, capture_output=True,
+    )
+    pkcs11_tool(instance, "--write-object", str(work / "c.der"), "--type", "cert", "--id", "03",
+                "--label", "test-cert")
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
+            pass_fds: tuple[int, ...] = ()) -> Run:
+    """Run the real console entry point in a child process (stdin is never a TTY here)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tokenagent", *args],
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        pass_fds=pass_fds,
+        timeout=120,
+        check=False,
+    )
+    return Run(result.returncode, result.stdout, result.stderr)
+
+
+@pytest.fixture()
+def cli(softhsm: SoftHSM):
+    def invoke(*args: str, **extra_env: str) -> Run:
+        return run_cli(*args, env=softhsm.env(**extra_env))
+
+    return invoke
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None

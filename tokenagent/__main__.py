@@ -1,0 +1,3 @@
+from tokenagent.cli import main
+
+main()

@@ -1,0 +1,103 @@
+"""The `tokenagent` command: a thin click layer over the library.
+
+Command modules are imported only when their command runs (and nothing heavy is imported at
+module level anywhere in cli/), so `tokenagent --help` costs Python start-up plus click.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from importlib import import_module
+
+import click
+
+from tokenagent import __version__
+from tokenagent.cli.state import STATE
+from tokenagent.errors import Interrupted, TokenAgentError
+
+# name -> (module, attribute, one-line help shown by `tokenagent --help` without importing it)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "tokens": ("tokenagent.cli.tokens", "tokens", "List PKCS#11 modules, slots and tokens."),
+    "objects": ("tokenagent.cli.objects", "objects", "List keys and certificates on a token."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS:
+            module, attribute, _ = COMMANDS[cmd_name]
+            command: click.Command = getattr(import_module(module), attribute)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in sorted(COMMANDS)]
+        rows += [(name, cmd.get_short_help_str()) for name, cmd in sorted(self.commands.items())]
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(rows))
+
+
+class _StderrFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"tokenagent: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _configure_logging(verbose: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_StderrFormatter())
+    logger = logging.getLogger("tokenagent")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tokenagent")
+@click.option("-v", "--verbose", count=True, help="More detail; -v also shows tracebacks on errors.")
+def cli(verbose: int) -> None:
+    """certreq for PKCS#11 smart cards and HSMs.
+
+    Keys are generated on the token, requests are signed on the token, and issued certificates
+    go back onto the token next to their keys. Exit codes: see docs/exit-codes.md.
+    """
+    STATE.verbose = verbose
+    _configure_logging(verbose)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one-line errors with stable exit codes; tracebacks only with -v."""
+    try:
+        cli.main(args=argv, prog_name="tokenagent", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _fail(Interrupted("interrupted"))
+    except KeyboardInterrupt:
+        _fail(Interrupted("interrupted"))
+    except TokenAgentError as exc:
+        _fail(exc)
+    except Exception as exc:  # a bug: still one line, the traceback behind -v
+        if STATE.verbose:
+            traceback.print_exc()
+        message = f"internal error: {type(exc).__name__}: {exc} (rerun with -v and report it)"
+        _fail(TokenAgentError(message))
+    sys.exit(0)
+
+
+def _fail(exc: TokenAgentError) -> None:
+    if STATE.verbose and exc.__traceback__ is not None:
+        traceback.print_exception(exc)
+    if STATE.json:
+        import json
+
+        click.echo(json.dumps(exc.to_json()))
+    click.echo(f"tokenagent: error: {exc.one_line()}", err=True)
+    sys.exit(exc.exit_code)

@@ -1,0 +1,270 @@
+"""Loading PKCS#11 modules and naming their tokens.
+
+`load_module` keeps one loaded library per real path for the life of the process: C_Initialize
+is not cheap on real middleware, and a second C_Initialize of the same library fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import pkcs11
+from pkcs11 import SlotFlag, TokenFlag
+from pkcs11.exceptions import PKCS11Error
+
+from tokenagent.errors import AmbiguousTokenError, ModuleError, TokenNotFoundError, TokenOperationError
+from tokenagent.token.modules import ModuleRef, discover_modules
+from tokenagent.token.uri import Pkcs11Uri, is_pkcs11_uri, parse_uri
+
+log = logging.getLogger("tokenagent")
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    return str(value).rstrip("\x00 ").strip()
+
+
+@dataclass
+class LoadedModule:
+    ref: ModuleRef
+    lib: pkcs11.lib
+
+    @property
+    def path(self) -> str:
+        return self.ref.path
+
+    @property
+    def description(self) -> str:
+        return _text(self.lib.library_description)
+
+    @property
+    def manufacturer(self) -> str:
+        return _text(self.lib.manufacturer_id)
+
+    @property
+    def library_version(self) -> str:
+        major, minor = self.lib.library_version
+        return f"{major}.{minor}"
+
+    @property
+    def cryptoki_version(self) -> str:
+        major, minor = self.lib.cryptoki_version
+        return f"{major}.{minor}"
+
+
+_loaded: dict[str, LoadedModule] = {}
+
+
+def load_module(ref: ModuleRef) -> LoadedModule:
+    cached = _loaded.get(ref.path)
+    if cached is not None:
+        return cached
+    try:
+        lib = pkcs11.lib(ref.path)
+    except (OSError, PKCS11Error, RuntimeError) as exc:
+        raise ModuleError(f"cannot load PKCS#11 module {ref.path}: {_reason(exc)}") from exc
+    module = LoadedModule(ref=ref, lib=lib)
+    _loaded[ref.path] = module
+    return module
+
+
+@dataclass
+class TokenHandle:
+    """A token in a slot of a loaded module: what selection returns and sessions open."""
+
+    module: LoadedModule
+    slot: pkcs11.Slot
+    token: pkcs11.Token
+
+    @property
+    def slot_id(self) -> int:
+        return int(self.slot.slot_id)
+
+    @property
+    def label(self) -> str:
+        return _text(self.token.label)
+
+    @property
+    def serial(self) -> str:
+        return _text(self.token.serial)
+
+    @property
+    def manufacturer(self) -> str:
+        return _text(self.token.manufacturer_id)
+
+    @property
+    def model(self) -> str:
+        return _text(self.token.model)
+
+    @property
+    def flags(self) -> TokenFlag:
+        return self.token.flags
+
+    @property
+    def initialized(self) -> bool:
+        return bool(self.token.flags & TokenFlag.TOKEN_INITIALIZED)
+
+    def refresh(self) -> TokenHandle:
+        """Re-read CK_TOKEN_INFO (PIN state flags change after every C_Login)."""
+        try:
+            self.token = self.slot.get_token()
+        except PKCS11Error as exc:
+            raise TokenOperationError(f"token '{self.label}' is no longer present: {_reason(exc)}") from exc
+        return self
+
+    def uri(self) -> Pkcs11Uri:
+        return Pkcs11Uri(
+            path={
+                "manufacturer": self.manufacturer,
+                "model": self.model,
+                "serial": self.serial,
+                "token": self.label,
+            }
+        )
+
+    def describe(self) -> str:
+        return f"'{self.label}' (serial {self.serial}, {self.model}, slot {self.slot_id})"
+
+
+@dataclass
+class SlotEntry:
+    module: LoadedModule
+    slot: pkcs11.Slot
+    token: TokenHandle | None
+
+    @property
+    def slot_id(self) -> int:
+        return int(self.slot.slot_id)
+
+    @property
+    def description(self) -> str:
+        return _text(self.slot.slot_description)
+
+    @property
+    def manufacturer(self) -> str:
+        return _text(self.slot.manufacturer_id)
+
+    @property
+    def flags(self) -> SlotFlag:
+        return self.slot.flags
+
+
+def list_slots(module: LoadedModule) -> list[SlotEntry]:
+    try:
+        slots = module.lib.get_slots(token_present=False)
+    except PKCS11Error as exc:
+        raise ModuleError(f"{module.path}: C_GetSlotList failed: {_reason(exc)}") from exc
+    entries = []
+    for slot in slots:
+        token = None
+        if slot.flags & SlotFlag.TOKEN_PRESENT:
+            try:
+                token = TokenHandle(module, slot, slot.get_token())
+            except PKCS11Error as exc:
+                log.warning("slot %s of %s: cannot read its token: %s", slot.slot_id, module.path, _reason(exc))
+        entries.append(SlotEntry(module, slot, token))
+    return entries
+
+
+def iter_tokens(modules: Sequence[LoadedModule]) -> Iterator[TokenHandle]:
+    for module in modules:
+        for entry in list_slots(module):
+            if entry.token is not None:
+                yield entry.token
+
+
+@dataclass(frozen=True)
+class TokenSelector:
+    """``--token``: a label, a serial number, or a ``pkcs11:`` URI; None means "the only token"."""
+
+    text: str | None
+    uri: Pkcs11Uri | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> TokenSelector:
+        if text is not None and is_pkcs11_uri(text):
+            return cls(text, parse_uri(text))
+        return cls(text or None)
+
+    def describe(self) -> str:
+        if self.uri is not None:
+            return str(self.uri.token_part())
+        return repr(self.text) if self.text else "(any)"
+
+    def matches(self, handle: TokenHandle) -> bool:
+        if self.uri is not None:
+            return _uri_matches(self.uri, handle)
+        if self.text is None:
+            return handle.initialized
+        return self.text in (handle.label, handle.serial)
+
+
+def _uri_matches(uri: Pkcs11Uri, handle: TokenHandle) -> bool:
+    module, entry_slot = handle.module, handle.slot
+    wanted: list[tuple[str, Callable[[], str]]] = [
+        ("token", lambda: handle.label),
+        ("serial", lambda: handle.serial),
+        ("manufacturer", lambda: handle.manufacturer),
+        ("model", lambda: handle.model),
+        ("slot-id", lambda: str(handle.slot_id)),
+        ("slot-description", lambda: _text(entry_slot.slot_description)),
+        ("slot-manufacturer", lambda: _text(entry_slot.manufacturer_id)),
+        ("library-manufacturer", lambda: module.manufacturer),
+        ("library-description", lambda: module.description),
+        ("library-version", lambda: module.library_version),
+    ]
+    return all(uri.path[name] == actual() for name, actual in wanted if name in uri.path)
+
+
+def modules_for(module_specs: Sequence[str], selector: TokenSelector) -> list[LoadedModule]:
+    """Load the modules to search: ``--module``, the URI's module-path/-name, or discovery."""
+    specs = list(module_specs)
+    if not specs and selector.uri is not None:
+        specs = [s for s in (selector.uri.module_path, selector.uri.module_name) if s][:1]
+    refs = discover_modules(specs)
+    loaded: list[LoadedModule] = []
+    errors: list[ModuleError] = []
+    for ref in refs:
+        try:
+            loaded.append(load_module(ref))
+        except ModuleError as exc:
+            if specs:  # a module the user named must load
+                raise
+            log.warning("%s", exc.one_line())
+            errors.append(exc)
+    if not loaded:
+        raise errors[0] if errors else ModuleError("no PKCS#11 module could be loaded")
+    return loaded
+
+
+def select_token(selector: TokenSelector, modules: Sequence[LoadedModule]) -> TokenHandle:
+    """The one token the selector names; a one-line error listing candidates otherwise."""
+    found = [handle for handle in iter_tokens(modules) if selector.matches(handle)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        present = [h.describe() for h in iter_tokens(modules) if h.initialized]
+        listed = "; ".join(present) if present else "none"
+        if selector.text is None:
+            raise TokenNotFoundError("no initialized token found (insert a card or give --module)")
+        raise TokenNotFoundError(f"no token matches {selector.describe()}; tokens present: {listed}")
+    candidates = "; ".join(h.describe() for h in found)
+    if selector.text is None:
+        raise AmbiguousTokenError(f"several tokens present, choose one with --token: {candidates}")
+    raise AmbiguousTokenError(
+        f"{len(found)} tokens match {selector.describe()}: {candidates}; use --token pkcs11:serial=..."
+    )
+
+
+def find_token(token: str | None, module_specs: Sequence[str] = ()) -> TokenHandle:
+    """Library entry point: `--token` and `--module` values to a `TokenHandle`."""
+    selector = TokenSelector.parse(token)
+    return select_token(selector, modules_for(module_specs, selector))
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

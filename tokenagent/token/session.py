@@ -1,0 +1,195 @@
+"""Sessions and the one login a run may make.
+
+The rules, in the order they are applied:
+1. Read the PIN state (CK_TOKEN_INFO flags) before anything else: a locked PIN is an error, a PIN
+   on its final try is refused unless ``force``, a low count is a warning.
+2. A PIN pad (CKF_PROTECTED_AUTHENTICATION_PATH) is used when the PIN source is ``pinpad``, or
+   when no PIN source is configured and the token has one: no PIN crosses the host then.
+3. Exactly one C_Login. A wrong PIN is reported, never retried: every retry burns a try on a
+   card that locks after three.
+
+Closing a session calls C_Logout in python-pkcs11, which logs out every session of that token
+in the process: keep one `TokenSession` per token per process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+import pkcs11
+from pkcs11 import TokenFlag
+from pkcs11.exceptions import (
+    PinExpired,
+    PinIncorrect,
+    PinInvalid,
+    PinLenRange,
+    PinLocked,
+    PKCS11Error,
+    TokenNotPresent,
+    TokenWriteProtected,
+    UserPinNotInitialized,
+)
+
+from tokenagent.errors import (
+    CapacityError,
+    PinError,
+    PinIncorrectError,
+    PinLockedError,
+    TokenNotFoundError,
+    TokenOperationError,
+)
+from tokenagent.token.library import TokenHandle
+from tokenagent.token.pins import PINPAD, Pin, PinSource, ProtectedAuthentication
+
+log = logging.getLogger("tokenagent")
+
+
+@dataclass(frozen=True)
+class PinState:
+    """The user-PIN part of CK_TOKEN_INFO.flags, as tokenagent reports it."""
+
+    initialized: bool
+    login_required: bool
+    protected_authentication_path: bool
+    count_low: bool
+    final_try: bool
+    locked: bool
+    to_be_changed: bool
+
+    @classmethod
+    def from_flags(cls, flags: int) -> PinState:
+        return cls(
+            initialized=bool(flags & TokenFlag.USER_PIN_INITIALIZED),
+            login_required=bool(flags & TokenFlag.LOGIN_REQUIRED),
+            protected_authentication_path=bool(flags & TokenFlag.PROTECTED_AUTHENTICATION_PATH),
+            count_low=bool(flags & TokenFlag.USER_PIN_COUNT_LOW),
+            final_try=bool(flags & TokenFlag.USER_PIN_FINAL_TRY),
+            locked=bool(flags & TokenFlag.USER_PIN_LOCKED),
+            to_be_changed=bool(flags & TokenFlag.USER_PIN_TO_BE_CHANGED),
+        )
+
+    def as_dict(self) -> dict[str, bool]:
+        return dict(self.__dict__)
+
+
+def check_pin_state(state: PinState, token_name: str, *, force: bool) -> list[str]:
+    """Refuse to try a PIN that cannot or should not be tried; return warnings to show."""
+    if not state.initialized:
+        raise PinError(f"token {token_name}: the user PIN is not initialized (initialize it with the SO PIN)")
+    if state.locked:
+        raise PinLockedError(f"token {token_name}: the user PIN is locked; unblock it with the SO PIN / PUK")
+    if state.final_try and not force:
+        raise PinLockedError(
+            f"token {token_name}: the user PIN is on its FINAL try; a wrong PIN now locks the token. "
+            "Not trying; rerun with --force if you are sure of the PIN"
+        )
+    warnings = []
+    if state.final_try:
+        warnings.append(f"token {token_name}: final PIN try (--force given)")
+    elif state.count_low:
+        warnings.append(f"token {token_name}: a wrong PIN was entered before; tries may be running low")
+    if state.to_be_changed:
+        warnings.append(f"token {token_name}: the user PIN must be changed")
+    return warnings
+
+
+class TokenSession:
+    """An open PKCS#11 session on one token, logged in as the user at most once."""
+
+    def __init__(self, handle: TokenHandle, session: pkcs11.Session, *, logged_in: bool, rw: bool) -> None:
+        self.handle = handle
+        self.session = session
+        self.logged_in = logged_in
+        self.rw = rw
+        #: kept only for CKA_ALWAYS_AUTHENTICATE keys (context-specific login); never logged.
+        self._pin: Pin | ProtectedAuthentication | None = None
+
+    def close(self) -> None:
+        try:
+            self.session.close()
+        except PKCS11Error as exc:  # a removed token cannot be logged out; nothing to undo
+            log.debug("closing session: %s", exc)
+
+    def __enter__(self) -> TokenSession:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def open_session(
+    handle: TokenHandle,
+    *,
+    login: bool,
+    pin_source: PinSource | None,
+    rw: bool = False,
+    force: bool = False,
+    on_warning: Callable[[str], None] | None = None,
+) -> TokenSession:
+    """Open one session; with ``login``, make exactly one C_Login attempt."""
+    warn = on_warning or (lambda message: log.warning("%s", message))
+    handle.refresh()
+    name = f"'{handle.label}'"
+    if not handle.initialized:
+        raise TokenNotFoundError(f"token in slot {handle.slot_id} is not initialized")
+    if rw and handle.flags & TokenFlag.WRITE_PROTECTED:
+        raise CapacityError(f"token {name} is write-protected")
+
+    credential: Pin | ProtectedAuthentication | None = None
+    state = PinState.from_flags(handle.flags)
+    if login:
+        for message in check_pin_state(state, name, force=force):
+            warn(message)
+        credential = _credential(state, pin_source, name)
+
+    try:
+        if credential is None:
+            session = handle.token.open(rw=rw)
+        elif isinstance(credential, ProtectedAuthentication):
+            warn(f"token {name}: enter the PIN on the reader's PIN pad")
+            session = handle.token.open(rw=rw, user_pin=pkcs11.PROTECTED_AUTH)
+        else:
+            session = handle.token.open(rw=rw, user_pin=credential.reveal())
+    except PinIncorrect:
+        raise PinIncorrectError(
+            f"wrong PIN for token {name}; tokenagent tried once and will not retry (tries may be limited)"
+        ) from None
+    except PinLocked:
+        raise PinLockedError(f"token {name}: the user PIN is locked") from None
+    except (PinLenRange, PinInvalid):
+        raise PinIncorrectError(f"token {name} rejected the PIN's length or characters") from None
+    except PinExpired:
+        raise PinError(f"token {name}: the PIN has expired and must be changed") from None
+    except UserPinNotInitialized:
+        raise PinError(f"token {name}: the user PIN is not initialized") from None
+    except TokenWriteProtected:
+        raise CapacityError(f"token {name} is write-protected") from None
+    except TokenNotPresent:
+        raise TokenNotFoundError(f"token {name} was removed") from None
+    except PKCS11Error as exc:
+        raise TokenOperationError(f"token {name}: cannot open a session: {type(exc).__name__}") from None
+    result = TokenSession(handle, session, logged_in=credential is not None, rw=rw)
+    result._pin = credential
+    return result
+
+
+def _credential(
+    state: PinState, pin_source: PinSource | None, name: str
+) -> Pin | ProtectedAuthentication | None:
+    if pin_source is not None and pin_source.kind == "pinpad":
+        if not state.protected_authentication_path:
+            raise PinError(f"token {name} has no PIN pad (protected authentication path)")
+        return PINPAD
+    if pin_source is None:
+        if state.protected_authentication_path:
+            return PINPAD
+        raise PinError(
+            f"token {name} needs a PIN and none can be asked for (stdin is not a terminal): "
+            "give --pin-source env:VAR, file:PATH or fd:N"
+        )
+    return pin_source.read(prompt=f"User PIN for token {name}: ")
