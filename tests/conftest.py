@@ -7,7 +7,7 @@ Tokens (user PIN 1234, SO PIN 87654321 unless said otherwise):
   ta-main     keys and a certificate made by pkcs11-tool (an independent tool), read-only for tests
   ta-second   empty
   ta-twin x2  two tokens with the same label, for ambiguity
-  ta-login    for wrong-PIN tests (its PIN state flags change)
+  ta-login    for PIN tests, user PIN LOGIN_PIN (its PIN state flags change)
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 USER_PIN = "1234"
 SO_PIN = "87654321"
-TOKENS = ["ta-main", "ta-second", "ta-twin", "ta-twin", "ta-login"]
+LOGIN_PIN = "login-Pin-4711"  # distinctive, so a leak check cannot match a serial number by chance
+TOKENS = ["ta-main", "ta-second", "ta-twin", "ta-twin", f"ta-login:{SO_PIN}:{LOGIN_PIN}"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,17 @@ def make_softhsm(directory: Path, labels: list[str]) -> SoftHSM:
     for label in {lab for lab in labels if labels.count(lab) > 1}:
         for _ in range(labels.count(label) - 1):
             subprocess.run(
-                ["softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", SO_PIN, "--pin", USER_PIN],
+                [
+                    "softhsm2-util",
+                    "--init-token",
+                    "--free",
+                    "--label",
+                    label.split(":")[0],
+                    "--so-pin",
+                    SO_PIN,
+                    "--pin",
+                    USER_PIN,
+                ],
                 check=True,
                 capture_output=True,
                 env={**os.environ, "SOFTHSM2_CONF": conf},
@@ -93,24 +104,69 @@ def pkcs11_tool(instance: SoftHSM, *args: str, token: str = "ta-main", login: bo
 
 def populate_main_token(instance: SoftHSM) -> None:
     """Keys and a certificate on ta-main, made by pkcs11-tool and openssl (tools we did not write)."""
-    pkcs11_tool(instance, "--keypairgen", "--key-type", "rsa:2048", "--id", "01", "--label", "rsa-key",
-                "--usage-sign", "--usage-decrypt")
-    pkcs11_tool(instance, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "02", "--label", "ec-key",
-                "--usage-sign")
+    pkcs11_tool(
+        instance,
+        "--keypairgen",
+        "--key-type",
+        "rsa:2048",
+        "--id",
+        "01",
+        "--label",
+        "rsa-key",
+        "--usage-sign",
+        "--usage-decrypt",
+    )
+    pkcs11_tool(
+        instance,
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--id",
+        "02",
+        "--label",
+        "ec-key",
+        "--usage-sign",
+    )
     work = instance.directory / "cert"
     work.mkdir(exist_ok=True)
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-         "-keyout", str(work / "k.pem"), "-out", str(work / "c.pem"), "-subj", "/CN=tokenagent test/O=Test",
-         "-days", "30"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(work / "k.pem"),
+            "-out",
+            str(work / "c.pem"),
+            "-subj",
+            "/CN=tokenagent test/O=Test",
+            "-days",
+            "30",
+        ],
+        check=True,
+        capture_output=True,
     )
     subprocess.run(
         ["openssl", "x509", "-in", str(work / "c.pem"), "-outform", "DER", "-out", str(work / "c.der")],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
-    pkcs11_tool(instance, "--write-object", str(work / "c.der"), "--type", "cert", "--id", "03",
-                "--label", "test-cert")
+    pkcs11_tool(
+        instance,
+        "--write-object",
+        str(work / "c.der"),
+        "--type",
+        "cert",
+        "--id",
+        "03",
+        "--label",
+        "test-cert",
+    )
 
 
 @dataclass
@@ -120,8 +176,9 @@ class Run:
     stderr: str
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
-            pass_fds: tuple[int, ...] = ()) -> Run:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None, pass_fds: tuple[int, ...] = ()
+) -> Run:
     """Run the real console entry point in a child process (stdin is never a TTY here)."""
     result = subprocess.run(
         [sys.executable, "-m", "tokenagent", *args],

@@ -21,7 +21,9 @@ CLASSES = ("private-key", "public-key", "secret-key", "certificate", "data")
     default=None,
     help="Log in to see private objects (default: when a PIN source is configured or stdin is a terminal).",
 )
-@click.option("--type", "types", multiple=True, type=click.Choice(CLASSES), help="Only objects of this class.")
+@click.option(
+    "--type", "types", multiple=True, type=click.Choice(CLASSES), help="Only objects of this class."
+)
 @json_option
 def objects(
     token: str | None,
@@ -53,6 +55,7 @@ def objects(
     if as_json:
         emit_json(
             {
+                "format_version": 1,
                 "token": {"label": handle.label, "serial": handle.serial, "uri": str(handle.uri())},
                 "logged_in": logged_in,
                 "objects": [_object_json(i) for i in infos],
@@ -89,14 +92,18 @@ def _object_json(info: object) -> dict[str, object]:
         )
     if info.object_class == "certificate":
         cert = info.certificate
-        data["certificate"] = None if cert is None else {
-            "subject": cert.subject,
-            "issuer": cert.issuer,
-            "serial": cert.serial,
-            "not_before": cert.not_before.isoformat() if cert.not_before else None,
-            "not_after": cert.not_after.isoformat() if cert.not_after else None,
-            "sha1_fingerprint": cert.sha1_fingerprint,
-        }
+        data["certificate"] = (
+            None
+            if cert is None
+            else {
+                "subject": cert.subject,
+                "issuer": cert.issuer,
+                "serial": cert.serial,
+                "not_before": cert.not_before.isoformat() if cert.not_before else None,
+                "not_after": cert.not_after.isoformat() if cert.not_after else None,
+                "sha1_fingerprint": cert.sha1_fingerprint,
+            }
+        )
     return data
 
 

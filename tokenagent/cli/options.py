@@ -63,7 +63,9 @@ def token_option(f: F) -> F:
 
 
 def pin_options(f: F) -> F:
-    f = click.option("--force", is_flag=True, help="Try the PIN even when the token says it is the final try.")(f)
+    f = click.option(
+        "--force", is_flag=True, help="Try the PIN even when the token says it is the final try."
+    )(f)
     f = click.option(
         "--pin",
         "literal_pin",

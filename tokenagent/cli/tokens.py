@@ -19,7 +19,7 @@ def tokens(modules: tuple[str, ...], mechanisms: bool, as_json: bool) -> None:
 
     reports = inventory(discover_modules(modules), mechanisms=mechanisms, strict=bool(modules))
     if as_json:
-        emit_json({"modules": [r.to_json() for r in reports]})
+        emit_json({"format_version": 1, "modules": [r.to_json() for r in reports]})
         return
     for report in reports:
         click.echo(f"Module {report.name}: {report.path}")

@@ -17,6 +17,7 @@ from tokenagent.token.library import LoadedModule, SlotEntry, TokenHandle, list_
 from tokenagent.token.modules import ModuleRef
 from tokenagent.token.session import PinState
 
+
 def flag_names(flags: int, enum: type[TokenFlag] | type[SlotFlag] | type[MechanismFlag]) -> list[str]:
     return [member.name for member in enum if member.value and flags & member.value == member.value]
 
@@ -59,7 +60,9 @@ def mechanisms_of(handle: TokenHandle) -> list[MechanismReport]:
         except (PKCS11Error, ValueError):
             low = high = None
             flags = 0
-        reports.append(MechanismReport(mechanism_name(value), value, low, high, flag_names(flags, MechanismFlag)))
+        reports.append(
+            MechanismReport(mechanism_name(value), value, low, high, flag_names(flags, MechanismFlag))
+        )
     return reports
 
 
@@ -184,5 +187,7 @@ def inventory(refs: list[ModuleRef], *, mechanisms: bool = False, strict: bool =
         except ModuleError as exc:
             if strict:
                 raise
-            reports.append(ModuleReport(name=ref.name, path=ref.path, source=ref.source, error=exc.one_line()))
+            reports.append(
+                ModuleReport(name=ref.name, path=ref.path, source=ref.source, error=exc.one_line())
+            )
     return reports

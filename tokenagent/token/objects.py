@@ -227,7 +227,9 @@ def summarize_certificate(der: bytes) -> CertificateSummary | None:
         return None
 
 
-def iter_objects(session: pkcs11.Session, attrs: dict[Attribute, Any] | None = None) -> Iterator[pkcs11.Object]:
+def iter_objects(
+    session: pkcs11.Session, attrs: dict[Attribute, Any] | None = None
+) -> Iterator[pkcs11.Object]:
     yield from session.get_objects(attrs or {})
 
 
