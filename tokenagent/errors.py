@@ -29,7 +29,9 @@ class TokenAgentError(Exception):
         """The message as printed: one line, with certreq's code when there is one."""
         text = " ".join(self.message.split())
         if self.hresult is not None:
-            text += f" (0x{self.hresult & 0xFFFFFFFF:08x})"
+            code = f"0x{self.hresult & 0xFFFFFFFF:08x}"
+            if code not in text and f"0x{self.hresult & 0xFFFFFFFF:x}" not in text:
+                text += f" ({code})"
         return text
 
     def to_json(self) -> dict[str, object]:

@@ -21,6 +21,7 @@ from tokenagent.errors import Interrupted, TokenAgentError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "tokens": ("tokenagent.cli.tokens", "tokens", "List PKCS#11 modules, slots and tokens."),
     "objects": ("tokenagent.cli.objects", "objects", "List keys and certificates on a token."),
+    "inf": ("tokenagent.cli.inf", "inf", "Read certreq INF policies (inf show FILE)."),
 }
 
 

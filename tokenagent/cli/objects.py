@@ -43,9 +43,10 @@ def objects(
     handle = find_token(token, modules)
     source = resolve_pin_source(pin_source, literal_pin, token)
     pin_state = PinState.from_flags(int(handle.flags))
+    asked = login is not None
     if login is None:  # a PIN pad needs no PIN source
         login = source is not None or pin_state.protected_authentication_path
-    if not login and pin_state.login_required:
+    if not login and not asked and pin_state.login_required:
         warn("not logged in: private objects (such as private keys) are not listed; use --pin-source")
     with open_session(handle, login=login, pin_source=source, force=force, on_warning=warn) as session:
         infos = list_objects(session.session, handle)

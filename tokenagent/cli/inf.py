@@ -1,0 +1,68 @@
+"""`tokenagent inf show FILE`: the resolved policy, field by field, with where each value came from."""
+
+from __future__ import annotations
+
+import click
+
+from tokenagent.cli.options import json_option
+from tokenagent.cli.output import emit_json, warn
+
+
+@click.group("inf")
+def inf() -> None:
+    """Read certreq INF policy files."""
+
+
+@inf.command("show")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=False))
+@json_option
+def show(file: str, as_json: bool) -> None:
+    """Print the policy FILE resolves to: every field, its value, and whether it came from the
+    file (with its line) or a default; then the warnings. Exit 3 if the INF has an error."""
+    from tokenagent.inf import load_policy
+
+    policy = load_policy(file)
+    data = policy.to_json()
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(f"Policy {file}")
+        for name, entry in data["policy"].items():
+            value = entry["value"]
+            if name == "subject" and value is not None:
+                value = value["text"]
+            elif name == "key_usage":
+                value = f"0x{value:x} ({', '.join(entry['names']) or 'none'})"
+            elif (
+                name in ("key_usage_property", "x500_name_flags", "subject_name_flags") and value is not None
+            ):
+                value = f"0x{value:x}"
+            elif name == "extensions":
+                continue
+            where = (
+                f"line {entry['line']}"
+                if entry["source"] == "file"
+                else f"default{': ' + entry['note'] if entry['note'] else ''}"
+            )
+            click.echo(f"  {name:<30} {_show(value):<44} [{where}]")
+        extensions = data["policy"]["extensions"]["value"]
+        click.echo(f"  extensions ({len(extensions)})")
+        for ext in extensions:
+            critical = ", critical" if ext["critical"] else ""
+            click.echo(f"    {ext['oid']} {ext['kind']}{critical}  [line {ext['line']}]")
+            for item in ext.get("names", []) + ext.get("usages", []):
+                click.echo(f"      {item}")
+            if ext["kind"] == "basic_constraints":
+                click.echo(f"      ca={ext['ca']} path_length={ext['path_length']}")
+            if ext["kind"] == "raw":
+                click.echo(f"      DER {ext['der_hex']}")
+    for diagnostic in policy.warnings:
+        warn(f"{diagnostic.filename}:{diagnostic.line}: {diagnostic.message}")
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return "; ".join(str(v) for v in value) or "-"
+    return str(value)

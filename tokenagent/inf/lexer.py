@@ -1,0 +1,263 @@
+"""The lexical level of certreq INF files (the Windows SetupAPI INF dialect certreq reads).
+
+- Encodings: UTF-8 (with or without BOM), UTF-16 LE/BE with BOM (Notepad's "Unicode"), UTF-16
+  without BOM when the NUL pattern is unmistakable, and Windows-1252 ("ANSI") as a last resort.
+- ``[Section]`` headers and ``key = value`` lines; section names and keys are case-insensitive;
+  a section named twice is one section.
+- ``;`` starts a comment outside double quotes. Inside quotes ``""`` is a literal quote, and
+  ``;`` and ``=`` are literal. Quoted and unquoted parts of a value concatenate; blanks at the
+  ends of the unquoted parts are trimmed.
+- ``_continue_ = ...`` (or ``continue = ...``) appends a fragment to the previous key's value.
+  Fragments are kept apart because their joining depends on the key: base64 concatenates, SAN
+  tags split on ``&``, EKU OIDs on ``,``.
+- ``[Strings]`` may stand anywhere; ``%name%`` is replaced in keys and values (after quoting is
+  resolved, as SetupAPI does); ``%%`` is a literal percent sign.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from tokenagent.inf.diagnostics import Diagnostics
+
+CONTINUATION_KEYS = ("_continue_", "continue")
+
+
+@dataclass
+class Entry:
+    key: str
+    fragments: list[str]
+    line: int
+    #: line of each fragment, for diagnostics about continued values
+    fragment_lines: list[int] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.key.lower()
+
+    @property
+    def value(self) -> str:
+        """The fragments joined as they stand (right for base64 and free text)."""
+        return "".join(self.fragments)
+
+
+@dataclass
+class Section:
+    name: str
+    line: int
+    entries: list[Entry] = field(default_factory=list)
+
+    def get(self, key: str) -> list[Entry]:
+        return [e for e in self.entries if e.name == key.lower()]
+
+
+@dataclass
+class InfFile:
+    filename: str
+    encoding: str
+    sections: dict[str, Section]
+    line_count: int
+
+    def section(self, name: str) -> Section | None:
+        return self.sections.get(name.lower())
+
+
+def decode(data: bytes, diag: Diagnostics) -> tuple[str, str]:
+    """Bytes to text, by BOM, by NUL pattern, then UTF-8, then Windows-1252."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        return _decode(data[3:], "utf-8", diag), "utf-8-sig"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encoding = "utf-16-le" if data.startswith(b"\xff\xfe") else "utf-16-be"
+        return _decode(data[2:], encoding, diag), encoding
+    sample = data[:200]
+    if len(sample) >= 4 and sample[1::2].count(0) > len(sample) // 4 and sample[0::2].count(0) == 0:
+        return _decode(data, "utf-16-le", diag), "utf-16-le"
+    if len(sample) >= 4 and sample[0::2].count(0) > len(sample) // 4 and sample[1::2].count(0) == 0:
+        return _decode(data, "utf-16-be", diag), "utf-16-be"
+    try:
+        return _decode(data, "utf-8", diag, strict=True), "utf-8"
+    except UnicodeDecodeError:
+        diag.warning(1, "not UTF-8: read as Windows-1252 (save the INF as UTF-8 to avoid ambiguity)")
+        return _decode(data, "cp1252", diag), "cp1252"
+
+
+def _decode(data: bytes, encoding: str, diag: Diagnostics, strict: bool = False) -> str:
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        if strict:
+            raise
+        line = data[: exc.start].count(b"\n" if encoding.startswith("utf-8") else "\n".encode(encoding)) + 1
+        diag.error(
+            line,
+            f"not valid {encoding.upper()} text (byte offset {exc.start}); the file is damaged or truncated",
+        )
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        diag.error(line, "NUL character: this is not a text INF file")
+    return text
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _split_value(text: str, line: int, diag: Diagnostics) -> list[tuple[str, bool]]:
+    """Split a line into (text, quoted) segments, dropping a trailing comment."""
+    segments: list[tuple[str, bool]] = []
+    current: list[str] = []
+    quoted = False
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if quoted:
+            if char == '"':
+                if text[i + 1 : i + 2] == '"':
+                    current.append('"')
+                    i += 2
+                    continue
+                segments.append(("".join(current), True))
+                current = []
+                quoted = False
+            else:
+                current.append(char)
+        elif char == '"':
+            segments.append(("".join(current), False))
+            current = []
+            quoted = True
+        elif char == ";":
+            break
+        else:
+            current.append(char)
+        i += 1
+    if quoted:
+        diag.error(line, "unterminated double quote")
+    segments.append(("".join(current), False))
+    return [s for s in segments if s[0] or s[1]]
+
+
+def _partition(
+    segments: list[tuple[str, bool]],
+) -> tuple[list[tuple[str, bool]], list[tuple[str, bool]]] | None:
+    """Split segments at the first '=' that is outside quotes."""
+    for index, (text, quoted) in enumerate(segments):
+        if not quoted and "=" in text:
+            before, _, after = text.partition("=")
+            key = [*segments[:index], (before, False)]
+            value = [(after, False), *segments[index + 1 :]]
+            return key, value
+    return None
+
+
+def _join(segments: list[tuple[str, bool]]) -> str:
+    parts = [list(s) for s in segments if s[0] or s[1]]
+    if parts and not parts[0][1]:
+        parts[0][0] = parts[0][0].lstrip()
+    if parts and not parts[-1][1]:
+        parts[-1][0] = parts[-1][0].rstrip()
+    return "".join(p[0] for p in parts)
+
+
+@dataclass
+class _RawLine:
+    line: int
+    section: str
+    key: list[tuple[str, bool]]
+    value: list[tuple[str, bool]]
+
+
+def tokenize(data: bytes | str, filename: str, diag: Diagnostics) -> InfFile:
+    text, encoding = (data, "str") if isinstance(data, str) else decode(data, diag)
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = _LINE_BREAK.split(text)
+    raw: list[_RawLine] = []
+    headers: dict[str, tuple[str, int]] = {}
+    current: str | None = None
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(";"):
+            continue
+        if stripped.startswith("["):
+            close = stripped.find("]")
+            if close == -1:
+                diag.error(number, f"section header without ']': {stripped[:60]}")
+            name = stripped[1:close].strip()
+            if not name:
+                diag.error(number, "empty section name '[]'")
+            rest = stripped[close + 1 :].strip()
+            if rest and not rest.startswith(";"):
+                diag.warning(number, f"text after the section header is ignored: {rest[:40]}")
+            current = name.lower()
+            headers.setdefault(current, (name, number))
+            continue
+        segments = _split_value(line, number, diag)
+        if not segments or not _join(segments):
+            continue
+        if current is None:
+            diag.error(number, "a key before any [Section] header")
+        parts = _partition(segments)
+        if parts is None:
+            diag.error(number, f"expected 'key = value' in [{headers[current][0]}]: {_join(segments)[:60]}")
+        raw.append(_RawLine(number, current, *parts))
+
+    strings = _collect_strings(raw, diag)
+    sections: dict[str, Section] = {
+        key: Section(name=name, line=line) for key, (name, line) in headers.items()
+    }
+    for item in raw:
+        section = sections[item.section]
+        if item.section == "strings":
+            key, value = _join(item.key), _join(item.value)
+        else:
+            key = _join([(_substitute(t, strings, item.line, diag), q) for t, q in item.key])
+            value = _join([(_substitute(t, strings, item.line, diag), q) for t, q in item.value])
+        if not key:
+            diag.error(item.line, "empty key before '='")
+        if key.lower() in CONTINUATION_KEYS:
+            if not section.entries:
+                diag.error(item.line, f"'{key}' with no previous key to continue in [{section.name}]")
+            section.entries[-1].fragments.append(value)
+            section.entries[-1].fragment_lines.append(item.line)
+            continue
+        section.entries.append(Entry(key=key, fragments=[value], line=item.line, fragment_lines=[item.line]))
+    return InfFile(filename=filename, encoding=encoding, sections=sections, line_count=len(lines))
+
+
+def _collect_strings(raw: list[_RawLine], diag: Diagnostics) -> dict[str, str]:
+    strings: dict[str, str] = {}
+    for item in raw:
+        if item.section == "strings":
+            strings[_join(item.key).lower()] = _join(item.value)
+    return strings
+
+
+_STRING_NAME = re.compile(r"[A-Za-z_][\w.\-]*")
+
+
+def _substitute(text: str, strings: dict[str, str], line: int, diag: Diagnostics) -> str:
+    if "%" not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char != "%":
+            out.append(char)
+            i += 1
+            continue
+        if text[i + 1 : i + 2] == "%":
+            out.append("%")
+            i += 2
+            continue
+        end = text.find("%", i + 1)
+        name = text[i + 1 : end] if end != -1 else ""
+        if end != -1 and name.lower() in strings:
+            out.append(strings[name.lower()])
+            i = end + 1
+            continue
+        if end != -1 and _STRING_NAME.fullmatch(name):
+            diag.warning(line, f"%{name}% is not defined in [Strings]; kept as written")
+        out.append("%")
+        i += 1
+    return "".join(out)

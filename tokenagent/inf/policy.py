@@ -1,0 +1,779 @@
+"""INF text -> `RequestPolicy`: every certreq [NewRequest] key with certreq's meaning.
+
+Defaults follow certreq's documentation except where certreq's default is insecure (SHA-1,
+1024-bit RSA): those differences are listed in docs/inf.md and marked ``tokenagent default`` in
+`Origin.note`. Every field records whether it came from the file (with its line) or a default.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tokenagent.errors import InputError
+from tokenagent.inf.diagnostics import Diagnostic, Diagnostics
+from tokenagent.inf.extensions import (
+    OID_EKU,
+    ExtensionSpec,
+    GeneralNameSpec,
+    parse_eku_text,
+    parse_extension,
+    parse_san_text,
+)
+from tokenagent.inf.lexer import Entry, InfFile, tokenize
+from tokenagent.inf.names import DistinguishedName, check_oid, parse_name
+from tokenagent.inf.values import ValueProblem, parse_bool, parse_choice, parse_date, parse_flags, parse_int
+
+# -- symbolic values ------------------------------------------------------------------------------
+
+
+class RequestType(enum.Enum):
+    PKCS10 = 1
+    PKCS7 = 2
+    CMC = 3
+    CERT = 4
+    SCEP = 0xFD00
+
+
+class KeySpec(enum.IntEnum):
+    AT_NONE = 0
+    AT_KEYEXCHANGE = 1
+    AT_SIGNATURE = 2
+
+
+class KeyProtection(enum.IntEnum):
+    NO_PROTECTION = 0
+    PROTECT_KEY = 1
+    FORCE_HIGH_PROTECTION = 2
+
+
+REQUEST_TYPES: dict[str, RequestType] = {
+    "PKCS10": RequestType.PKCS10,
+    "PKCS#10": RequestType.PKCS10,
+    "PKCS10-": RequestType.PKCS10,
+    "PKCS7": RequestType.PKCS7,
+    "PKCS#7": RequestType.PKCS7,
+    "CMC": RequestType.CMC,
+    "CERT": RequestType.CERT,
+    "SCEP": RequestType.SCEP,
+}
+KEY_SPECS: dict[str, KeySpec] = {spec.name: spec for spec in KeySpec}
+KEY_PROTECTIONS: dict[str, KeyProtection] = {
+    "NCRYPT_UI_NO_PROTECTION_FLAG": KeyProtection.NO_PROTECTION,
+    "NCRYPT_UI_NO_PROTCTION_FLAG": KeyProtection.NO_PROTECTION,  # the certreq reference's spelling
+    "NCRYPT_UI_PROTECT_KEY_FLAG": KeyProtection.PROTECT_KEY,
+    "NCRYPT_UI_FORCE_HIGH_PROTECTION_FLAG": KeyProtection.FORCE_HIGH_PROTECTION,
+}
+#: wincrypt.h key usage bits: the low byte is RFC 5280 bits 0..7, 0x8000 is decipherOnly (bit 8)
+KEY_USAGE_BITS: dict[str, int] = {
+    "CERT_DIGITAL_SIGNATURE_KEY_USAGE": 0x80,
+    "CERT_NON_REPUDIATION_KEY_USAGE": 0x40,
+    "CERT_KEY_ENCIPHERMENT_KEY_USAGE": 0x20,
+    "CERT_DATA_ENCIPHERMENT_KEY_USAGE": 0x10,
+    "CERT_KEY_AGREEMENT_KEY_USAGE": 0x08,
+    "CERT_KEY_CERT_SIGN_KEY_USAGE": 0x04,
+    "CERT_OFFLINE_CRL_SIGN_KEY_USAGE": 0x02,
+    "CERT_CRL_SIGN_KEY_USAGE": 0x02,
+    "CERT_ENCIPHER_ONLY_KEY_USAGE": 0x01,
+    "CERT_DECIPHER_ONLY_KEY_USAGE": 0x8000,
+}
+KEY_USAGE_NAMES = (  # RFC 5280 names, in bit order, with their wincrypt bit
+    ("digital_signature", 0x80),
+    ("non_repudiation", 0x40),
+    ("key_encipherment", 0x20),
+    ("data_encipherment", 0x10),
+    ("key_agreement", 0x08),
+    ("key_cert_sign", 0x04),
+    ("crl_sign", 0x02),
+    ("encipher_only", 0x01),
+    ("decipher_only", 0x8000),
+)
+KEY_USAGE_PROPERTY_BITS: dict[str, int] = {
+    "NCRYPT_ALLOW_DECRYPT_FLAG": 0x1,
+    "NCRYPT_ALLOW_SIGNING_FLAG": 0x2,
+    "NCRYPT_ALLOW_KEY_AGREEMENT_FLAG": 0x4,
+    "NCRYPT_ALLOW_ALL_USAGES": 0xFFFFFF,
+}
+X500_NAME_FLAGS: dict[str, int] = {
+    "CERT_NAME_STR_NONE": 0,
+    "CERT_OID_NAME_STR": 2,
+    "CERT_X500_NAME_STR": 3,
+    "CERT_NAME_STR_SEMICOLON_FLAG": 0x40000000,
+    "CERT_NAME_STR_NO_PLUS_FLAG": 0x20000000,
+    "CERT_NAME_STR_NO_QUOTING_FLAG": 0x10000000,
+    "CERT_NAME_STR_CRLF_FLAG": 0x08000000,
+    "CERT_NAME_STR_COMMA_FLAG": 0x04000000,
+    "CERT_NAME_STR_REVERSE_FLAG": 0x02000000,
+    "CERT_NAME_STR_FORWARD_FLAG": 0x01000000,
+    "CERT_NAME_STR_DISABLE_IE4_UTF8_FLAG": 0x10000,
+    "CERT_NAME_STR_ENABLE_T61_UNICODE_FLAG": 0x20000,
+    "CERT_NAME_STR_ENABLE_UTF8_UNICODE_FLAG": 0x40000,
+    "CERT_NAME_STR_FORCE_UTF8_DIR_STR_FLAG": 0x80000,
+    "CERT_NAME_STR_DISABLE_UTF8_DIR_STR_FLAG": 0x100000,
+    "CERT_NAME_STR_ENABLE_PUNYCODE_FLAG": 0x200000,
+}
+SUBJECT_NAME_FLAGS: dict[str, int] = {
+    "CT_FLAG_SUBJECT_REQUIRE_COMMON_NAME": 0x40000000,
+    "CT_FLAG_SUBJECT_REQUIRE_DIRECTORY_PATH": 0x80000000,
+    "CT_FLAG_SUBJECT_REQUIRE_DNS_AS_CN": 0x10000000,
+    "CT_FLAG_SUBJECT_REQUIRE_EMAIL": 0x20000000,
+    "CT_FLAG_OLD_CERT_SUPPLIES_SUBJECT_AND_ALT_NAME": 0x8,
+    "CT_FLAG_SUBJECT_ALT_REQUIRE_DIRECTORY_GUID": 0x1000000,
+    "CT_FLAG_SUBJECT_ALT_REQUIRE_DNS": 0x8000000,
+    "CT_FLAG_SUBJECT_ALT_REQUIRE_DOMAIN_DNS": 0x400000,
+    "CT_FLAG_SUBJECT_ALT_REQUIRE_EMAIL": 0x4000000,
+    "CT_FLAG_SUBJECT_ALT_REQUIRE_SPN": 0x800000,
+    "CT_FLAG_SUBJECT_ALT_REQUIRE_UPN": 0x2000000,
+}
+HASH_ALGORITHMS = ("sha256", "sha384", "sha512", "sha1", "md5", "md4", "md2")
+WEAK_HASHES = ("md5", "md4", "md2")
+#: KeyAlgorithm -> (family, curve or None, the curve's size)
+KEY_ALGORITHMS: dict[str, tuple[str, str | None, int | None]] = {
+    "RSA": ("RSA", None, None),
+    "DSA": ("DSA", None, None),
+    "DH": ("DH", None, None),
+    "ECDSA_P256": ("ECDSA", "P-256", 256),
+    "ECDSA_P384": ("ECDSA", "P-384", 384),
+    "ECDSA_P521": ("ECDSA", "P-521", 521),
+    "ECDH_P256": ("ECDH", "P-256", 256),
+    "ECDH_P384": ("ECDH", "P-384", 384),
+    "ECDH_P521": ("ECDH", "P-521", 521),
+}
+_CURVE_BY_SIZE = {256: "P256", 384: "P384", 521: "P521"}
+VALIDITY_UNITS = ("Years", "Months", "Weeks", "Days", "Hours", "Minutes", "Seconds")
+
+DEFAULT_PROVIDER = "Microsoft Software Key Storage Provider"
+SECTION_NAMES = (
+    "version",
+    "strings",
+    "newrequest",
+    "extensions",
+    "enhancedkeyusageextension",
+    "requestattributes",
+)
+
+
+def key_usage_names(bits: int) -> list[str]:
+    return [name for name, bit in KEY_USAGE_NAMES if bits & bit]
+
+
+# -- the policy -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Origin:
+    source: str  # "file" | "default"
+    line: int | None = None
+    note: str | None = None  # for defaults: why this value
+
+    def to_json(self) -> dict[str, object]:
+        return {"source": self.source, "line": self.line, "note": self.note}
+
+
+@dataclass(frozen=True)
+class RequestPolicy:
+    """Everything an INF asks for, resolved and typed. Field names follow the INF keys."""
+
+    filename: str
+    subject: DistinguishedName | None
+    exportable: bool
+    exportable_encrypted: bool
+    hash_algorithm: str
+    key_algorithm: str  # RSA | DSA | DH | ECDSA_P256 | ... | ECDH_P521
+    key_container: str | None
+    key_length: int
+    key_spec: KeySpec
+    key_usage: int  # wincrypt bits; see key_usage_names()
+    key_usage_critical: bool
+    key_usage_property: int
+    machine_key_set: bool
+    not_before: datetime | None
+    not_after: datetime | None
+    private_key_archive: bool
+    encryption_algorithm: str
+    encryption_length: int
+    provider_name: str
+    provider_type: int | None
+    renewal_cert: bytes | None  # SHA-1 thumbprint
+    requester_name: str | None
+    request_type: RequestType
+    pkcs10_without_wrapping: bool  # RequestType = PKCS10-
+    security_descriptor: str | None
+    alternate_signature_algorithm: bool
+    silent: bool
+    smime: bool
+    use_existing_key_set: bool
+    key_protection: KeyProtection
+    suppress_defaults: bool
+    friendly_name: str | None
+    validity_period: str | None
+    validity_period_units: int | None
+    user_protected: bool
+    encipher_only: bool
+    x500_name_flags: int
+    subject_name_flags: int | None
+    extensions: tuple[ExtensionSpec, ...]
+    certificate_template: str | None
+    request_attributes: tuple[tuple[str, str], ...]  # [RequestAttributes] name-value pairs, in order
+    san_attribute: tuple[GeneralNameSpec, ...] | None  # [RequestAttributes] SAN = "..."
+    origins: dict[str, Origin] = field(default_factory=dict)
+    warnings: tuple[Diagnostic, ...] = ()
+
+    @property
+    def key_family(self) -> str:
+        return KEY_ALGORITHMS[self.key_algorithm][0]
+
+    @property
+    def curve(self) -> str | None:
+        return KEY_ALGORITHMS[self.key_algorithm][1]
+
+    def extension(self, oid: str) -> ExtensionSpec | None:
+        return next((e for e in self.extensions if e.oid == oid), None)
+
+    def to_json(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for item in fields(self):
+            if item.name in ("origins", "warnings", "filename"):
+                continue
+            entry = {"value": _json_value(getattr(self, item.name))}
+            origin = self.origins.get(item.name)
+            if origin is not None:
+                entry.update(origin.to_json())
+            values[item.name] = entry
+        values["key_usage"]["names"] = key_usage_names(self.key_usage)
+        return {
+            "format_version": 1,
+            "file": self.filename,
+            "policy": values,
+            "warnings": [w.to_json() for w in self.warnings],
+        }
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, DistinguishedName):
+        return {"text": str(value), "rdns": value.to_json()}
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, ExtensionSpec):
+        return value.to_json()
+    if isinstance(value, GeneralNameSpec):
+        return value.describe()
+    return value
+
+
+# -- resolution -----------------------------------------------------------------------------------
+
+NEWREQUEST_KEYS = {
+    "subject",
+    "exportable",
+    "exportableencrypted",
+    "hashalgorithm",
+    "keyalgorithm",
+    "keycontainer",
+    "keylength",
+    "keyspec",
+    "keyusage",
+    "keyusageproperty",
+    "machinekeyset",
+    "notbefore",
+    "notafter",
+    "privatekeyarchive",
+    "encryptionalgorithm",
+    "encryptionlength",
+    "providername",
+    "providertype",
+    "renewalcert",
+    "requestername",
+    "requesttype",
+    "securitydescriptor",
+    "alternatesignaturealgorithm",
+    "silent",
+    "smime",
+    "useexistingkeyset",
+    "keyprotection",
+    "suppressdefaults",
+    "friendlyname",
+    "validityperiodunits",
+    "validityperiod",
+    "userprotected",
+    "encipheronly",
+    "x500nameflags",
+    "subjectnameflags",
+}
+
+
+class _Resolver:
+    def __init__(self, inf: InfFile, diag: Diagnostics) -> None:
+        self.inf = inf
+        self.diag = diag
+        self.values: dict[str, Any] = {}
+        self.origins: dict[str, Origin] = {}
+        section = inf.section("newrequest")
+        self.entries: dict[str, Entry] = {}
+        if section is not None:
+            for entry in section.entries:
+                if entry.name in self.entries:
+                    diag.warning(
+                        entry.line,
+                        f"{entry.key} is repeated (line {self.entries[entry.name].line}); the last one is used",
+                    )
+                self.entries[entry.name] = entry
+
+    def read(
+        self, field_name: str, key: str, parse: Callable[[str], Any], default: Any, note: str | None = None
+    ) -> Any:
+        entry = self.entries.get(key)
+        if entry is None:
+            self.values[field_name] = default
+            self.origins[field_name] = Origin("default", None, note)
+            return default
+        text = entry.value
+        try:
+            value = parse(text)
+        except ValueProblem as exc:
+            self.diag.error(entry.line, f"{entry.key}: {exc}")
+        self.values[field_name] = value
+        self.origins[field_name] = Origin("file", entry.line)
+        return value
+
+    def set_default(self, field_name: str, value: Any, note: str) -> None:
+        self.values[field_name] = value
+        self.origins[field_name] = Origin("default", None, note)
+
+    def line(self, key: str) -> int:
+        entry = self.entries.get(key)
+        return entry.line if entry else 1
+
+    def given(self, key: str) -> bool:
+        return key in self.entries
+
+
+def _nonempty(value: str) -> str:
+    if not value.strip():
+        raise ValueProblem("empty value")
+    return value.strip()
+
+
+def _thumbprint(value: str) -> bytes:
+    compact = "".join(value.split()).replace(":", "")
+    try:
+        raw = bytes.fromhex(compact)
+    except ValueError:
+        raise ValueProblem(f"'{value}' is not a hexadecimal certificate hash") from None
+    if len(raw) != 20:
+        raise ValueProblem(f"a certificate hash (SHA-1 thumbprint) has 20 bytes, this one {len(raw)}")
+    return raw
+
+
+def _hash(value: str) -> str:
+    name = value.strip().lower().replace("-", "")
+    if name not in HASH_ALGORITHMS:
+        raise ValueProblem(f"unknown hash '{value}' (one of: {', '.join(HASH_ALGORITHMS)})")
+    return name
+
+
+def _key_algorithm(value: str) -> str:
+    name = value.strip().upper().replace("-", "_")
+    if name in KEY_ALGORITHMS or name in ("ECDSA", "ECDH"):
+        return name
+    raise ValueProblem(f"unknown key algorithm '{value}' (one of: {', '.join(KEY_ALGORITHMS)})")
+
+
+def _validity_period(value: str) -> str:
+    for unit in VALIDITY_UNITS:
+        if value.strip().lower() in (unit.lower(), unit.lower()[:-1]):
+            return unit
+    raise ValueProblem(f"unknown ValidityPeriod '{value}' (one of: {', '.join(VALIDITY_UNITS)})")
+
+
+def _positive(value: str) -> int:
+    number = parse_int(value)
+    if number <= 0:
+        raise ValueProblem(f"{value} is not a positive number")
+    return number
+
+
+def resolve(inf: InfFile, diag: Diagnostics) -> RequestPolicy:
+    _check_sections(inf, diag)
+    r = _Resolver(inf, diag)
+
+    for name, entry in r.entries.items():
+        if name not in NEWREQUEST_KEYS:
+            diag.warning(entry.line, f"unknown [NewRequest] key '{entry.key}' is ignored")
+
+    flags = r.read(
+        "x500_name_flags", "x500nameflags", lambda v: parse_flags(v, X500_NAME_FLAGS, "X500NameFlags"), 0
+    )
+    r.read("subject", "subject", lambda v: parse_name(v, flags) if v.strip() else None, None)
+    r.read("exportable", "exportable", parse_bool, False)
+    r.read("exportable_encrypted", "exportableencrypted", parse_bool, False)
+    hash_name = r.read(
+        "hash_algorithm", "hashalgorithm", _hash, "sha256", "tokenagent default (certreq: sha1)"
+    )
+    algorithm = r.read("key_algorithm", "keyalgorithm", _key_algorithm, "RSA")
+    r.read("key_container", "keycontainer", _nonempty, None)
+    r.read("key_length", "keylength", _positive, None)
+    r.read("key_spec", "keyspec", lambda v: parse_choice(v, KEY_SPECS, "KeySpec"), None)
+    r.read("key_usage", "keyusage", lambda v: parse_flags(v, KEY_USAGE_BITS, "KeyUsage"), None)
+    r.read(
+        "key_usage_property",
+        "keyusageproperty",
+        lambda v: parse_flags(v, KEY_USAGE_PROPERTY_BITS, "KeyUsageProperty"),
+        None,
+    )
+    r.read("machine_key_set", "machinekeyset", parse_bool, False)
+    r.read("not_before", "notbefore", parse_date, None)
+    r.read("not_after", "notafter", parse_date, None)
+    r.read("private_key_archive", "privatekeyarchive", parse_bool, False)
+    r.read(
+        "encryption_algorithm",
+        "encryptionalgorithm",
+        lambda v: _nonempty(v).lower(),
+        "aes",
+        "tokenagent default (certreq: 3des)",
+    )
+    r.read("encryption_length", "encryptionlength", _positive, 256, "tokenagent default (certreq: 168)")
+    r.read("provider_name", "providername", _nonempty, DEFAULT_PROVIDER, "certreq's default provider")
+    r.read("provider_type", "providertype", parse_int, None, "not set: ProviderName decides")
+    r.read("renewal_cert", "renewalcert", _thumbprint, None)
+    r.read("requester_name", "requestername", _nonempty, None)
+    raw_type = r.entries.get("requesttype")
+    request_type = r.read(
+        "request_type",
+        "requesttype",
+        lambda v: parse_choice(v, REQUEST_TYPES, "RequestType"),
+        RequestType.PKCS10,
+    )
+    r.values["pkcs10_without_wrapping"] = bool(raw_type and raw_type.value.strip().upper() == "PKCS10-")
+    r.origins["pkcs10_without_wrapping"] = r.origins["request_type"]
+    r.read("security_descriptor", "securitydescriptor", _nonempty, None)
+    r.read("alternate_signature_algorithm", "alternatesignaturealgorithm", parse_bool, False)
+    r.read("silent", "silent", parse_bool, False)
+    r.read("smime", "smime", parse_bool, False)
+    r.read("use_existing_key_set", "useexistingkeyset", parse_bool, False)
+    r.read(
+        "key_protection",
+        "keyprotection",
+        lambda v: parse_choice(v, KEY_PROTECTIONS, "KeyProtection"),
+        KeyProtection.NO_PROTECTION,
+    )
+    r.read("suppress_defaults", "suppressdefaults", parse_bool, False)
+    r.read("friendly_name", "friendlyname", _nonempty, None)
+    r.read("validity_period_units", "validityperiodunits", _positive, None)
+    r.read("validity_period", "validityperiod", _validity_period, None)
+    r.read("user_protected", "userprotected", parse_bool, False)
+    encipher_only = r.read("encipher_only", "encipheronly", parse_bool, False)
+    r.read(
+        "subject_name_flags",
+        "subjectnameflags",
+        lambda v: (
+            None
+            if v.strip().lower() == "template"
+            else parse_flags(v, SUBJECT_NAME_FLAGS, "SubjectNameFlags")
+        ),
+        None,
+    )
+
+    # -- the key: algorithm, size, spec, usages ---------------------------------------------------
+    if algorithm in ("ECDSA", "ECDH"):  # newer certreq: KeyAlgorithm=ECDSA with KeyLength=256
+        size = r.values["key_length"]
+        if size not in _CURVE_BY_SIZE:
+            diag.error(r.line("keyalgorithm"), f"KeyAlgorithm = {algorithm} needs KeyLength 256, 384 or 521")
+        algorithm = f"{algorithm}_{_CURVE_BY_SIZE[size]}"
+        r.values["key_algorithm"] = algorithm
+    family, _curve, curve_bits = KEY_ALGORITHMS[algorithm]
+    if curve_bits is not None:
+        if r.values["key_length"] is None:
+            r.set_default("key_length", curve_bits, f"the size of {algorithm}'s curve")
+        elif r.values["key_length"] != curve_bits:
+            diag.error(
+                r.line("keylength"),
+                f"KeyLength = {r.values['key_length']} contradicts KeyAlgorithm = {algorithm} ({curve_bits} bits)",
+            )
+    elif r.values["key_length"] is None:
+        r.set_default("key_length", 2048, "tokenagent default (certreq 2003: 1024)")
+
+    if r.values["key_spec"] is None:
+        spec = KeySpec.AT_KEYEXCHANGE if family == "ECDH" else KeySpec.AT_SIGNATURE
+        r.set_default(
+            "key_spec", spec, "certreq's default" if family != "ECDH" else "ECDH keys are for key exchange"
+        )
+    spec = r.values["key_spec"]
+    if encipher_only and spec == KeySpec.AT_SIGNATURE:
+        diag.error(
+            r.line("encipheronly"),
+            "EncipherOnly = TRUE needs KeySpec = AT_KEYEXCHANGE (it is an error with AT_SIGNATURE since Windows Vista)",
+        )
+    if r.values["key_usage"] is None:
+        r.set_default("key_usage", *_default_key_usage(family, spec, encipher_only))
+    r.values["key_usage_critical"] = True
+    r.origins["key_usage_critical"] = Origin("default", None, "certreq marks KeyUsage critical")
+    if r.values["key_usage_property"] is None:
+        r.set_default("key_usage_property", *_default_key_usage_property(family, spec))
+
+    # -- hashes and request types -----------------------------------------------------------------
+    if hash_name in WEAK_HASHES:
+        diag.error(
+            r.line("hashalgorithm"),
+            f"HashAlgorithm = {hash_name} is broken; tokenagent signs with sha256, sha384 or sha512 (sha1 with a warning)",
+        )
+    if hash_name == "sha1":
+        diag.warning(r.line("hashalgorithm"), "HashAlgorithm = sha1 is deprecated; CAs may refuse it")
+    if r.values["requester_name"] and request_type == RequestType.PKCS10:
+        diag.warning(
+            r.line("requestername"),
+            "RequesterName is ignored with RequestType = PKCS10 (certreq ignores it too): use PKCS7 or CMC",
+        )
+    if r.values["private_key_archive"] and request_type != RequestType.CMC:
+        diag.warning(
+            r.line("privatekeyarchive"), "PrivateKeyArchive works only with RequestType = CMC; ignored"
+        )
+
+    # -- existing keys ---------------------------------------------------------------------------
+    if r.values["use_existing_key_set"]:
+        if r.given("exportable"):
+            diag.error(
+                r.line("exportable"),
+                "Exportable cannot be set with UseExistingKeySet = TRUE: an existing key's properties cannot change",
+            )
+        if not r.values["key_container"] and not r.values["renewal_cert"]:
+            diag.error(
+                r.line("useexistingkeyset"),
+                "UseExistingKeySet = TRUE needs KeyContainer or RenewalCert to name the key",
+            )
+
+    # -- validity (RequestType = Cert only) ------------------------------------------------------
+    has_period = r.given("validityperiod") or r.given("validityperiodunits")
+    if r.given("notafter") and has_period:
+        line = r.line("validityperiod") if r.given("validityperiod") else r.line("validityperiodunits")
+        diag.error(line, "NotAfter cannot be used with ValidityPeriod/ValidityPeriodUnits")
+    if r.given("validityperiod") != r.given("validityperiodunits"):
+        missing = "ValidityPeriodUnits" if r.given("validityperiod") else "ValidityPeriod"
+        line = r.line("validityperiod") if r.given("validityperiod") else r.line("validityperiodunits")
+        diag.error(line, f"ValidityPeriod and ValidityPeriodUnits go together: {missing} is missing")
+    if r.values["not_before"] and r.values["not_after"] and r.values["not_after"] <= r.values["not_before"]:
+        diag.error(r.line("notafter"), "NotAfter is not after NotBefore")
+    if request_type != RequestType.CERT:
+        for key in ("notbefore", "notafter", "validityperiod", "validityperiodunits"):
+            if r.given(key):
+                diag.warning(
+                    r.line(key), f"{r.entries[key].key} is used only with RequestType = Cert; ignored"
+                )
+
+    if r.values["subject_name_flags"]:
+        diag.warning(
+            r.line("subjectnameflags"),
+            "SubjectNameFlags: tokenagent does not fill names from Active Directory; give Subject and SAN explicitly",
+        )
+    if r.values["security_descriptor"]:
+        diag.warning(
+            r.line("securitydescriptor"),
+            "SecurityDescriptor does not apply to PKCS#11 tokens (access is the token PIN); ignored",
+        )
+    extensions = _extensions(inf, diag, flags)
+    attributes, template, san = _request_attributes(inf, diag, flags)
+    for field_name, section_name, key in (
+        ("extensions", "extensions", None),
+        ("request_attributes", "requestattributes", None),
+        ("certificate_template", "requestattributes", "certificatetemplate"),
+        ("san_attribute", "requestattributes", "san"),
+    ):
+        section = inf.section(section_name)
+        entries = section.get(key) if section is not None and key else []
+        line = entries[-1].line if entries else section.line if section is not None and key is None else None
+        r.origins[field_name] = Origin("file", line) if line else Origin("default")
+    if r.values["subject"] is None and san is None and not any(e.oid == "2.5.29.17" for e in extensions):
+        diag.warning(r.line("subject"), "no Subject and no SAN: the certificate will not name anyone")
+    return RequestPolicy(
+        filename=inf.filename,
+        extensions=extensions,
+        certificate_template=template,
+        request_attributes=attributes,
+        san_attribute=san,
+        origins=r.origins,
+        warnings=tuple(diag.warnings),
+        **{k: v for k, v in r.values.items()},
+    )
+
+
+def _default_key_usage(family: str, spec: KeySpec, encipher_only: bool) -> tuple[int, str]:
+    if family == "ECDH":
+        return 0x08, "ECDH: keyAgreement (certreq's 0xF0 cannot apply to an EC key)"
+    if family in ("ECDSA", "DSA"):
+        return 0xC0, "signature key: digitalSignature + nonRepudiation"
+    if spec == KeySpec.AT_KEYEXCHANGE:
+        if encipher_only:
+            return 0x30, "AT_KEYEXCHANGE with EncipherOnly: keyEncipherment + dataEncipherment"
+        return 0xF0, "AT_KEYEXCHANGE: digitalSignature + nonRepudiation + keyEncipherment + dataEncipherment"
+    if spec == KeySpec.AT_NONE:
+        return 0xA0, "AT_NONE (CNG) RSA key: digitalSignature + keyEncipherment"
+    return 0xC0, "AT_SIGNATURE: digitalSignature + nonRepudiation"
+
+
+def _default_key_usage_property(family: str, spec: KeySpec) -> tuple[int, str]:
+    if family == "ECDH":
+        return 0x4, "ECDH: key agreement"
+    if family in ("ECDSA", "DSA") or spec == KeySpec.AT_SIGNATURE:
+        return 0x2, "signature key: signing only"
+    if spec == KeySpec.AT_KEYEXCHANGE:
+        return 0x3, "AT_KEYEXCHANGE: decrypt and sign, as CryptoAPI exchange keys can"
+    return 0xFFFFFF, "AT_NONE: all usages"
+
+
+def _check_sections(inf: InfFile, diag: Diagnostics) -> None:
+    version = inf.section("version")
+    if version is not None:
+        signatures = version.get("signature")
+        if not signatures:
+            diag.warning(version.line, '[Version] has no Signature (it should be "$Windows NT$")')
+        elif signatures[-1].value.strip().lower() not in ("$windows nt$", "$chicago$", "$windows 95$"):
+            diag.warning(
+                signatures[-1].line,
+                f'[Version] Signature should be "$Windows NT$", not "{signatures[-1].value}"',
+            )
+    for key, section in inf.sections.items():
+        if key not in SECTION_NAMES:
+            diag.warning(section.line, f"unknown section [{section.name}] is ignored")
+    new_request = inf.section("newrequest")
+    if new_request is None:
+        diag.error(
+            1,
+            "the [NewRequest] section is missing (certreq: INF file line not found 0xe0000102, "
+            "INF: -536870654)",
+            hresult=0xE0000102,
+        )
+    if not new_request.entries:
+        diag.error(
+            new_request.line,
+            "[NewRequest] has no keys; set at least one, e.g. Subject "
+            "(certreq: Incorrect function. 0x1, WIN32: 1)",
+            hresult=0x1,
+        )
+
+
+def _extensions(inf: InfFile, diag: Diagnostics, name_flags: int) -> tuple[ExtensionSpec, ...]:
+    section = inf.section("extensions")
+    entries = section.entries if section else []
+    critical: dict[str, int] = {}
+    for entry in entries:
+        if entry.name == "critical":
+            for part in ",".join(entry.fragments).split(","):
+                if part.strip():
+                    try:
+                        critical[check_oid(part)] = entry.line
+                    except ValueProblem as exc:
+                        diag.error(entry.line, f"Critical: {exc}")
+    specs: list[ExtensionSpec] = []
+    legacy_eku: list[str] = []
+    legacy_line = 0
+    for entry in entries:
+        if entry.name == "critical":
+            continue
+        if entry.name == "oid":  # the certreq reference's example puts EKU OIDs here
+            legacy_eku.append(entry.value)
+            legacy_line = legacy_line or entry.line
+            continue
+        try:
+            oid = check_oid(entry.key)
+        except ValueProblem:
+            diag.error(
+                entry.line,
+                f"[Extensions] key '{entry.key}' is not an OID (use OID = {{text}}..., or Critical = OID,...)",
+            )
+        if any(s.oid == oid for s in specs):
+            diag.error(entry.line, f"extension {oid} is given twice")
+        try:
+            specs.append(parse_extension(oid, entry.fragments, entry.line, oid in critical, name_flags))
+        except ValueProblem as exc:
+            diag.error(entry.line, f"extension {oid}: {exc}")
+
+    eku_section = inf.section("enhancedkeyusageextension")
+    eku_critical = False
+    if eku_section is not None:
+        for entry in eku_section.entries:
+            if entry.name == "oid":
+                legacy_eku.append(entry.value)
+                legacy_line = legacy_line or entry.line
+            elif entry.name == "critical":
+                try:
+                    eku_critical = parse_bool(entry.value)
+                except ValueProblem as exc:
+                    diag.error(entry.line, f"Critical: {exc}")
+            else:
+                diag.warning(
+                    entry.line, f"unknown key '{entry.key}' in [EnhancedKeyUsageExtension] is ignored"
+                )
+    if legacy_eku:
+        if section is not None and any(e.name == "oid" for e in entries):
+            line = next(e.line for e in entries if e.name == "oid")
+            diag.warning(
+                line, "OID = ... in [Extensions] is read as [EnhancedKeyUsageExtension] (enhanced key usage)"
+            )
+        try:
+            usages = parse_eku_text(legacy_eku)
+        except ValueProblem as exc:
+            diag.error(legacy_line, f"enhanced key usage: {exc}")
+        existing = next((s for s in specs if s.oid == OID_EKU), None)
+        if existing is not None:
+            specs.remove(existing)
+            usages = tuple(dict.fromkeys([*existing.usages, *usages]))
+        specs.append(
+            ExtensionSpec(
+                OID_EKU, eku_critical or OID_EKU in critical, legacy_line, "extended_key_usage", usages=usages
+            )
+        )
+    for oid, line in critical.items():
+        if not any(s.oid == oid for s in specs) and oid != "2.5.29.15":
+            diag.warning(line, f"Critical names {oid}, which is not among the [Extensions]")
+    return tuple(specs)
+
+
+def _request_attributes(
+    inf: InfFile, diag: Diagnostics, name_flags: int
+) -> tuple[tuple[tuple[str, str], ...], str | None, tuple[GeneralNameSpec, ...] | None]:
+    section = inf.section("requestattributes")
+    if section is None:
+        return (), None, None
+    pairs: list[tuple[str, str]] = []
+    template: str | None = None
+    san: tuple[GeneralNameSpec, ...] | None = None
+    for entry in section.entries:
+        value = entry.value.strip()
+        if not value:
+            diag.error(entry.line, f"[RequestAttributes] {entry.key} has an empty value")
+        if entry.name == "certificatetemplate":
+            template = value
+        elif entry.name == "san":
+            try:
+                san = parse_san_text(entry.fragments, name_flags)
+            except ValueProblem as exc:
+                diag.error(entry.line, f"SAN attribute: {exc}")
+        pairs.append((entry.key, value))
+    return tuple(pairs), template, san
+
+
+# -- entry points ---------------------------------------------------------------------------------
+
+
+def parse_policy(data: bytes | str, filename: str = "<inf>") -> RequestPolicy:
+    """Parse INF bytes or text. Raises `PolicyError` (file:line) on errors; warnings are returned."""
+    diag = Diagnostics(filename)
+    return resolve(tokenize(data, filename, diag), diag)
+
+
+def load_policy(path: str | Path) -> RequestPolicy:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read INF file {path}: {exc.strerror or exc}") from None
+    return parse_policy(data, str(path))
