@@ -94,9 +94,7 @@ def pkcs11_tool(instance: SoftHSM, *args: str, token: str = "ta-main", login: bo
     command = ["pkcs11-tool", "--module", instance.module, "--token-label", token]
     if login:
         command += ["--login", "--pin", USER_PIN]
-    result = subprocess.run(
-        [*command, *args], capture_output=True, text=True, env=instance.env(), check=False
-    )
+    result = subprocess.run([*command, *args], capture_output=True, text=True, env=instance.env(), check=False)
     if result.returncode != 0:
         raise AssertionError(f"pkcs11-tool {' '.join(args)} failed: {result.stderr}")
     return result.stdout

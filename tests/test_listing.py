@@ -16,9 +16,7 @@ def parse_pkcs11_tool_slots(text: str) -> list[dict[str, str]]:
     tokens = []
     for block in re.split(r"^Slot \d+ ", text, flags=re.M)[1:]:
         fields = dict(
-            re.findall(
-                r"^\s+(token label|token manufacturer|token model|serial num)\s*: (.*)$", block, flags=re.M
-            )
+            re.findall(r"^\s+(token label|token manufacturer|token model|serial num)\s*: (.*)$", block, flags=re.M)
         )
         if fields:
             tokens.append({k: v.strip() for k, v in fields.items()})
@@ -37,9 +35,7 @@ def our_tokens(cli) -> list[dict]:
     run = cli("tokens", "--json")
     assert run.returncode == 0, run.stderr
     data = json.loads(run.stdout)
-    return [
-        s["token"] for m in data["modules"] for s in m["slots"] if s["token"] and s["token"]["initialized"]
-    ]
+    return [s["token"] for m in data["modules"] for s in m["slots"] if s["token"] and s["token"]["initialized"]]
 
 
 def test_tokens_json_matches_pkcs11_tool_list(cli, softhsm: SoftHSM) -> None:

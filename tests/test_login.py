@@ -17,9 +17,7 @@ WRONG_PIN = "wrong-Pin-0000"
 
 
 def spy_module() -> str:
-    found = glob.glob("/usr/lib/*-linux-gnu/pkcs11/pkcs11-spy.so") + glob.glob(
-        "/usr/lib*/pkcs11/pkcs11-spy.so"
-    )
+    found = glob.glob("/usr/lib/*-linux-gnu/pkcs11/pkcs11-spy.so") + glob.glob("/usr/lib*/pkcs11/pkcs11-spy.so")
     if not found:
         pytest.skip("OpenSC's pkcs11-spy.so is not installed")
     return found[0]
@@ -31,9 +29,7 @@ def spied(cli, softhsm: SoftHSM, log: Path, *args: str, **env: str):
 
 def test_wrong_pin_is_one_login_one_line_and_does_not_lock(cli, softhsm: SoftHSM, tmp_path: Path) -> None:
     log = tmp_path / "spy.log"
-    run = spied(
-        cli, softhsm, log, "objects", "--token", "ta-login", "--pin-source", "env:P", "--json", P=WRONG_PIN
-    )
+    run = spied(cli, softhsm, log, "objects", "--token", "ta-login", "--pin-source", "env:P", "--json", P=WRONG_PIN)
     assert run.returncode == 7
     assert run.stderr.startswith("tokenagent: error: wrong PIN for token 'ta-login'")
     assert "will not retry" in run.stderr and "tries may be limited" in run.stderr

@@ -53,9 +53,7 @@ def test_relative_module_path_resolves_in_the_p11kit_module_dir(tmp_path: Path) 
 def test_precedence_explicit_then_env_then_registry(tmp_path: Path, softhsm: SoftHSM) -> None:
     write_module(tmp_path, "registered-hsm", f"module: {softhsm.module}\n")
     dirs = [str(tmp_path)]
-    explicit = discover_modules(
-        ["registered-hsm"], env={"TOKENAGENT_MODULE": "/nonexistent.so"}, registry_dirs=dirs
-    )
+    explicit = discover_modules(["registered-hsm"], env={"TOKENAGENT_MODULE": "/nonexistent.so"}, registry_dirs=dirs)
     assert explicit[0].source.endswith("registered-hsm.module")
     from_env = discover_modules(env={"TOKENAGENT_MODULE": softhsm.module}, registry_dirs=dirs)
     assert from_env[0].source == "TOKENAGENT_MODULE"

@@ -44,9 +44,7 @@ def test_find_by_id_and_label(main_session: TokenSession) -> None:
 
 
 @pytest.mark.parametrize("ident", ["01", "02"])
-def test_find_private_key_by_public_key(
-    main_session: TokenSession, softhsm: SoftHSM, tmp_path, ident: str
-) -> None:
+def test_find_private_key_by_public_key(main_session: TokenSession, softhsm: SoftHSM, tmp_path, ident: str) -> None:
     spki = public_key_der(softhsm, tmp_path, ident)
     key = find_private_key_for(main_session.session, spki)
     assert key is not None and key[Attribute.ID] == bytes.fromhex(ident)
@@ -73,9 +71,7 @@ def test_key_id_convention_equals_openssl_subject_key_identifier(softhsm: SoftHS
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     spki = (
-        x509.load_pem_x509_certificate(pem)
-        .public_key()
-        .public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        x509.load_pem_x509_certificate(pem).public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     )
     assert key_id_for(spki) == openssl_ski
 

@@ -33,9 +33,7 @@ def show(file: str, as_json: bool) -> None:
                 value = value["text"]
             elif name == "key_usage":
                 value = f"0x{value:x} ({', '.join(entry['names']) or 'none'})"
-            elif (
-                name in ("key_usage_property", "x500_name_flags", "subject_name_flags") and value is not None
-            ):
+            elif name in ("key_usage_property", "x500_name_flags", "subject_name_flags") and value is not None:
                 value = f"0x{value:x}"
             elif name == "extensions":
                 continue

@@ -21,9 +21,7 @@ CLASSES = ("private-key", "public-key", "secret-key", "certificate", "data")
     default=None,
     help="Log in to see private objects (default: when a PIN source is configured or stdin is a terminal).",
 )
-@click.option(
-    "--type", "types", multiple=True, type=click.Choice(CLASSES), help="Only objects of this class."
-)
+@click.option("--type", "types", multiple=True, type=click.Choice(CLASSES), help="Only objects of this class.")
 @json_option
 def objects(
     token: str | None,

@@ -63,9 +63,7 @@ def token_option(f: F) -> F:
 
 
 def pin_options(f: F) -> F:
-    f = click.option(
-        "--force", is_flag=True, help="Try the PIN even when the token says it is the final try."
-    )(f)
+    f = click.option("--force", is_flag=True, help="Try the PIN even when the token says it is the final try.")(f)
     f = click.option(
         "--pin",
         "literal_pin",
@@ -75,8 +73,7 @@ def pin_options(f: F) -> F:
     f = click.option(
         "--pin-source",
         metavar="SOURCE",
-        help="prompt, pinpad, env:VAR, file:PATH or fd:N (default: TOKENAGENT_PIN_SOURCE, "
-        "else prompt on a terminal).",
+        help="prompt, pinpad, env:VAR, file:PATH or fd:N (default: TOKENAGENT_PIN_SOURCE, else prompt on a terminal).",
     )(f)
     return f
 

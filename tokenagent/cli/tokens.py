@@ -51,9 +51,7 @@ def tokens(modules: tuple[str, ...], mechanisms: bool, as_json: bool) -> None:
             if token.mechanisms is not None:
                 click.echo(field_line("mechanisms", len(token.mechanisms)))
                 for mech in token.mechanisms:
-                    sizes = (
-                        f"{mech.min_key_size}..{mech.max_key_size}" if mech.max_key_size is not None else "-"
-                    )
+                    sizes = f"{mech.min_key_size}..{mech.max_key_size}" if mech.max_key_size is not None else "-"
                     click.echo(f"      {mech.name:<34} {sizes:>12}  {', '.join(mech.flags)}")
 
 

@@ -197,7 +197,8 @@ def parse_san_item(item: str, name_flags: int = 0) -> GeneralNameSpec:
         oid = check_oid(tag) if tag[:1].isdigit() else None
         if oid is None:
             raise ValueProblem(
-                f"unknown SAN tag '{tag}' (UPN, EMail, DNS, DirectoryName, URL, IPAddress, RegisteredId, GUID or an OID)"
+                f"unknown SAN tag '{tag}' "
+                "(UPN, EMail, DNS, DirectoryName, URL, IPAddress, RegisteredId, GUID or an OID)"
             )
         return GeneralNameSpec("other_name", tagged_value(value, default="utf8"), other_oid=oid)
     if not value:
@@ -249,7 +250,7 @@ def parse_basic_constraints_text(fragments: list[str]) -> tuple[bool, int | None
     text = "&".join(fragments)
     found = {key.lower(): value.lower() for key, value in _BC_PART.findall(text)}
     leftover = _BC_PART.sub("", text).replace("&", "").strip()
-    if leftover or "ca" not in found and "pathlength" not in found:
+    if leftover or ("ca" not in found and "pathlength" not in found):
         raise ValueProblem(f"basic constraints must be ca=0|1[&pathlength=N], not '{text}'")
     ca = found.get("ca", "0") in ("1", "true", "yes")
     path = found.get("pathlength")
@@ -261,16 +262,12 @@ def parse_basic_constraints_text(fragments: list[str]) -> tuple[bool, int | None
     return ca, path_length if ca else None
 
 
-def parse_extension(
-    oid: str, fragments: list[str], line: int, critical: bool, name_flags: int
-) -> ExtensionSpec:
+def parse_extension(oid: str, fragments: list[str], line: int, critical: bool, name_flags: int) -> ExtensionSpec:
     first = fragments[0].lstrip()
     if first.lower().startswith("{text}"):
         rest = [first[6:], *fragments[1:]]
         if oid == OID_SAN:
-            return ExtensionSpec(
-                oid, critical, line, "subject_alt_name", alt_names=parse_san_text(rest, name_flags)
-            )
+            return ExtensionSpec(oid, critical, line, "subject_alt_name", alt_names=parse_san_text(rest, name_flags))
         if oid == OID_EKU:
             return ExtensionSpec(oid, critical, line, "extended_key_usage", usages=parse_eku_text(rest))
         if oid == OID_BASIC_CONSTRAINTS:

@@ -202,9 +202,7 @@ def tokenize(data: bytes | str, filename: str, diag: Diagnostics) -> InfFile:
         raw.append(_RawLine(number, current, *parts))
 
     strings = _collect_strings(raw, diag)
-    sections: dict[str, Section] = {
-        key: Section(name=name, line=line) for key, (name, line) in headers.items()
-    }
+    sections: dict[str, Section] = {key: Section(name=name, line=line) for key, (name, line) in headers.items()}
     for item in raw:
         section = sections[item.section]
         if item.section == "strings":

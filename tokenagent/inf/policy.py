@@ -411,15 +411,11 @@ def resolve(inf: InfFile, diag: Diagnostics) -> RequestPolicy:
         if name not in NEWREQUEST_KEYS:
             diag.warning(entry.line, f"unknown [NewRequest] key '{entry.key}' is ignored")
 
-    flags = r.read(
-        "x500_name_flags", "x500nameflags", lambda v: parse_flags(v, X500_NAME_FLAGS, "X500NameFlags"), 0
-    )
+    flags = r.read("x500_name_flags", "x500nameflags", lambda v: parse_flags(v, X500_NAME_FLAGS, "X500NameFlags"), 0)
     r.read("subject", "subject", lambda v: parse_name(v, flags) if v.strip() else None, None)
     r.read("exportable", "exportable", parse_bool, False)
     r.read("exportable_encrypted", "exportableencrypted", parse_bool, False)
-    hash_name = r.read(
-        "hash_algorithm", "hashalgorithm", _hash, "sha256", "tokenagent default (certreq: sha1)"
-    )
+    hash_name = r.read("hash_algorithm", "hashalgorithm", _hash, "sha256", "tokenagent default (certreq: sha1)")
     algorithm = r.read("key_algorithm", "keyalgorithm", _key_algorithm, "RSA")
     r.read("key_container", "keycontainer", _nonempty, None)
     r.read("key_length", "keylength", _positive, None)
@@ -476,11 +472,7 @@ def resolve(inf: InfFile, diag: Diagnostics) -> RequestPolicy:
     r.read(
         "subject_name_flags",
         "subjectnameflags",
-        lambda v: (
-            None
-            if v.strip().lower() == "template"
-            else parse_flags(v, SUBJECT_NAME_FLAGS, "SubjectNameFlags")
-        ),
+        lambda v: None if v.strip().lower() == "template" else parse_flags(v, SUBJECT_NAME_FLAGS, "SubjectNameFlags"),
         None,
     )
 
@@ -505,9 +497,7 @@ def resolve(inf: InfFile, diag: Diagnostics) -> RequestPolicy:
 
     if r.values["key_spec"] is None:
         spec = KeySpec.AT_KEYEXCHANGE if family == "ECDH" else KeySpec.AT_SIGNATURE
-        r.set_default(
-            "key_spec", spec, "certreq's default" if family != "ECDH" else "ECDH keys are for key exchange"
-        )
+        r.set_default("key_spec", spec, "certreq's default" if family != "ECDH" else "ECDH keys are for key exchange")
     spec = r.values["key_spec"]
     if encipher_only and spec == KeySpec.AT_SIGNATURE:
         diag.error(
@@ -525,7 +515,8 @@ def resolve(inf: InfFile, diag: Diagnostics) -> RequestPolicy:
     if hash_name in WEAK_HASHES:
         diag.error(
             r.line("hashalgorithm"),
-            f"HashAlgorithm = {hash_name} is broken; tokenagent signs with sha256, sha384 or sha512 (sha1 with a warning)",
+            f"HashAlgorithm = {hash_name} is broken; "
+            "tokenagent signs with sha256, sha384 or sha512 (sha1 with a warning)",
         )
     if hash_name == "sha1":
         diag.warning(r.line("hashalgorithm"), "HashAlgorithm = sha1 is deprecated; CAs may refuse it")
@@ -535,9 +526,7 @@ def resolve(inf: InfFile, diag: Diagnostics) -> RequestPolicy:
             "RequesterName is ignored with RequestType = PKCS10 (certreq ignores it too): use PKCS7 or CMC",
         )
     if r.values["private_key_archive"] and request_type != RequestType.CMC:
-        diag.warning(
-            r.line("privatekeyarchive"), "PrivateKeyArchive works only with RequestType = CMC; ignored"
-        )
+        diag.warning(r.line("privatekeyarchive"), "PrivateKeyArchive works only with RequestType = CMC; ignored")
 
     # -- existing keys ---------------------------------------------------------------------------
     if r.values["use_existing_key_set"]:
@@ -566,9 +555,7 @@ def resolve(inf: InfFile, diag: Diagnostics) -> RequestPolicy:
     if request_type != RequestType.CERT:
         for key in ("notbefore", "notafter", "validityperiod", "validityperiodunits"):
             if r.given(key):
-                diag.warning(
-                    r.line(key), f"{r.entries[key].key} is used only with RequestType = Cert; ignored"
-                )
+                diag.warning(r.line(key), f"{r.entries[key].key} is used only with RequestType = Cert; ignored")
 
     if r.values["subject_name_flags"]:
         diag.warning(
@@ -648,15 +635,13 @@ def _check_sections(inf: InfFile, diag: Diagnostics) -> None:
     if new_request is None:
         diag.error(
             1,
-            "the [NewRequest] section is missing (certreq: INF file line not found 0xe0000102, "
-            "INF: -536870654)",
+            "the [NewRequest] section is missing (certreq: INF file line not found 0xe0000102, INF: -536870654)",
             hresult=0xE0000102,
         )
     if not new_request.entries:
         diag.error(
             new_request.line,
-            "[NewRequest] has no keys; set at least one, e.g. Subject "
-            "(certreq: Incorrect function. 0x1, WIN32: 1)",
+            "[NewRequest] has no keys; set at least one, e.g. Subject (certreq: Incorrect function. 0x1, WIN32: 1)",
             hresult=0x1,
         )
 
@@ -710,15 +695,11 @@ def _extensions(inf: InfFile, diag: Diagnostics, name_flags: int) -> tuple[Exten
                 except ValueProblem as exc:
                     diag.error(entry.line, f"Critical: {exc}")
             else:
-                diag.warning(
-                    entry.line, f"unknown key '{entry.key}' in [EnhancedKeyUsageExtension] is ignored"
-                )
+                diag.warning(entry.line, f"unknown key '{entry.key}' in [EnhancedKeyUsageExtension] is ignored")
     if legacy_eku:
         if section is not None and any(e.name == "oid" for e in entries):
             line = next(e.line for e in entries if e.name == "oid")
-            diag.warning(
-                line, "OID = ... in [Extensions] is read as [EnhancedKeyUsageExtension] (enhanced key usage)"
-            )
+            diag.warning(line, "OID = ... in [Extensions] is read as [EnhancedKeyUsageExtension] (enhanced key usage)")
         try:
             usages = parse_eku_text(legacy_eku)
         except ValueProblem as exc:

@@ -107,7 +107,10 @@ _MONTHS = {
     )
     for name in names
 }
-_TIME = r"(?:[ T,]+(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2}))?\s*(?P<ampm>[AaPp]\.?[Mm]\.?)?)?\s*(?P<tz>Z|UTC|GMT|[+-]\d{2}:?\d{2})?"
+_TIME = (
+    r"(?:[ T,]+(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2}))?\s*(?P<ampm>[AaPp]\.?[Mm]\.?)?)?"
+    r"\s*(?P<tz>Z|UTC|GMT|[+-]\d{2}:?\d{2})?"
+)
 _DATE_FORMS = [
     # 7/24/2012 10:31 AM  (US order, as certreq documents it)
     re.compile(r"(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4})" + _TIME),

@@ -60,9 +60,7 @@ def mechanisms_of(handle: TokenHandle) -> list[MechanismReport]:
         except (PKCS11Error, ValueError):
             low = high = None
             flags = 0
-        reports.append(
-            MechanismReport(mechanism_name(value), value, low, high, flag_names(flags, MechanismFlag))
-        )
+        reports.append(MechanismReport(mechanism_name(value), value, low, high, flag_names(flags, MechanismFlag)))
     return reports
 
 
@@ -187,7 +185,5 @@ def inventory(refs: list[ModuleRef], *, mechanisms: bool = False, strict: bool =
         except ModuleError as exc:
             if strict:
                 raise
-            reports.append(
-                ModuleReport(name=ref.name, path=ref.path, source=ref.source, error=exc.one_line())
-            )
+            reports.append(ModuleReport(name=ref.name, path=ref.path, source=ref.source, error=exc.one_line()))
     return reports

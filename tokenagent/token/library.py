@@ -164,9 +164,7 @@ def list_slots(module: LoadedModule) -> list[SlotEntry]:
             try:
                 token = TokenHandle(module, slot, slot.get_token())
             except PKCS11Error as exc:
-                log.warning(
-                    "slot %s of %s: cannot read its token: %s", slot.slot_id, module.path, _reason(exc)
-                )
+                log.warning("slot %s of %s: cannot read its token: %s", slot.slot_id, module.path, _reason(exc))
         entries.append(SlotEntry(module, slot, token))
     return entries
 

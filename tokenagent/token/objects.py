@@ -227,9 +227,7 @@ def summarize_certificate(der: bytes) -> CertificateSummary | None:
         return None
 
 
-def iter_objects(
-    session: pkcs11.Session, attrs: dict[Attribute, Any] | None = None
-) -> Iterator[pkcs11.Object]:
+def iter_objects(session: pkcs11.Session, attrs: dict[Attribute, Any] | None = None) -> Iterator[pkcs11.Object]:
     yield from session.get_objects(attrs or {})
 
 
@@ -299,9 +297,7 @@ def rsa_spki(modulus: bytes, exponent: bytes) -> bytes:
     public = keys.RSAPublicKey(
         {"modulus": int.from_bytes(modulus, "big"), "public_exponent": int.from_bytes(exponent, "big")}
     )
-    return keys.PublicKeyInfo(
-        {"algorithm": keys.PublicKeyAlgorithm({"algorithm": "rsa"}), "public_key": public}
-    ).dump()
+    return keys.PublicKeyInfo({"algorithm": keys.PublicKeyAlgorithm({"algorithm": "rsa"}), "public_key": public}).dump()
 
 
 def ec_spki(ec_params: bytes, ec_point: bytes) -> bytes:
@@ -314,9 +310,7 @@ def ec_spki(ec_params: bytes, ec_point: bytes) -> bytes:
                 point = inner
         except ValueError:
             point = ec_point
-    algorithm = keys.PublicKeyAlgorithm(
-        {"algorithm": "ec", "parameters": keys.ECDomainParameters.load(ec_params)}
-    )
+    algorithm = keys.PublicKeyAlgorithm({"algorithm": "ec", "parameters": keys.ECDomainParameters.load(ec_params)})
     return keys.PublicKeyInfo({"algorithm": algorithm, "public_key": point}).dump()
 
 
@@ -335,9 +329,7 @@ def find_private_key_for(session: pkcs11.Session, spki_der: bytes) -> pkcs11.Obj
     wanted = keys.PublicKeyInfo.load(spki_der).dump()
     candidates = find_objects(session, object_class=ObjectClass.PRIVATE_KEY, object_id=key_id_for(wanted))
     seen = {c.handle for c in candidates}
-    candidates += [
-        c for c in find_objects(session, object_class=ObjectClass.PRIVATE_KEY) if c.handle not in seen
-    ]
+    candidates += [c for c in find_objects(session, object_class=ObjectClass.PRIVATE_KEY) if c.handle not in seen]
     for candidate in candidates:
         if public_key_info(candidate, session) == wanted:
             return candidate

@@ -139,9 +139,7 @@ def default_pin_source(stdin_is_tty: bool | None = None) -> PinSource | None:
 
 def _prompt(prompt: str) -> Pin:
     if not sys.stdin.isatty():
-        raise PinError(
-            "a PIN is needed but stdin is not a terminal: give --pin-source env:VAR, file:PATH or fd:N"
-        )
+        raise PinError("a PIN is needed but stdin is not a terminal: give --pin-source env:VAR, file:PATH or fd:N")
     import getpass
 
     try:

@@ -178,9 +178,7 @@ def open_session(
     return result
 
 
-def _credential(
-    state: PinState, pin_source: PinSource | None, name: str
-) -> Pin | ProtectedAuthentication | None:
+def _credential(state: PinState, pin_source: PinSource | None, name: str) -> Pin | ProtectedAuthentication | None:
     if pin_source is not None and pin_source.kind == "pinpad":
         if not state.protected_authentication_path:
             raise PinError(f"token {name} has no PIN pad (protected authentication path)")

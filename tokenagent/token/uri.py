@@ -162,9 +162,7 @@ def format_uri(uri: Pkcs11Uri) -> str:
             continue
         if name in uri.path:
             parts.append(f"{name}={quote(uri.path[name], safe=_SAFE_PATH)}")
-    parts.extend(
-        f"{name}={quote(value, safe=_SAFE_PATH)}" for name, value in uri.path.items() if name.startswith("x-")
-    )
+    parts.extend(f"{name}={quote(value, safe=_SAFE_PATH)}" for name, value in uri.path.items() if name.startswith("x-"))
     text = SCHEME + ";".join(parts)
     if uri.query:
         text += "?" + "&".join(f"{k}={quote(v, safe=_SAFE_QUERY)}" for k, v in uri.query.items())
