@@ -129,13 +129,43 @@ def decode_hex(text: str) -> bytes:
 
 
 def check_der(data: bytes) -> bytes:
-    """The bytes must be exactly one complete DER/BER element."""
-    try:
-        value = core.Asn1Value.load(data, strict=True)
-        value.native  # noqa: B018 - parses the contents, so truncated inner lengths are caught
-    except (ValueError, TypeError, OverflowError):
-        raise ValueProblem("not a complete DER value") from None
+    """The bytes must be exactly one complete DER element, every nested length consistent."""
+    if not data:
+        raise ValueProblem("empty DER value")
+    if _walk_tlv(data, 0, len(data), depth=0) != len(data):
+        raise ValueProblem("not a single DER value (trailing bytes)")
     return data
+
+
+def _walk_tlv(data: bytes, offset: int, end: int, depth: int) -> int:
+    """Walk one TLV at offset; return the offset after it. Constructed values are walked inside."""
+    if depth > 64:
+        raise ValueProblem("DER nested too deeply")
+    if offset + 2 > end:
+        raise ValueProblem("not a complete DER value (truncated)")
+    tag = data[offset]
+    offset += 1
+    if tag & 0x1F == 0x1F:  # high tag number form
+        while offset < end and data[offset] & 0x80:
+            offset += 1
+        offset += 1
+    if offset >= end:
+        raise ValueProblem("not a complete DER value (truncated)")
+    length = data[offset]
+    offset += 1
+    if length & 0x80:
+        count = length & 0x7F
+        if count == 0 or count > 4 or offset + count > end:
+            raise ValueProblem("not a complete DER value (bad length)")
+        length = int.from_bytes(data[offset : offset + count], "big")
+        offset += count
+    if offset + length > end:
+        raise ValueProblem("not a complete DER value (truncated)")
+    if tag & 0x20:  # constructed: its contents are TLVs too
+        inner = offset
+        while inner < offset + length:
+            inner = _walk_tlv(data, inner, offset + length, depth + 1)
+    return offset + length
 
 
 def tagged_value(text: str, *, default: str) -> bytes:

@@ -93,9 +93,6 @@ def _decode(data: bytes, encoding: str, diag: Diagnostics, strict: bool = False)
             line,
             f"not valid {encoding.upper()} text (byte offset {exc.start}); the file is damaged or truncated",
         )
-    if "\x00" in text:
-        line = text[: text.index("\x00")].count("\n") + 1
-        diag.error(line, "NUL character: this is not a text INF file")
     return text
 
 
@@ -170,6 +167,9 @@ def tokenize(data: bytes | str, filename: str, diag: Diagnostics) -> InfFile:
     text, encoding = (data, "str") if isinstance(data, str) else decode(data, diag)
     if text.startswith("\ufeff"):
         text = text[1:]
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        diag.error(line, "NUL character: this is not a text INF file")
     lines = _LINE_BREAK.split(text)
     raw: list[_RawLine] = []
     headers: dict[str, tuple[str, int]] = {}

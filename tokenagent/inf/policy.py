@@ -319,6 +319,7 @@ class _Resolver:
         self.values: dict[str, Any] = {}
         self.origins: dict[str, Origin] = {}
         section = inf.section("newrequest")
+        self.section_line = section.line if section is not None else 1
         self.entries: dict[str, Entry] = {}
         if section is not None:
             for entry in section.entries:
@@ -352,7 +353,7 @@ class _Resolver:
 
     def line(self, key: str) -> int:
         entry = self.entries.get(key)
-        return entry.line if entry else 1
+        return entry.line if entry else self.section_line
 
     def given(self, key: str) -> bool:
         return key in self.entries
