@@ -35,8 +35,16 @@ def ext(lines: str):
         ("IPAddress=fe80::1:2", "ip_address", ipaddress.ip_address("fe80::1:2").packed),
         ("RegisteredId=1.2.3.4.5", "registered_id", "1.2.3.4.5"),
         ("oid=2.5.29.17", "registered_id", "2.5.29.17"),
-        ("GUID=f7c3ac41-b8ce-4fb4-aa58-3d1dc0e36b39", "guid", uuid.UUID("f7c3ac41-b8ce-4fb4-aa58-3d1dc0e36b39").bytes_le),
-        ("guid={f7c3ac41-b8ce-4fb4-aa58-3d1dc0e36b39}", "guid", uuid.UUID("f7c3ac41-b8ce-4fb4-aa58-3d1dc0e36b39").bytes_le),
+        (
+            "GUID=f7c3ac41-b8ce-4fb4-aa58-3d1dc0e36b39",
+            "guid",
+            uuid.UUID("f7c3ac41-b8ce-4fb4-aa58-3d1dc0e36b39").bytes_le,
+        ),
+        (
+            "guid={f7c3ac41-b8ce-4fb4-aa58-3d1dc0e36b39}",
+            "guid",
+            uuid.UUID("f7c3ac41-b8ce-4fb4-aa58-3d1dc0e36b39").bytes_le,
+        ),
     ],
 )
 def test_san_tags(item: str, kind: str, value: object) -> None:
@@ -91,7 +99,7 @@ def test_url_keeps_its_own_ampersands() -> None:
     ],
 )
 def test_bad_san_items(item: str, message: str) -> None:
-    error = inf_error(f"[NewRequest]\n{SUBJECT}\n[Extensions]\n2.5.29.17 = \"{{text}}{item}\"\n")
+    error = inf_error(f'[NewRequest]\n{SUBJECT}\n[Extensions]\n2.5.29.17 = "{{text}}{item}"\n')
     assert str(error).startswith("t.inf:4: extension 2.5.29.17: ") and message in str(error), str(error)
 
 
@@ -111,8 +119,13 @@ def test_enhanced_key_usage_section_merges_with_text_eku() -> None:
 
 @pytest.mark.parametrize(
     ("text", "ca", "path_length"),
-    [("ca=1&pathlength=3", True, 3), ("ca=0", False, None), ("ca=true", True, None),
-     ("ca=0pathlength=3", False, None), ("CA=1 & PathLength=0", True, 0)],
+    [
+        ("ca=1&pathlength=3", True, 3),
+        ("ca=0", False, None),
+        ("ca=true", True, None),
+        ("ca=0pathlength=3", False, None),
+        ("CA=1 & PathLength=0", True, 0),
+    ],
 )
 def test_basic_constraints(text: str, ca: bool, path_length: int | None) -> None:
     (bc,) = ext(f'2.5.29.19 = "{{text}}{text}"')
@@ -159,8 +172,10 @@ def test_critical_for_an_absent_extension_warns() -> None:
 
 
 def test_request_attributes_are_kept_in_order() -> None:
-    policy = new_request(SUBJECT, "[RequestAttributes]\nCertificateTemplate = User\nSAN = \"dns=a&email=b@c\"\nFoo = Bar\n")
+    policy = new_request(
+        SUBJECT, '[RequestAttributes]\nCertificateTemplate = User\nSAN = "dns=a&email=b@c"\nFoo = Bar\n'
+    )
     assert policy.request_attributes == (("CertificateTemplate", "User"), ("SAN", "dns=a&email=b@c"), ("Foo", "Bar"))
     assert [n.kind for n in policy.san_attribute] == ["dns", "email"]
-    error = inf_error(f"[NewRequest]\n{SUBJECT}\n[RequestAttributes]\nSAN = \"nope=1\"\n")
+    error = inf_error(f'[NewRequest]\n{SUBJECT}\n[RequestAttributes]\nSAN = "nope=1"\n')
     assert str(error).startswith("t.inf:4: SAN attribute: unknown SAN tag")

@@ -70,7 +70,7 @@ def test_continuation_keywords(keyword: str) -> None:
 
 def test_strings_substitute_in_keys_and_values_anywhere_in_the_file() -> None:
     text = (
-        "[NewRequest]\nSubject = %cn%\nFriendlyName = \"%name% 100%% sure\"\n"
+        '[NewRequest]\nSubject = %cn%\nFriendlyName = "%name% 100%% sure"\n'
         "[Extensions]\n%eku%={text}%server%\n"
         "[Strings]\ncn = CN=From Strings\nNAME = Friendly\neku = 2.5.29.37\nserver = 1.3.6.1.5.5.7.3.1\n"
     )
