@@ -9,7 +9,7 @@ from tokenagent.errors import TokenAgentError
 from tokenagent.inf import RequestPolicy, parse_policy
 from tokenagent.inf.policy import NEWREQUEST_KEYS
 
-KEYS = sorted(NEWREQUEST_KEYS) + ["_continue_", "OID", "Critical", "2.5.29.17", "2.5.29.37", "2.5.29.19", "SAN"]
+KEYS = [*sorted(NEWREQUEST_KEYS), "_continue_", "OID", "Critical", "2.5.29.17", "2.5.29.37", "2.5.29.19", "SAN"]
 SECTIONS = ["NewRequest", "Extensions", "Strings", "Version", "RequestAttributes", "EnhancedKeyUsageExtension", "X"]
 VALUES = st.one_of(
     st.sampled_from(
