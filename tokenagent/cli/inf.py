@@ -62,5 +62,6 @@ def _show(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, list):
-        return "; ".join(str(v) for v in value) or "-"
+        items = [f"{v[0]}={v[1]}" if isinstance(v, list) and len(v) == 2 else str(v) for v in value]
+        return "; ".join(items) or "-"
     return str(value)
