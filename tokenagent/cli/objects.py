@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
@@ -66,7 +64,6 @@ def objects(
         click.echo("  (no objects)")
     for info in infos:
         _print_object(info)
-    sys.stdout.flush()
 
 
 def _object_json(info: object) -> dict[str, object]:

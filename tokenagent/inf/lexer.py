@@ -201,7 +201,7 @@ def tokenize(data: bytes | str, filename: str, diag: Diagnostics) -> InfFile:
             diag.error(number, f"expected 'key = value' in [{headers[current][0]}]: {_join(segments)[:60]}")
         raw.append(_RawLine(number, current, *parts))
 
-    strings = _collect_strings(raw, diag)
+    strings = _collect_strings(raw)
     sections: dict[str, Section] = {key: Section(name=name, line=line) for key, (name, line) in headers.items()}
     for item in raw:
         section = sections[item.section]
@@ -222,7 +222,7 @@ def tokenize(data: bytes | str, filename: str, diag: Diagnostics) -> InfFile:
     return InfFile(filename=filename, encoding=encoding, sections=sections, line_count=len(lines))
 
 
-def _collect_strings(raw: list[_RawLine], diag: Diagnostics) -> dict[str, str]:
+def _collect_strings(raw: list[_RawLine]) -> dict[str, str]:
     strings: dict[str, str] = {}
     for item in raw:
         if item.section == "strings":

@@ -242,11 +242,12 @@ def modules_for(module_specs: Sequence[str], selector: TokenSelector) -> list[Lo
 
 def select_token(selector: TokenSelector, modules: Sequence[LoadedModule]) -> TokenHandle:
     """The one token the selector names; a one-line error listing candidates otherwise."""
-    found = [handle for handle in iter_tokens(modules) if selector.matches(handle)]
+    handles = list(iter_tokens(modules))
+    found = [handle for handle in handles if selector.matches(handle)]
     if len(found) == 1:
         return found[0]
     if not found:
-        present = [h.describe() for h in iter_tokens(modules) if h.initialized]
+        present = [h.describe() for h in handles if h.initialized]
         listed = "; ".join(present) if present else "none"
         if selector.text is None:
             raise TokenNotFoundError("no initialized token found (insert a card or give --module)")

@@ -8,7 +8,7 @@ failing, so a listing never crashes on a token we have not met.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -227,14 +227,10 @@ def summarize_certificate(der: bytes) -> CertificateSummary | None:
         return None
 
 
-def iter_objects(session: pkcs11.Session, attrs: dict[Attribute, Any] | None = None) -> Iterator[pkcs11.Object]:
-    yield from session.get_objects(attrs or {})
-
-
 def list_objects(session: pkcs11.Session, token: TokenHandle) -> list[ObjectInfo]:
     """Every object the session can see, keys first, then certificates, then the rest."""
     order = {"private-key": 0, "public-key": 1, "secret-key": 2, "certificate": 3, "data": 4}
-    infos = [describe_object(obj, token) for obj in iter_objects(session)]
+    infos = [describe_object(obj, token) for obj in session.get_objects()]
     infos.sort(key=lambda i: (order.get(i.object_class, 9), i.id or b"", i.label or ""))
     return infos
 

@@ -73,10 +73,6 @@ class PinSource:
             return self.kind
         return f"{self.kind}:{self.argument}"
 
-    @property
-    def interactive(self) -> bool:
-        return self.kind == "prompt"
-
     def read(self, prompt: str = "PIN: ") -> Pin | ProtectedAuthentication:
         """Read the PIN once. Errors name the source, never the value."""
         if self.kind == "pinpad":

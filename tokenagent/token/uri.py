@@ -96,9 +96,6 @@ class Pkcs11Uri:
     def has_pin_value(self) -> bool:
         return "pin-value" in self.query
 
-    def names_object(self) -> bool:
-        return self.object_id is not None or "object" in self.path or "type" in self.path
-
     def token_part(self) -> Pkcs11Uri:
         """The same URI without object attributes and without the query (a token selector)."""
         path = {k: v for k, v in self.path.items() if k not in ("object", "type")}
