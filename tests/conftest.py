@@ -8,6 +8,11 @@ Tokens (user PIN 1234, SO PIN 87654321 unless said otherwise):
   ta-second   empty
   ta-twin x2  two tokens with the same label, for ambiguity
   ta-login    for PIN tests, user PIN LOGIN_PIN (its PIN state flags change)
+  ta-new      `tokenagent new` writes keys here (tests compare object lists, never absolute counts)
+  ta-cap      capacity tests: starts empty; only test_new's container-limit test writes to it
+
+TOKENAGENT_STATE_DIR (the pending store) and XDG_CONFIG_HOME (providers.toml) point into the
+session's temporary directory, so tests never read or write the developer's own state.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 USER_PIN = "1234"
 SO_PIN = "87654321"
 LOGIN_PIN = "login-Pin-4711"  # distinctive, so a leak check cannot match a serial number by chance
-TOKENS = ["ta-main", "ta-second", "ta-twin", "ta-twin", f"ta-login:{SO_PIN}:{LOGIN_PIN}"]
+TOKENS = ["ta-main", "ta-second", "ta-twin", "ta-twin", f"ta-login:{SO_PIN}:{LOGIN_PIN}", "ta-new", "ta-cap"]
 
 
 @dataclass(frozen=True)
@@ -36,9 +41,23 @@ class SoftHSM:
     conf: Path
     module: str
 
+    @property
+    def state_dir(self) -> Path:
+        return self.directory / "state"
+
+    @property
+    def config_home(self) -> Path:
+        return self.directory / "config"
+
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(SOFTHSM2_CONF=str(self.conf), TOKENAGENT_MODULE=self.module)
+        env.update(
+            SOFTHSM2_CONF=str(self.conf),
+            TOKENAGENT_MODULE=self.module,
+            TOKENAGENT_STATE_DIR=str(self.state_dir),
+            XDG_CONFIG_HOME=str(self.config_home),
+        )
+        env.pop("TOKENAGENT_PROVIDERS", None)
         env.pop("TOKENAGENT_PIN_SOURCE", None)
         env.update(extra)
         return env
@@ -77,10 +96,14 @@ def make_softhsm(directory: Path, labels: list[str]) -> SoftHSM:
 @pytest.fixture(scope="session")
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHSM]:
     instance = make_softhsm(tmp_path_factory.mktemp("softhsm"), TOKENS)
-    saved = {k: os.environ.get(k) for k in ("SOFTHSM2_CONF", "TOKENAGENT_MODULE", "TOKENAGENT_PIN_SOURCE")}
+    names = ("SOFTHSM2_CONF", "TOKENAGENT_MODULE", "TOKENAGENT_PIN_SOURCE", "TOKENAGENT_STATE_DIR", "XDG_CONFIG_HOME")
+    saved = {k: os.environ.get(k) for k in (*names, "TOKENAGENT_PROVIDERS")}
     os.environ["SOFTHSM2_CONF"] = str(instance.conf)
     os.environ["TOKENAGENT_MODULE"] = instance.module
+    os.environ["TOKENAGENT_STATE_DIR"] = str(instance.state_dir)
+    os.environ["XDG_CONFIG_HOME"] = str(instance.config_home)
     os.environ.pop("TOKENAGENT_PIN_SOURCE", None)
+    os.environ.pop("TOKENAGENT_PROVIDERS", None)
     populate_main_token(instance)
     yield instance
     for key, value in saved.items():

@@ -38,7 +38,7 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
 
 
 def test_every_command_has_help() -> None:
-    for command in ("tokens", "objects"):
+    for command in ("tokens", "objects", "new", "pending"):
         run = run_cli(command, "--help")
         assert run.returncode == 0 and "--json" in run.stdout
 
@@ -68,6 +68,7 @@ def test_exit_codes_are_stable() -> None:
         "PinIncorrectError": 7,
         "PinLockedError": 7,
         "CapacityError": 8,
+        "KeyExistsError": 8,
         "ObjectNotFoundError": 9,
         "KeyMismatchError": 9,
         "TokenOperationError": 10,

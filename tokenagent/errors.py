@@ -103,6 +103,13 @@ class CapacityError(TokenAgentError):
     exit_code = 8
 
 
+class KeyExistsError(CapacityError):
+    """A key container (CKA_LABEL) that already exists (certreq: 0x8009000f, Object already exists)."""
+
+    exit_code = 8
+    hresult = 0x8009000F
+
+
 class ObjectNotFoundError(TokenAgentError):
     """No key or certificate matches (certreq: 0x80090011, Object was not found)."""
 
@@ -161,6 +168,7 @@ EXIT_CODES: dict[str, int] = {
         PinIncorrectError,
         PinLockedError,
         CapacityError,
+        KeyExistsError,
         ObjectNotFoundError,
         KeyMismatchError,
         TokenOperationError,

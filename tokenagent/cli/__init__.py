@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "tokens": ("tokenagent.cli.tokens", "tokens", "List PKCS#11 modules, slots and tokens."),
     "objects": ("tokenagent.cli.objects", "objects", "List keys and certificates on a token."),
     "inf": ("tokenagent.cli.inf", "inf", "Read certreq INF policies (inf show FILE)."),
+    "new": ("tokenagent.cli.new", "new", "Generate a key on the token and a request signed there (certreq -new)."),
+    "pending": ("tokenagent.cli.pending", "pending", "List or delete pending requests."),
 }
 
 

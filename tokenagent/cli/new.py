@@ -1,0 +1,165 @@
+"""`tokenagent new POLICY.inf [REQUEST]`: certreq -new on a PKCS#11 token."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
+from tokenagent.cli.output import emit_json, warn
+
+
+@click.command("new")
+@click.argument("policy", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("request", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--binary", is_flag=True, help="Write DER instead of certreq base64 (certreq -binary).")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the key plan, the capacity verdict and the request contents; create nothing."
+)
+@click.option("-f", "--overwrite", is_flag=True, help="Replace REQUEST if it exists (certreq -f).")
+@click.option(
+    "--providers",
+    "providers",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="A providers TOML file (ProviderName -> module, token, profile); see docs/providers.md.",
+)
+@click.option(
+    "--machine/--user",
+    "machine",
+    default=None,
+    help="The provider's machine token and state (MachineKeySet) or the user's (default: from the INF).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    help="Where the pending store lives (default: TOKENAGENT_STATE_DIR, ~/.local/state/tokenagent, "
+    "/var/lib/tokenagent with --machine).",
+)
+@token_option
+@module_option
+@pin_options
+@json_option
+def new(
+    policy: Path,
+    request: Path | None,
+    binary: bool,
+    dry_run: bool,
+    overwrite: bool,
+    providers: tuple[str, ...],
+    machine: bool | None,
+    state_dir: Path | None,
+    token: str | None,
+    modules: tuple[str, ...],
+    pin_source: str | None,
+    literal_pin: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Generate a key pair on the token as POLICY (a certreq INF) says, and write a request signed on
+    the token to REQUEST (default: standard output). RequestType = Cert installs a self-signed
+    certificate on the token instead. Exit codes: docs/exit-codes.md."""
+    from tokenagent.enroll.new import NewOptions, new_request
+
+    to_stdout = request is None or str(request) == "-"
+    options = NewOptions(
+        policy=policy,
+        output=None if to_stdout else request,
+        binary=binary,
+        overwrite=overwrite,
+        dry_run=dry_run,
+        token=token,
+        modules=modules,
+        providers=providers,
+        machine=machine,
+        pin_source=resolve_pin_source(pin_source, literal_pin, token),
+        force=force,
+        state_dir=state_dir,
+    )
+    if to_stdout and binary and sys.stdout.isatty() and not dry_run and not as_json:
+        from tokenagent.errors import UsageError
+
+        raise UsageError("--binary writes DER; give an output file instead of a terminal")
+    result = new_request(options, on_warning=warn)
+    if as_json:
+        emit_json(result.to_json())
+    elif dry_run:
+        _print_dry_run(result)
+    else:
+        _print_result(result, to_stdout)
+    if dry_run and not result.verdict.ok:
+        from tokenagent.errors import CapacityError
+
+        raise CapacityError(f"dry run: the token would refuse: {result.verdict.refusals()[0].detail}")
+
+
+def _print_result(result: object, to_stdout: bool) -> None:
+    from tokenagent.enroll.new import NewResult
+
+    assert isinstance(result, NewResult)
+    if to_stdout and result.encoded is not None:
+        if result.binary:
+            sys.stdout.buffer.write(result.encoded)
+            sys.stdout.buffer.flush()
+        else:
+            click.echo(result.encoded.decode("ascii").replace("\r\n", "\n"), nl=False)
+    what = "self-signed certificate installed" if result.request_type == "CERT" else "request"
+    lines = [
+        f"{what}: {result.output if result.output else '(standard output)'}",
+        f"token: {result.token.describe()}",
+        f"key: {'generated' if result.key_generated else 'existing'} {result.plan.key_algorithm} "
+        f"{result.plan.bits}-bit, CKA_ID {result.key_id.hex() if result.key_id else '?'}",
+        f"private key: {result.key_uri('private')}",
+    ]
+    if result.request_type == "CERT":
+        lines.append(f"certificate: {result.key_uri('cert')}")
+    if result.pending is not None:
+        lines.append(f"pending request ID {result.pending.id} in {result.store_path}")
+    for line in lines:  # details go to stderr when the request itself is on stdout
+        click.echo(line, err=to_stdout)
+
+
+def _print_dry_run(result: object) -> None:
+    from tokenagent.enroll.new import NewResult
+
+    assert isinstance(result, NewResult)
+    plan = result.plan
+    echo = click.echo
+    echo(f"Dry run of {result.policy.filename}: nothing will be created")
+    echo(f"provider: {plan.provider.name} (profile {plan.provider.profile.name}, from {plan.provider.source})")
+    echo(f"token: {result.token.describe()} [{'machine' if plan.machine else 'user'} context]")
+    if plan.existing is not None:
+        echo(f"key: reuse {plan.existing.describe()}")
+    else:
+        echo(f"key: {plan.key_algorithm} {plan.bits}-bit via {plan.generation_mechanism}, label '{plan.label}'")
+        echo("  public key template:")
+        for name, value in plan.public_template.items():
+            echo(f"    {name} = {_value(value)}")
+        echo("  private key template:")
+        for name, value in plan.private_template.items():
+            echo(f"    {name} = {_value(value)}")
+        echo("  CKA_ID = SHA-1 of the public key, set on both halves after generation")
+    echo(
+        f"signature: {plan.padding} with {plan.hash}; mechanisms in order: "
+        + ", ".join(m.describe() for m in plan.sign_candidates)
+    )
+    for note in plan.notes:
+        echo(f"note: {note}")
+    echo(f"capacity: {'OK' if result.verdict.ok else 'REFUSED'}")
+    for check in result.verdict.checks:
+        echo(f"  [{'ok' if check.ok else 'NO'}] {check.name}: {check.detail}")
+    echo(f"request ({result.request_type}):")
+    for item in result.contents:
+        flag = " critical" if item.critical else ""
+        origin = " (default)" if item.default else ""
+        echo(f"  {item.kind} {item.name} {item.oid}{flag}{origin}: {item.text}")
+
+
+def _value(value: object) -> str:
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, bytes):
+        return value.hex()
+    return repr(value) if isinstance(value, str) else str(value)

@@ -1,0 +1,1 @@
+"""Use cases: new (and later sign, accept, repair), each all-or-nothing."""

@@ -1,0 +1,404 @@
+"""The `new` use case (certreq -new): INF -> key pair born on the token -> request signed on the token.
+
+All or nothing. Everything that can be refused is refused before the token changes: the INF,
+the provider, the key plan, the PIN state and the capacity check. After C_GenerateKeyPair any
+failure (signing, a self-check, writing the file, the pending store, Ctrl-C) destroys what was
+created and removes what was written, in reverse order, so the token is exactly as before.
+
+Commit order: key pair -> signature -> our own verification -> request in a temporary file next
+to the output -> pending record -> rename onto the output. The rename is the commit point; if it
+fails the pending record is deleted as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tokenagent.errors import (
+    Interrupted,
+    OutputError,
+    PinError,
+    PolicyError,
+    TokenAgentError,
+    UsageError,
+    VerificationError,
+)
+from tokenagent.inf.policy import RequestPolicy, RequestType, load_policy
+from tokenagent.providers.capacity import CapacityVerdict, check_capacity
+from tokenagent.providers.plan import KeyPlan, plan_key
+from tokenagent.providers.registry import ProviderEntry, load_registry
+from tokenagent.request.algorithms import SignatureAlgorithm
+from tokenagent.request.armor import REQUEST_LABEL, armor
+from tokenagent.request.certificate import self_signed_certificate
+from tokenagent.request.pkcs10 import ContentItem, build_request, planned_contents, subject_text
+from tokenagent.store.paths import pending_db_path
+from tokenagent.store.pending import NewPending, PendingRequest, PendingStore
+from tokenagent.token.keys import (
+    KeyPair,
+    destroy_objects,
+    find_key_pair_by_certificate,
+    find_key_pair_by_label,
+    gather_facts,
+    generate_key_pair,
+    write_certificate,
+)
+from tokenagent.token.library import TokenHandle, TokenSelector, modules_for, select_token
+from tokenagent.token.modules import ENV_MODULE
+from tokenagent.token.pins import PinSource
+from tokenagent.token.session import TokenSession, open_session
+from tokenagent.token.uri import Pkcs11Uri
+
+log = logging.getLogger("tokenagent")
+Warn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class NewOptions:
+    """What `tokenagent new` was asked; the library API takes the same."""
+
+    policy: Path
+    output: Path | None = None  # None: the caller prints `NewResult.text`
+    binary: bool = False  # DER instead of certreq base64
+    overwrite: bool = False
+    dry_run: bool = False
+    token: str | None = None
+    modules: Sequence[str] = ()
+    providers: Sequence[str | Path] = ()
+    machine: bool | None = None  # None: MachineKeySet decides
+    pin_source: PinSource | None = None
+    force: bool = False  # try a PIN on its final try
+    state_dir: Path | None = None
+
+
+@dataclass
+class NewResult:
+    policy: RequestPolicy
+    provider: ProviderEntry
+    plan: KeyPlan
+    verdict: CapacityVerdict
+    token: TokenHandle
+    contents: list[ContentItem]
+    dry_run: bool
+    request_type: str  # PKCS10 | CERT
+    binary: bool = False
+    der: bytes | None = None  # the request (or, for RequestType = Cert, the certificate)
+    encoded: bytes | None = None  # what goes to the output: certreq base64 (CRLF) or, with --binary, DER
+    output: Path | None = None
+    key_id: bytes | None = None
+    key_label: str | None = None
+    key_generated: bool = False
+    pending: PendingRequest | None = None
+    store_path: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def armor_label(self) -> str:
+        return "CERTIFICATE" if self.request_type == "CERT" else REQUEST_LABEL
+
+    def key_uri(self, object_type: str = "private") -> str | None:
+        """RFC 7512 URI of the key (or, with "cert", its certificate) for OpenSSL, p11-kit, GnuTLS."""
+        if self.key_id is None:
+            return None
+        path = dict(self.token.uri().path)
+        path["object"] = self.key_label or self.plan.label
+        path["type"] = object_type
+        return str(Pkcs11Uri(path=path, object_id=self.key_id))
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "format_version": 1,
+            "dry_run": self.dry_run,
+            "policy_file": self.policy.filename,
+            "request_type": self.request_type,
+            "token": {"label": self.token.label, "serial": self.token.serial, "uri": str(self.token.uri())},
+            "plan": self.plan.to_json(),
+            "capacity": self.verdict.to_json(),
+            "contents": [item.__dict__ for item in self.contents],
+            "warnings": self.warnings,
+        }
+        if self.dry_run:
+            return data
+        data.update(
+            {
+                "output": str(self.output) if self.output else None,
+                "key_id": self.key_id.hex() if self.key_id else None,
+                "key_generated": self.key_generated,
+                "private_key_uri": self.key_uri("private"),
+                "certificate_uri": self.key_uri("cert") if self.request_type == "CERT" else None,
+                "pending_id": self.pending.id if self.pending else None,
+                "pending_store": str(self.store_path) if self.store_path else None,
+                "sha256": hashlib.sha256(self.der).hexdigest() if self.der else None,
+            }
+        )
+        if self.output is None and self.der is not None:
+            if self.binary:
+                data["der_hex"] = self.der.hex()
+            else:
+                data["base64"] = armor(self.der, self.armor_label)
+        return data
+
+
+def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewResult:
+    """Run certreq -new against a token. Raises a `TokenAgentError` with nothing left behind."""
+    warn = on_warning or (lambda message: log.warning("%s", message))
+    policy = load_policy(options.policy)
+    for diagnostic in policy.warnings:
+        warn(f"{diagnostic.filename}:{diagnostic.line}: {diagnostic.message}")
+    _check_request_type(policy)
+    registry = load_registry(options.providers)
+    provider = registry.lookup(policy.provider_name, _where(policy, "provider_name"))
+    machine = policy.machine_key_set if options.machine is None else options.machine
+    plan = plan_key(policy, provider, machine=machine)
+    for note in plan.notes:
+        log.info("%s", note)
+    if plan.silent and not options.dry_run:
+        _check_silent(policy, options.pin_source)
+    if options.output is not None and not options.dry_run:
+        _check_output(options.output, options.overwrite)
+
+    handle = _select_token(provider, options, machine)
+    session = open_session(
+        handle,
+        login=True,
+        pin_source=options.pin_source,
+        rw=not options.dry_run,
+        force=options.force,
+        on_warning=warn,
+    )
+    with session:
+        facts = gather_facts(session)
+        is_cert = policy.request_type == RequestType.CERT
+        verdict = check_capacity(plan, facts, extra_objects=1 if is_cert else 0)
+        result = NewResult(
+            policy=policy,
+            provider=provider,
+            plan=plan,
+            verdict=verdict,
+            token=handle,
+            contents=planned_contents(policy),
+            dry_run=options.dry_run,
+            request_type=policy.request_type.name,
+            binary=options.binary,
+            warnings=[str(w) for w in policy.warnings],
+        )
+        if options.dry_run:
+            return result
+        verdict.raise_if_refused(f"'{handle.label}'")
+        _Transaction(session, options, result).run()
+    return result
+
+
+class _Transaction:
+    """One enrollment on one token; `undo` puts everything back after a failure."""
+
+    def __init__(self, session: TokenSession, options: NewOptions, result: NewResult) -> None:
+        self.session = session
+        self.options = options
+        self.result = result
+        self.created: list[Any] = []  # token objects, in creation order
+        self.temp_file: Path | None = None
+        self.pending: PendingRequest | None = None
+        self.store: PendingStore | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            problems = self.undo()
+            if isinstance(exc, KeyboardInterrupt):
+                what = "the new key pair was deleted" if self.result.key_generated else "nothing was changed"
+                raise Interrupted(f"interrupted: {what}, no request was written") from None
+            if problems and isinstance(exc, TokenAgentError):
+                raise type(exc)(f"{exc.one_line()}; rollback incomplete: {'; '.join(problems)}") from exc
+            raise
+
+    def _run(self) -> None:
+        result, policy, plan = self.result, self.result.policy, self.result.plan
+        pair = self._key_pair()
+        result.key_id = pair.key_id
+        result.key_label = pair.label
+        result.key_generated = pair.generated
+        assert result.verdict.sign_mechanism is not None
+        from tokenagent.enroll.signer import TokenSigner
+
+        signer = TokenSigner(
+            self.session, pair.private, result.verdict.sign_mechanism, SignatureAlgorithm(plan.hash, plan.padding)
+        )
+        if policy.request_type == RequestType.CERT:
+            der = self_signed_certificate(policy, pair.spki, signer, now=datetime.now(UTC))
+            _verify_certificate(der)
+            label = policy.friendly_name or plan.label
+            self.created.append(write_certificate(self.session, der, key_id=pair.key_id, label=label))
+        else:
+            der = build_request(policy, pair.spki, signer)
+            _verify_request(der)
+        result.der = der
+        encoded = der if self.options.binary else armor(der, result.armor_label).encode("ascii")
+        result.encoded = encoded
+        output = self.options.output
+        if output is not None:
+            self.temp_file = _write_temp(output, encoded)
+        if policy.request_type != RequestType.CERT:
+            self._record(pair, der)
+        if output is not None and self.temp_file is not None:
+            try:
+                os.replace(self.temp_file, output)
+            except OSError as exc:
+                raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from None
+            self.temp_file = None
+            result.output = output
+
+    def _key_pair(self) -> KeyPair:
+        plan = self.result.plan
+        if plan.existing is not None:
+            if plan.existing.renewal_thumbprint is not None:
+                pair, _certificate = find_key_pair_by_certificate(self.session, plan.existing.renewal_thumbprint)
+            else:
+                assert plan.existing.label is not None
+                pair = find_key_pair_by_label(self.session, plan.existing.label)
+            return pair
+        pair = generate_key_pair(
+            self.session,
+            key_type=plan.key_type,
+            generation_mechanism=plan.generation_mechanism,
+            public_template=plan.public_template,
+            private_template=plan.private_template,
+        )
+        self.created.extend([pair.public, pair.private])
+        return pair
+
+    def _record(self, pair: KeyPair, der: bytes) -> None:
+        result, options = self.result, self.options
+        path = pending_db_path(result.plan.machine, options.state_dir)
+        self.store = PendingStore(path)
+        self.pending = self.store.add(
+            NewPending(
+                request_sha256=hashlib.sha256(der).hexdigest(),
+                request_der=der,
+                request_type=result.request_type,
+                subject=subject_text(result.policy),
+                token_label=result.token.label,
+                token_serial=result.token.serial,
+                token_model=result.token.model,
+                module_path=result.token.module.path,
+                key_id=pair.key_id.hex(),
+                key_label=pair.label,
+                public_key_sha256=hashlib.sha256(pair.spki).hexdigest(),
+                key_generated=pair.generated,
+                friendly_name=result.policy.friendly_name,
+                policy_file=str(Path(result.policy.filename).resolve()),
+                policy_json=json.dumps(result.policy.to_json(), default=str),
+                machine=result.plan.machine,
+            )
+        )
+        result.pending = self.pending
+        result.store_path = path
+
+    def undo(self) -> list[str]:
+        problems: list[str] = []
+        if self.temp_file is not None:
+            with contextlib.suppress(OSError):
+                self.temp_file.unlink()
+        if self.pending is not None and self.store is not None:
+            try:
+                self.store.delete(self.pending.id)
+            except TokenAgentError as exc:
+                problems.append(f"pending record {self.pending.id} not removed: {exc.one_line()}")
+        if self.created:
+            problems += destroy_objects(list(reversed(self.created)), what="new key pair")
+        return problems
+
+
+def _where(policy: RequestPolicy, field_name: str) -> str:
+    origin = policy.origins.get(field_name)
+    return f"{policy.filename}:{origin.line}" if origin is not None and origin.line else policy.filename
+
+
+def _check_request_type(policy: RequestPolicy) -> None:
+    if policy.request_type in (RequestType.CMC, RequestType.PKCS7):
+        raise PolicyError(
+            f"{_where(policy, 'request_type')}: RequestType = {policy.request_type.name} (agent co-signed or "
+            "renewal requests) is not available yet; use RequestType = PKCS10"
+        )
+
+
+def _check_silent(policy: RequestPolicy, source: PinSource | None) -> None:
+    if source is None or source.kind == "prompt":
+        raise PinError(
+            f"{_where(policy, 'silent')}: Silent = TRUE forbids prompting for the PIN; give --pin-source "
+            "env:VAR, file:PATH, fd:N or pinpad (or set TOKENAGENT_PIN_SOURCE)"
+        )
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and not overwrite:
+        raise UsageError(f"{output} exists; give --overwrite (certreq -f) to replace it")
+    if output.exists() and output.is_dir():
+        raise OutputError(f"{output} is a directory")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {output}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write {output}: directory {parent} is not writable")
+
+
+def _write_temp(output: Path, data: bytes) -> Path:
+    parent = output.parent if str(output.parent) else Path(".")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=parent)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(name, 0o644)
+    except OSError as exc:
+        raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from None
+    return Path(name)
+
+
+def _select_token(provider: ProviderEntry, options: NewOptions, machine: bool) -> TokenHandle:
+    """Module precedence: --module, then a module named in a providers file, then TOKENAGENT_MODULE,
+    then the built-in provider's module (OpenSC for smart cards), then p11-kit discovery."""
+    if options.modules:
+        specs = list(options.modules)
+    elif provider.module and provider.source != "built-in":
+        specs = [provider.module]
+    elif os.environ.get(ENV_MODULE):
+        specs = []
+    else:
+        specs = [provider.module] if provider.module else []
+    selector = TokenSelector.parse(options.token or provider.token_for(machine))
+    return select_token(selector, modules_for(specs, selector))
+
+
+def _verify_request(der: bytes) -> None:
+    """A token that returns a wrong signature must not produce a request a CA would reject later."""
+    from cryptography import x509
+
+    try:
+        valid = x509.load_der_x509_csr(der).is_signature_valid
+    except ValueError as exc:
+        raise VerificationError(f"the request just built does not parse: {exc}") from None
+    if not valid:
+        raise VerificationError("the token's signature on the new request does not verify")
+
+
+def _verify_certificate(der: bytes) -> None:
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        certificate = x509.load_der_x509_certificate(der)
+        certificate.verify_directly_issued_by(certificate)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise VerificationError(f"the token's signature on the new certificate does not verify: {exc}") from None

@@ -1,0 +1,89 @@
+"""Pending requests: list them, delete one, and optionally the key pair made for it."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenagent.errors import KeyMismatchError, ObjectNotFoundError, UsageError
+from tokenagent.store.paths import pending_db_path
+from tokenagent.store.pending import PendingRequest, PendingStore
+from tokenagent.token.keys import destroy_objects
+from tokenagent.token.library import TokenSelector, modules_for, select_token
+from tokenagent.token.objects import find_objects, public_key_info
+from tokenagent.token.pins import PinSource
+from tokenagent.token.session import open_session
+
+
+def pending_store(machine: bool = False, state_dir: Path | None = None) -> PendingStore:
+    return PendingStore(pending_db_path(machine, state_dir))
+
+
+@dataclass(frozen=True)
+class Deleted:
+    record: PendingRequest
+    key_objects_deleted: int  # 0 unless --with-key
+
+
+def delete_pending(
+    store: PendingStore,
+    request_id: int,
+    *,
+    with_key: bool = False,
+    modules: tuple[str, ...] = (),
+    pin_source: PinSource | None = None,
+    force: bool = False,
+    on_warning: Callable[[str], None] | None = None,
+) -> Deleted:
+    """Remove a pending record; with ``with_key`` first delete its key pair from the token it was
+    made on (found by serial, then checked by public key so no other key can be hit)."""
+    record = store.get(request_id)
+    deleted = 0
+    if with_key:
+        if not record.key_generated:
+            raise UsageError(
+                f"pending request {request_id} reused an existing key (UseExistingKeySet); "
+                "tokenagent does not delete keys it did not create"
+            )
+        deleted = _delete_key(record, modules, pin_source, force, on_warning)
+    store.delete(request_id)
+    return Deleted(record, deleted)
+
+
+def _delete_key(
+    record: PendingRequest,
+    modules: tuple[str, ...],
+    pin_source: PinSource | None,
+    force: bool,
+    on_warning: Callable[[str], None] | None,
+) -> int:
+    from pkcs11 import ObjectClass
+
+    selector = TokenSelector.parse(f"pkcs11:serial={record.token_serial}")
+    handle = select_token(selector, modules_for(list(modules) or [record.module_path], selector))
+    key_id = bytes.fromhex(record.key_id)
+    with open_session(handle, login=True, pin_source=pin_source, rw=True, force=force, on_warning=on_warning) as ts:
+        objects = []
+        for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+            for obj in find_objects(ts.session, object_class=object_class, object_id=key_id):
+                spki = public_key_info(obj, ts.session)
+                if spki is not None and hashlib.sha256(spki).hexdigest() == record.public_key_sha256:
+                    objects.append(obj)
+                elif spki is not None:
+                    raise KeyMismatchError(
+                        f"token '{handle.label}': the key with CKA_ID {record.key_id} is not the key of pending "
+                        f"request {record.id}; nothing deleted"
+                    )
+        if not objects:
+            raise ObjectNotFoundError(
+                f"token '{handle.label}': the key pair of pending request {record.id} (CKA_ID {record.key_id}) "
+                "is not there any more; delete the record without --with-key"
+            )
+        problems = destroy_objects(objects, what=f"key pair of pending request {record.id}")
+        if problems:
+            from tokenagent.errors import TokenOperationError
+
+            raise TokenOperationError("; ".join(problems))
+        return len(objects)

@@ -1,0 +1,42 @@
+"""A `request.Signer` whose private key lives on a token.
+
+The request room builds bytes to sign and wants X.509-shaped signatures; the token room makes one
+C_Sign with a named mechanism. This glue prepares what the mechanism expects (the data, its hash,
+or a DigestInfo) and turns ECDSA's raw r||s into DER.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenagent.request.algorithms import SignatureAlgorithm, digest, digest_info, ecdsa_der_signature
+from tokenagent.token.facts import SignMechanism
+from tokenagent.token.keys import sign_raw
+from tokenagent.token.session import TokenSession
+
+
+class TokenSigner:
+    def __init__(self, session: TokenSession, key: Any, how: SignMechanism, algorithm: SignatureAlgorithm) -> None:
+        if how.hash != algorithm.hash:
+            raise ValueError("the mechanism's hash and the signature algorithm's hash differ")
+        self._session = session
+        self._key = key
+        self._how = how
+        self._algorithm = algorithm
+        self.signatures = 0  # counted for tests and benchmarks
+
+    @property
+    def algorithm(self) -> SignatureAlgorithm:
+        return self._algorithm
+
+    def sign(self, data: bytes) -> bytes:
+        how = self._how
+        if how.input == "data":
+            payload = data
+        elif how.input == "digest":
+            payload = digest(how.hash, data)
+        else:
+            payload = digest_info(how.hash, digest(how.hash, data))
+        raw = sign_raw(self._session, self._key, how, payload)
+        self.signatures += 1
+        return ecdsa_der_signature(raw) if how.ecdsa else raw
