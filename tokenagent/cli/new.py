@@ -142,8 +142,8 @@ def _print_dry_run(result: object) -> None:
             echo(f"    {name} = {_value(value)}")
         echo("  CKA_ID = SHA-1 of the public key, set on both halves after generation")
     echo(
-        f"signature: {plan.padding} with {plan.hash}; mechanisms in order: "
-        + ", ".join(m.describe() for m in plan.sign_candidates)
+        f"signature: {plan.padding} with {plan.hash}; mechanism "
+        + " then ".join(m.describe() for m in plan.sign_candidates)
     )
     for note in plan.notes:
         echo(f"note: {note}")

@@ -96,6 +96,7 @@ class NewResult:
     output: Path | None = None
     key_id: bytes | None = None
     key_label: str | None = None
+    certificate_label: str | None = None  # RequestType = Cert: FriendlyName, else the key's label
     key_generated: bool = False
     pending: PendingRequest | None = None
     store_path: Path | None = None
@@ -110,7 +111,8 @@ class NewResult:
         if self.key_id is None:
             return None
         path = dict(self.token.uri().path)
-        path["object"] = self.key_label or self.plan.label
+        label = self.certificate_label if object_type == "cert" else self.key_label
+        path["object"] = label or self.plan.label
         path["type"] = object_type
         return str(Pkcs11Uri(path=path, object_id=self.key_id))
 
@@ -237,7 +239,8 @@ class _Transaction:
         if policy.request_type == RequestType.CERT:
             der = self_signed_certificate(policy, pair.spki, signer, now=datetime.now(UTC))
             _verify_certificate(der)
-            label = policy.friendly_name or plan.label
+            label = policy.friendly_name or pair.label
+            result.certificate_label = label
             self.created.append(write_certificate(self.session, der, key_id=pair.key_id, label=label))
         else:
             der = build_request(policy, pair.spki, signer)
