@@ -1,0 +1,90 @@
+"""PKCS#10 attributes: extensionRequest (RFC 2985) and the Microsoft enrollment attributes (MS-WCCE).
+
+Each attribute is built with the classes below and handed back as asn1crypto's `csr.CRIAttribute`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from asn1crypto import core, csr, x509
+
+from tokenagent.inf.values import ValueProblem
+
+OID_EXTENSION_REQUEST = "1.2.840.113549.1.9.14"  # PKCS #9 extensionRequest
+OID_ENROLLMENT_NAME_VALUE_PAIR = "1.3.6.1.4.1.311.13.2.1"  # szOID_ENROLLMENT_NAME_VALUE_PAIR
+OID_ENROLLMENT_CSP_PROVIDER = "1.3.6.1.4.1.311.13.2.2"  # szOID_ENROLLMENT_CSP_PROVIDER
+
+ATTRIBUTE_NAMES = {
+    OID_EXTENSION_REQUEST: "Extension Request",
+    OID_ENROLLMENT_NAME_VALUE_PAIR: "Enrollment Name-Value Pair",
+    OID_ENROLLMENT_CSP_PROVIDER: "Enrollment CSP Provider",
+}
+
+
+# -- ASN.1 ---------------------------------------------------------------------------------------
+
+
+class AttributeValues(core.SetOf):
+    _child_spec = core.Any
+
+
+class Attribute(core.Sequence):
+    """RFC 2986: Attribute { type OBJECT IDENTIFIER, values SET SIZE(1..MAX) OF ANY DEFINED BY type }."""
+
+    _fields: ClassVar[list] = [
+        ("type", core.ObjectIdentifier),
+        ("values", AttributeValues),
+    ]
+
+
+class EnrollmentNameValuePair(core.Sequence):
+    """MS-WCCE 2.2.2.7.10: one [RequestAttributes] line."""
+
+    _fields: ClassVar[list] = [
+        ("name", core.BMPString),
+        ("value", core.BMPString),
+    ]
+
+
+class CspProvider(core.Sequence):
+    """MS-WCCE 2.2.2.7.5 (CSPProvider): the key's KeySpec and provider name; the signature stays empty."""
+
+    _fields: ClassVar[list] = [
+        ("key_spec", core.Integer),
+        ("csp_name", core.BMPString),
+        ("signature", core.BitString),
+    ]
+
+
+# -- builders -------------------------------------------------------------------------------------
+
+
+def _attribute(oid: str, values: list[core.Asn1Value]) -> csr.CRIAttribute:
+    return csr.CRIAttribute.load(Attribute({"type": oid, "values": [core.Any(v) for v in values]}).dump())
+
+
+def _bmp(what: str, text: str) -> core.BMPString:
+    if any(ord(c) > 0xFFFF for c in text):
+        raise ValueProblem(f"{what} '{text}' has characters a BMPString cannot hold (outside the BMP)")
+    return core.BMPString(text)
+
+
+def extension_request(extensions: list[x509.Extension]) -> csr.CRIAttribute:
+    return _attribute(OID_EXTENSION_REQUEST, [x509.Extensions(extensions)])
+
+
+def name_value_pairs(pairs: tuple[tuple[str, str], ...]) -> csr.CRIAttribute:
+    """One attribute whose SET holds every pair (DER sorts the SET by encoding, so file order is lost)."""
+    values = [
+        EnrollmentNameValuePair({"name": _bmp("[RequestAttributes] name", n), "value": _bmp(f"{n} value", v)})
+        for n, v in pairs
+    ]
+    return _attribute(OID_ENROLLMENT_NAME_VALUE_PAIR, values)
+
+
+def csp_provider(key_spec: int, provider_name: str) -> csr.CRIAttribute:
+    value = CspProvider(
+        {"key_spec": key_spec, "csp_name": _bmp("ProviderName", provider_name), "signature": core.BitString(())}
+    )
+    return _attribute(OID_ENROLLMENT_CSP_PROVIDER, [value])
