@@ -414,6 +414,7 @@ def test_ctrl_c_after_generation_rolls_back(tmp_path: Path, softhsm: SoftHSM) ->
         ),
         ((), "RequestType = CMC", 3, "RequestType = CMC"),
         ((), "KeyAlgorithm = DSA", 3, "not supported"),
+        (("--token", TOKEN, "--overwrite"), "", 13, "does not exist"),
     ],
 )
 def test_errors_are_one_line_with_stable_codes(
@@ -421,10 +422,11 @@ def test_errors_are_one_line_with_stable_codes(
 ) -> None:
     policy = write_inf(tmp_path / "p.inf", body)
     before = object_list(softhsm)
+    output = tmp_path / ("no-such-dir/x.req" if code == 13 else "x.req")
     run = cli(
         "new",
         str(policy),
-        str(tmp_path / "x.req"),
+        str(output),
         *(args or ("--token", TOKEN)),
         "--pin-source",
         "env:PIN",
@@ -571,3 +573,29 @@ def test_seed_examples(seed: Path, tmp_path: Path, cli, softhsm: SoftHSM) -> Non
         assert error["message"] and "\n" not in error["message"]
         assert object_list(softhsm) == before
     assert os.path.exists(out) == (run.returncode == 0)
+
+
+def test_token_info_read_directly_matches_python_pkcs11(softhsm: SoftHSM) -> None:
+    """The ctypes CK_TOKEN_INFO layout used for free memory is right: label and serial agree."""
+    from tokenagent.token.keys import read_token_info
+    from tokenagent.token.library import find_token
+
+    handle = find_token(TOKEN)
+    info = read_token_info(handle)
+    assert info is not None
+    assert info.label.decode().rstrip() == handle.label
+    assert info.serialNumber.decode().rstrip() == handle.serial
+    assert info.ulMaxPinLen >= info.ulMinPinLen > 0
+
+
+def test_pin_pad_profile_uses_the_pin_pad(tmp_path: Path, cli, softhsm: SoftHSM) -> None:
+    """A profile with pin_pad = true asks the reader's PIN pad instead of prompting; SoftHSM has
+    none, so the run stops at login (exit 7) with nothing created, and Silent is satisfied."""
+    providers = tmp_path / "providers.toml"
+    providers.write_text('[providers."Pad Reader KSP"]\nprofile = "smartcard"\npin_pad = true\n')
+    policy = write_inf(tmp_path / "p.inf", 'ProviderName = "Pad Reader KSP"\nSilent = TRUE')
+    before = object_list(softhsm)
+    run = cli("new", str(policy), str(tmp_path / "x.req"), "--token", TOKEN, "--providers", str(providers))
+    assert run.returncode == 7, run.stderr
+    assert "has no PIN pad" in run.stderr and "Silent" not in run.stderr
+    assert object_list(softhsm) == before

@@ -54,7 +54,7 @@ from tokenagent.token.keys import (
 )
 from tokenagent.token.library import TokenHandle, TokenSelector, modules_for, select_token
 from tokenagent.token.modules import ENV_MODULE
-from tokenagent.token.pins import PinSource
+from tokenagent.token.pins import PinSource, parse_pin_source
 from tokenagent.token.session import TokenSession, open_session
 from tokenagent.token.uri import Pkcs11Uri
 
@@ -163,16 +163,19 @@ def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewRe
     plan = plan_key(policy, provider, machine=machine)
     for note in plan.notes:
         log.info("%s", note)
-    if plan.silent and not options.dry_run:
+    if plan.silent and not options.dry_run and not provider.profile.pin_pad:
         _check_silent(policy, options.pin_source)
     if options.output is not None and not options.dry_run:
         _check_output(options.output, options.overwrite)
 
     handle = _select_token(provider, options, machine)
+    pin_source = options.pin_source
+    if provider.profile.pin_pad and (pin_source is None or pin_source.kind == "prompt"):
+        pin_source = parse_pin_source("pinpad")  # the profile says the reader has a PIN pad: use it
     session = open_session(
         handle,
         login=True,
-        pin_source=options.pin_source,
+        pin_source=pin_source,
         rw=not options.dry_run,
         force=options.force,
         on_warning=warn,

@@ -22,6 +22,7 @@ from pkcs11 import exceptions as p11
 
 from tokenagent.errors import CapacityError, ObjectNotFoundError, PinError, TokenOperationError
 from tokenagent.token.facts import MechanismRange, SignMechanism, TokenFacts
+from tokenagent.token.library import TokenHandle
 from tokenagent.token.objects import find_objects, find_private_key_for, key_id_for, public_key_info, read_attributes
 from tokenagent.token.pins import ProtectedAuthentication
 from tokenagent.token.session import PinState, TokenSession
@@ -125,15 +126,22 @@ class _TokenInfo(ctypes.Structure):
     ]
 
 
-def _free_memory(ts: TokenSession) -> tuple[int | None, int | None]:
-    """python-pkcs11 does not expose the memory fields of CK_TOKEN_INFO: read them through the
-    module's exported C_GetTokenInfo (the library is already initialized by python-pkcs11)."""
+def read_token_info(handle: TokenHandle) -> _TokenInfo | None:
+    """CK_TOKEN_INFO straight from the module's exported C_GetTokenInfo: python-pkcs11 does not
+    expose the memory fields. The library is already initialized by python-pkcs11."""
     try:
-        lib = ctypes.CDLL(ts.handle.module.path)
+        lib = ctypes.CDLL(handle.module.path)
         info = _TokenInfo()
-        if lib.C_GetTokenInfo(ctypes.c_ulong(ts.handle.slot_id), ctypes.byref(info)) != 0:
-            return None, None
+        if lib.C_GetTokenInfo(ctypes.c_ulong(handle.slot_id), ctypes.byref(info)) != 0:
+            return None
     except (OSError, AttributeError):
+        return None
+    return info
+
+
+def _free_memory(ts: TokenSession) -> tuple[int | None, int | None]:
+    info = read_token_info(ts.handle)
+    if info is None:
         return None, None
 
     def known(value: int) -> int | None:
