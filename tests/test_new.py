@@ -599,3 +599,32 @@ def test_pin_pad_profile_uses_the_pin_pad(tmp_path: Path, cli, softhsm: SoftHSM)
     assert run.returncode == 7, run.stderr
     assert "has no PIN pad" in run.stderr and "Silent" not in run.stderr
     assert object_list(softhsm) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "usage", "extractable"),
+    [
+        ("KeySpec = AT_KEYEXCHANGE", {"decrypt", "sign", "unwrap"}, False),  # M06 on the token
+        ("KeyAlgorithm = ECDH_P256", {"derive", "sign"}, False),  # M03
+        ("KeyAlgorithm = ECDSA_P256\nExportable = TRUE", {"sign"}, True),  # M13: software profile honours it
+    ],
+)
+def test_mapped_usage_and_export_read_back_from_the_token(
+    body: str, usage: set[str], extractable: bool, tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    from tokenagent.token.library import find_token
+    from tokenagent.token.objects import list_objects
+    from tokenagent.token.session import open_session
+
+    result = new_request(options(write_inf(tmp_path / "p.inf", body), tmp_path / "u.req"))
+    handle = find_token(TOKEN)
+    with open_session(handle, login=True, pin_source=literal_pin_source(USER_PIN)) as ts:
+        info = next(
+            o for o in list_objects(ts.session, handle) if o.object_class == "private-key" and o.id == result.key_id
+        )
+    assert set(info.usage) == usage
+    assert info.flags["extractable"] is extractable and info.flags["sensitive"] is True
+    block = private_key_blocks(softhsm)[result.key_id.hex()]
+    listed = {u.strip() for u in re.search(r"Usage:\s+(.*)", block).group(1).split(",")}
+    assert listed == usage  # pkcs11-tool agrees
+    assert ("never extractable" in block) is not extractable
