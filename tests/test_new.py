@@ -25,6 +25,7 @@ from cryptography.x509.oid import ExtensionOID
 
 from tests.conftest import USER_PIN, SoftHSM, pkcs11_tool
 from tokenagent.enroll.new import NewOptions, NewResult, new_request
+from tokenagent.errors import PolicyError
 from tokenagent.token.pins import literal_pin_source
 
 TOKEN = "ta-new"
@@ -495,6 +496,15 @@ def test_m27_use_existing_key_set_by_container(tmp_path: Path, softhsm: SoftHSM)
     b = x509.load_pem_x509_csr((tmp_path / "b.req").read_bytes())
     assert a.public_key() == b.public_key() and b.is_signature_valid
     assert object_list(softhsm) == before  # no new objects
+    with pytest.raises(
+        PolicyError, match="the existing key 'reuse-me' is EC 256-bit but KeyAlgorithm/KeyLength say RSA"
+    ):
+        new_request(
+            options(
+                write_inf(tmp_path / "c.inf", "KeyContainer = reuse-me\nUseExistingKeySet = TRUE"), tmp_path / "c.req"
+            )
+        )
+    assert object_list(softhsm) == before and not (tmp_path / "c.req").exists()
 
 
 def test_m28_renewal_cert_after_request_type_cert(tmp_path: Path, softhsm: SoftHSM) -> None:

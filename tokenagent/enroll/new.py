@@ -272,6 +272,7 @@ class _Transaction:
             else:
                 assert plan.existing.label is not None
                 pair = find_key_pair_by_label(self.session, plan.existing.label)
+            _check_existing_key(self.result.policy, plan, pair)
             return pair
         pair = generate_key_pair(
             self.session,
@@ -323,6 +324,20 @@ class _Transaction:
         if self.created:
             problems += destroy_objects(list(reversed(self.created)), what="new key pair")
         return problems
+
+
+def _check_existing_key(policy: RequestPolicy, plan: KeyPlan, pair: KeyPair) -> None:
+    """The INF's KeyAlgorithm/KeyLength choose the signature mechanism: they must describe the reused key."""
+    from asn1crypto import keys
+
+    info = keys.PublicKeyInfo.load(pair.spki)
+    family = "RSA" if info.algorithm == "rsa" else "EC" if info.algorithm == "ec" else info.algorithm.upper()
+    planned = "RSA" if plan.family == "RSA" else "EC"
+    if family != planned or info.bit_size != plan.bits:
+        raise PolicyError(
+            f"{_where(policy, 'key_algorithm')}: UseExistingKeySet: the existing key '{pair.label}' is "
+            f"{family} {info.bit_size}-bit but KeyAlgorithm/KeyLength say {plan.key_algorithm} {plan.bits}-bit"
+        )
 
 
 def _where(policy: RequestPolicy, field_name: str) -> str:
