@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID
 
 from tests.conftest import USER_PIN, SoftHSM, pkcs11_tool
@@ -202,9 +203,7 @@ def test_pending_record_and_pending_command(softhsm: SoftHSM, tmp_path_factory: 
     m = made("p256", softhsm, tmp_path_factory)
     record = m.result.pending
     assert record is not None and record.key_id == m.result.key_id.hex()
-    assert record.request_der == m.csr.public_bytes(
-        __import__("cryptography").hazmat.primitives.serialization.Encoding.DER
-    )
+    assert record.request_der == m.csr.public_bytes(serialization.Encoding.DER)
     listed = cli("pending", "--json")
     assert listed.returncode == 0, listed.stderr
     data = json.loads(listed.stdout)
@@ -216,8 +215,8 @@ def test_pending_record_and_pending_command(softhsm: SoftHSM, tmp_path_factory: 
         entry["public_key_sha256"]
         == hashlib.sha256(
             m.csr.public_key().public_bytes(
-                __import__("cryptography").hazmat.primitives.serialization.Encoding.DER,
-                __import__("cryptography").hazmat.primitives.serialization.PublicFormat.SubjectPublicKeyInfo,
+                serialization.Encoding.DER,
+                serialization.PublicFormat.SubjectPublicKeyInfo,
             )
         ).hexdigest()
     )
@@ -525,9 +524,7 @@ def test_m28_renewal_cert_after_request_type_cert(tmp_path: Path, softhsm: SoftH
     certificate = x509.load_pem_x509_certificate(cert_pem.read_bytes())
     assert (certificate.not_valid_after_utc - certificate.not_valid_before_utc).days == 10
 
-    thumbprint = hashlib.sha1(
-        certificate.public_bytes(__import__("cryptography").hazmat.primitives.serialization.Encoding.DER)
-    ).hexdigest()
+    thumbprint = hashlib.sha1(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
     before = object_list(softhsm)
     renewal = new_request(
         options(

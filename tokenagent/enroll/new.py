@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tokenagent.enroll.signer import TokenSigner
 from tokenagent.errors import (
     Interrupted,
     OutputError,
@@ -158,7 +159,7 @@ def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewRe
         warn(f"{diagnostic.filename}:{diagnostic.line}: {diagnostic.message}")
     _check_request_type(policy)
     registry = load_registry(options.providers)
-    provider = registry.lookup(policy.provider_name, _where(policy, "provider_name"))
+    provider = registry.lookup(policy.provider_name, policy.where("provider_name"))
     machine = policy.machine_key_set if options.machine is None else options.machine
     plan = plan_key(policy, provider, machine=machine)
     for note in plan.notes:
@@ -219,12 +220,10 @@ class _Transaction:
         try:
             self._run()
         except BaseException as exc:
-            problems = self.undo()
+            self.undo()  # what it cannot undo it logs as an error, next to the original error
             if isinstance(exc, KeyboardInterrupt):
                 what = "the new key pair was deleted" if self.result.key_generated else "nothing was changed"
                 raise Interrupted(f"interrupted: {what}, no request was written") from None
-            if problems and isinstance(exc, TokenAgentError):
-                raise type(exc)(f"{exc.one_line()}; rollback incomplete: {'; '.join(problems)}") from exc
             raise
 
     def _run(self) -> None:
@@ -234,8 +233,6 @@ class _Transaction:
         result.key_label = pair.label
         result.key_generated = pair.generated
         assert result.verdict.sign_mechanism is not None
-        from tokenagent.enroll.signer import TokenSigner
-
         signer = TokenSigner(
             self.session, pair.private, result.verdict.sign_mechanism, SignatureAlgorithm(plan.hash, plan.padding)
         )
@@ -311,8 +308,7 @@ class _Transaction:
         result.pending = self.pending
         result.store_path = path
 
-    def undo(self) -> list[str]:
-        problems: list[str] = []
+    def undo(self) -> None:
         if self.temp_file is not None:
             with contextlib.suppress(OSError):
                 self.temp_file.unlink()
@@ -320,10 +316,9 @@ class _Transaction:
             try:
                 self.store.delete(self.pending.id)
             except TokenAgentError as exc:
-                problems.append(f"pending record {self.pending.id} not removed: {exc.one_line()}")
+                log.error("pending record %s not removed: %s", self.pending.id, exc.one_line())
         if self.created:
-            problems += destroy_objects(list(reversed(self.created)), what="new key pair")
-        return problems
+            destroy_objects(list(reversed(self.created)), what="new key pair")
 
 
 def _check_existing_key(policy: RequestPolicy, plan: KeyPlan, pair: KeyPair) -> None:
@@ -335,20 +330,15 @@ def _check_existing_key(policy: RequestPolicy, plan: KeyPlan, pair: KeyPair) -> 
     planned = "RSA" if plan.family == "RSA" else "EC"
     if family != planned or info.bit_size != plan.bits:
         raise PolicyError(
-            f"{_where(policy, 'key_algorithm')}: UseExistingKeySet: the existing key '{pair.label}' is "
+            f"{policy.where('key_algorithm')}: UseExistingKeySet: the existing key '{pair.label}' is "
             f"{family} {info.bit_size}-bit but KeyAlgorithm/KeyLength say {plan.key_algorithm} {plan.bits}-bit"
         )
-
-
-def _where(policy: RequestPolicy, field_name: str) -> str:
-    origin = policy.origins.get(field_name)
-    return f"{policy.filename}:{origin.line}" if origin is not None and origin.line else policy.filename
 
 
 def _check_request_type(policy: RequestPolicy) -> None:
     if policy.request_type in (RequestType.CMC, RequestType.PKCS7):
         raise PolicyError(
-            f"{_where(policy, 'request_type')}: RequestType = {policy.request_type.name} (agent co-signed or "
+            f"{policy.where('request_type')}: RequestType = {policy.request_type.name} (agent co-signed or "
             "renewal requests) is not available yet; use RequestType = PKCS10"
         )
 
@@ -356,7 +346,7 @@ def _check_request_type(policy: RequestPolicy) -> None:
 def _check_silent(policy: RequestPolicy, source: PinSource | None) -> None:
     if source is None or source.kind == "prompt":
         raise PinError(
-            f"{_where(policy, 'silent')}: Silent = TRUE forbids prompting for the PIN; give --pin-source "
+            f"{policy.where('silent')}: Silent = TRUE forbids prompting for the PIN; give --pin-source "
             "env:VAR, file:PATH, fd:N or pinpad (or set TOKENAGENT_PIN_SOURCE)"
         )
 

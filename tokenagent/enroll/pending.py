@@ -7,12 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenagent.errors import KeyMismatchError, ObjectNotFoundError, UsageError
+from tokenagent.errors import KeyMismatchError, ObjectNotFoundError, TokenOperationError, UsageError
 from tokenagent.store.paths import pending_db_path
 from tokenagent.store.pending import PendingRequest, PendingStore
-from tokenagent.token.keys import destroy_objects
+from tokenagent.token.keys import destroy_objects, key_pair_objects
 from tokenagent.token.library import TokenSelector, modules_for, select_token
-from tokenagent.token.objects import find_objects, public_key_info
+from tokenagent.token.objects import public_key_info
 from tokenagent.token.pins import PinSource
 from tokenagent.token.session import open_session
 
@@ -59,23 +59,20 @@ def _delete_key(
     force: bool,
     on_warning: Callable[[str], None] | None,
 ) -> int:
-    from pkcs11 import ObjectClass
-
     selector = TokenSelector.parse(f"pkcs11:serial={record.token_serial}")
     handle = select_token(selector, modules_for(list(modules) or [record.module_path], selector))
     key_id = bytes.fromhex(record.key_id)
     with open_session(handle, login=True, pin_source=pin_source, rw=True, force=force, on_warning=on_warning) as ts:
         objects = []
-        for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
-            for obj in find_objects(ts.session, object_class=object_class, object_id=key_id):
-                spki = public_key_info(obj, ts.session)
-                if spki is not None and hashlib.sha256(spki).hexdigest() == record.public_key_sha256:
-                    objects.append(obj)
-                elif spki is not None:
-                    raise KeyMismatchError(
-                        f"token '{handle.label}': the key with CKA_ID {record.key_id} is not the key of pending "
-                        f"request {record.id}; nothing deleted"
-                    )
+        for obj in key_pair_objects(ts, key_id):
+            spki = public_key_info(obj, ts.session)
+            if spki is not None and hashlib.sha256(spki).hexdigest() == record.public_key_sha256:
+                objects.append(obj)
+            elif spki is not None:
+                raise KeyMismatchError(
+                    f"token '{handle.label}': the key with CKA_ID {record.key_id} is not the key of pending "
+                    f"request {record.id}; nothing deleted"
+                )
         if not objects:
             raise ObjectNotFoundError(
                 f"token '{handle.label}': the key pair of pending request {record.id} (CKA_ID {record.key_id}) "
@@ -83,7 +80,5 @@ def _delete_key(
             )
         problems = destroy_objects(objects, what=f"key pair of pending request {record.id}")
         if problems:
-            from tokenagent.errors import TokenOperationError
-
             raise TokenOperationError("; ".join(problems))
         return len(objects)

@@ -11,7 +11,7 @@ from typing import Any
 
 from tokenagent.request.algorithms import SignatureAlgorithm, digest, digest_info, ecdsa_der_signature
 from tokenagent.token.facts import SignMechanism
-from tokenagent.token.keys import sign_raw
+from tokenagent.token.keys import always_authenticate, sign_raw
 from tokenagent.token.session import TokenSession
 
 
@@ -23,6 +23,7 @@ class TokenSigner:
         self._key = key
         self._how = how
         self._algorithm = algorithm
+        self._context_login = always_authenticate(key)  # one attribute read, not one per signature
         self.signatures = 0  # counted for tests and benchmarks
 
     @property
@@ -37,6 +38,6 @@ class TokenSigner:
             payload = digest(how.hash, data)
         else:
             payload = digest_info(how.hash, digest(how.hash, data))
-        raw = sign_raw(self._session, self._key, how, payload)
+        raw = sign_raw(self._session, self._key, how, payload, context_login=self._context_login)
         self.signatures += 1
         return ecdsa_der_signature(raw) if how.ecdsa else raw

@@ -231,6 +231,11 @@ class RequestPolicy:
     def curve(self) -> str | None:
         return KEY_ALGORITHMS[self.key_algorithm][1]
 
+    def where(self, field_name: str) -> str:
+        """``file:line`` of the key a field came from (just the file for defaults), for error messages."""
+        origin = self.origins.get(field_name)
+        return f"{self.filename}:{origin.line}" if origin is not None and origin.line else self.filename
+
     def extension(self, oid: str) -> ExtensionSpec | None:
         return next((e for e in self.extensions if e.oid == oid), None)
 

@@ -98,34 +98,27 @@ def _json(value: Any) -> Any:
     return value.hex() if isinstance(value, bytes) else value
 
 
-def _where(policy: RequestPolicy, field_name: str) -> str:
-    origin = policy.origins.get(field_name)
-    if origin is not None and origin.line is not None:
-        return f"{policy.filename}:{origin.line}"
-    return policy.filename
-
-
 def plan_key(policy: RequestPolicy, provider: ProviderEntry, *, machine: bool | None = None) -> KeyPlan:
     """Map the INF's key settings onto PKCS#11. Raises PolicyError (file:line) when the provider cannot."""
     notes: list[str] = []
     family = policy.key_family
     bits = policy.key_length
-    where_alg = _where(policy, "key_algorithm")
+    where_alg = policy.where("key_algorithm")
     if family in ("DSA", "DH"):
         raise PolicyError(
             f"{where_alg}: KeyAlgorithm = {policy.key_algorithm} is not supported: tokenagent makes RSA and "
             "ECDSA/ECDH keys (DSA and DH certificates are obsolete and PKCS#11 tokens rarely generate them)"
         )
-    check_provider_type(provider, policy.provider_type, family, _where(policy, "provider_name"))
+    check_provider_type(provider, policy.provider_type, family, policy.where("provider_name"))
     if policy.request_type == RequestType.SCEP:
-        raise PolicyError(f"{_where(policy, 'request_type')}: RequestType = SCEP is not supported")
+        raise PolicyError(f"{policy.where('request_type')}: RequestType = SCEP is not supported")
 
     profile = provider.profile
     if not profile.allows(family, bits):
         sizes = profile.algorithms.get(family)
         allowed = "no such keys" if sizes is None else ", ".join(map(str, sizes)) or "any size"
         raise PolicyError(
-            f"{_where(policy, 'key_length')}: profile '{profile.name}' ({provider.name}) cannot make "
+            f"{policy.where('key_length')}: profile '{profile.name}' ({provider.name}) cannot make "
             f"{family} {bits}-bit keys (allowed: {allowed})"
         )
 
@@ -135,12 +128,12 @@ def plan_key(policy: RequestPolicy, provider: ProviderEntry, *, machine: bool | 
         key = "exportable" if policy.exportable else "exportable_encrypted"
         if profile.kind == "smartcard":
             raise PolicyError(
-                f"{_where(policy, key)}: Exportable = TRUE: smart cards cannot export private keys "
+                f"{policy.where(key)}: Exportable = TRUE: smart cards cannot export private keys "
                 f"({provider.name}); remove it, or use a software or HSM provider that allows export"
             )
         if not profile.exportable:
             raise PolicyError(
-                f"{_where(policy, key)}: Exportable = TRUE: profile '{profile.name}' does not allow exportable "
+                f"{policy.where(key)}: Exportable = TRUE: profile '{profile.name}' does not allow exportable "
                 "keys; set exportable = true for this provider in providers.toml if the device allows it"
             )
         notes.append("Exportable = TRUE: CKA_EXTRACTABLE = TRUE (still CKA_SENSITIVE: export only wrapped)")
@@ -158,8 +151,8 @@ def plan_key(policy: RequestPolicy, provider: ProviderEntry, *, machine: bool | 
         decrypt = False
         if allowed_usage != 0xFFFFFF:
             notes.append("KeyUsageProperty decrypt does not apply to EC keys (use key agreement): no CKA_DECRYPT")
-    signs_request = policy.request_type in (RequestType.PKCS10, RequestType.CMC, RequestType.PKCS7, RequestType.CERT)
-    if signs_request and not sign and policy.use_existing_key_set is False:
+    # every request type that gets this far (SCEP was refused above) is signed by its own key
+    if not sign and not policy.use_existing_key_set:
         sign = True
         notes.append(
             "CKA_SIGN = TRUE although KeyUsageProperty does not allow signing: the request must be signed "

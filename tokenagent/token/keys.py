@@ -76,13 +76,12 @@ def gather_facts(ts: TokenSession) -> TokenFacts:
         mechanisms[f"CKM_{mech.name}"] = MechanismRange(
             int(info.min_key_length or 0), int(info.max_key_length or 0), flags
         )
-    labels: list[str] = []
-    count = 0
-    for obj in ts.session.get_objects({}):
-        count += 1
-        values = read_attributes(obj, [Attribute.CLASS, Attribute.LABEL])
-        if values.get(Attribute.CLASS) == ObjectClass.PRIVATE_KEY:
-            labels.append(str(values.get(Attribute.LABEL) or ""))
+    # only private keys need an attribute read; the rest are just counted
+    count = sum(1 for _ in ts.session.get_objects({}))
+    labels = [
+        str(read_attributes(obj, [Attribute.LABEL]).get(Attribute.LABEL) or "")
+        for obj in find_objects(ts.session, object_class=ObjectClass.PRIVATE_KEY)
+    ]
     free_public, free_private = _free_memory(ts)
     return TokenFacts(
         label=handle.label,
@@ -232,6 +231,15 @@ def destroy_objects(objects: Sequence[pkcs11.Object], *, what: str) -> list[str]
     return problems
 
 
+def key_pair_objects(ts: TokenSession, key_id: bytes) -> list[pkcs11.Object]:
+    """The private and public key objects with this CKA_ID (certificates are left out)."""
+    return [
+        obj
+        for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
+        for obj in find_objects(ts.session, object_class=object_class, object_id=key_id)
+    ]
+
+
 def find_key_pair_by_label(ts: TokenSession, label: str) -> KeyPair:
     privates = find_objects(ts.session, object_class=ObjectClass.PRIVATE_KEY, label=label)
     if not privates:
@@ -269,7 +277,7 @@ def _pair_for_private(ts: TokenSession, private: pkcs11.Object, label: str) -> K
     if spki is None:
         raise ObjectNotFoundError(f"token '{ts.handle.label}': cannot read the public key of the key '{label}'")
     key_id = bytes(read_attributes(private, [Attribute.ID]).get(Attribute.ID) or b"")
-    publics = [p for p in find_objects(ts.session, object_class=ObjectClass.PUBLIC_KEY, object_id=key_id) if key_id]
+    publics = find_objects(ts.session, object_class=ObjectClass.PUBLIC_KEY, object_id=key_id) if key_id else []
     public = next((p for p in publics if public_key_info(p) == spki), None)
     return KeyPair(public if public is not None else private, private, spki, key_id, label, False)
 
@@ -277,11 +285,16 @@ def _pair_for_private(ts: TokenSession, private: pkcs11.Object, label: str) -> K
 # -- signing ----------------------------------------------------------------------------------------
 
 
-def sign_raw(ts: TokenSession, key: pkcs11.Object, how: SignMechanism, data: bytes) -> bytes:
+def always_authenticate(key: pkcs11.Object) -> bool:
+    """CKA_ALWAYS_AUTHENTICATE: read once per key by callers that sign repeatedly."""
+    return bool(read_attributes(key, [Attribute.ALWAYS_AUTHENTICATE]).get(Attribute.ALWAYS_AUTHENTICATE))
+
+
+def sign_raw(ts: TokenSession, key: pkcs11.Object, how: SignMechanism, data: bytes, *, context_login: bool) -> bytes:
     """One C_Sign with ``how``'s mechanism on ``data`` prepared by the caller as ``how.input`` says.
 
-    Keys with CKA_ALWAYS_AUTHENTICATE get the context-specific login (the PIN the session
-    logged in with; PKCS#11 allows no other way).
+    ``context_login`` (the key is CKA_ALWAYS_AUTHENTICATE, see `always_authenticate`) adds the
+    context-specific login with the PIN the session logged in with; PKCS#11 allows no other way.
     """
     name = f"'{ts.handle.label}'"
     param = None
@@ -289,7 +302,7 @@ def sign_raw(ts: TokenSession, key: pkcs11.Object, how: SignMechanism, data: byt
         hash_mech, mgf, salt = how.pss
         param = (mechanism(hash_mech), MGF[mgf.removeprefix("CKG_MGF1_")], salt)
     pin = None
-    if read_attributes(key, [Attribute.ALWAYS_AUTHENTICATE]).get(Attribute.ALWAYS_AUTHENTICATE):
+    if context_login:
         credential = ts._pin
         if credential is None or isinstance(credential, ProtectedAuthentication):
             raise PinError(
