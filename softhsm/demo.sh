@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo`: the main job end to end on embedded defaults (fresh SoftHSM tokens).
-# Each run starts from nothing, in build/demo. Later stages (new, CA, accept) extend this script.
+# Each run starts from nothing, in build/demo: tokens, new, a local CA, accept, OpenSSL using the card.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ta=.venv/bin/tokenagent
@@ -24,10 +24,26 @@ step "The key on the card: sensitive, never extractable, sign only" \
     $ta objects --token user-card --pin-source env:USER_PIN --type private-key
 step "Pending requests" $ta pending
 
-# A local CA (OpenSSL) issues the certificate; installing it on the card is `accept` (next issue).
+# A local CA (OpenSSL) issues the certificate.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=Demo Issuing CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
     -keyout "$demo/ca.key" -out "$demo/ca.pem" -days 30 2>/dev/null
 step "The local CA issues the certificate" openssl x509 -req -in "$demo/ada.req" -CA "$demo/ca.pem" \
     -CAkey "$demo/ca.key" -copy_extensions copy -days 30 -out "$demo/ada.cer"
 step "Issued" openssl x509 -in "$demo/ada.cer" -noout -subject -issuer -ext subjectAltName,extendedKeyUsage
+openssl crl2pkcs7 -nocrl -certfile "$demo/ada.cer" -certfile "$demo/ca.pem" -outform DER -out "$demo/ada.p7b"
+step "certreq -accept: the certificate and its CA go onto the card next to the key" \
+    $ta accept "$demo/ada.p7b" --chain --token user-card --pin-source env:USER_PIN
+step "Accepting again changes nothing" $ta accept "$demo/ada.p7b" --chain --token user-card --pin-source env:USER_PIN
+step "The card now: key and certificate share one CKA_ID" $ta objects --token user-card --pin-source env:USER_PIN
+step "No request pending any more" $ta pending
+uri=$($ta accept "$demo/ada.p7b" --token user-card --pin-source env:USER_PIN --json | python3 -c \
+    'import json,sys; print(json.load(sys.stdin)["key"]["uri"])')
+printf 'Signed with the card through its pkcs11: URI\n' > "$demo/message.txt"
+openssl x509 -in "$demo/ada.cer" -pubkey -noout > "$demo/ada.pub"
+step "OpenSSL signs with the card's key through the pkcs11 engine" env PKCS11_MODULE_PATH="$TOKENAGENT_MODULE" \
+    openssl dgst -sha256 -engine pkcs11 -keyform engine -sign "$uri?pin-value=$USER_PIN" \
+    -out "$demo/message.sig" "$demo/message.txt"
+step "... and the signature verifies with the accepted certificate" \
+    openssl dgst -sha256 -verify "$demo/ada.pub" -signature "$demo/message.sig" "$demo/message.txt"
 printf '\nDemo tokens live in %s (SOFTHSM2_CONF=%s).\n' "$demo/softhsm" "$SOFTHSM2_CONF"

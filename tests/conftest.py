@@ -10,6 +10,7 @@ Tokens (user PIN 1234, SO PIN 87654321 unless said otherwise):
   ta-login    for PIN tests, user PIN LOGIN_PIN (its PIN state flags change)
   ta-new      `tokenagent new` writes keys here (tests compare object lists, never absolute counts)
   ta-cap      capacity tests: starts empty; only test_new's container-limit test writes to it
+  ta-acc      accept/repair tests (test_accept.py): keys from `new` and from pkcs11-tool, certificates
 
 TOKENAGENT_STATE_DIR (the pending store) and XDG_CONFIG_HOME (providers.toml) point into the
 session's temporary directory, so tests never read or write the developer's own state.
@@ -32,7 +33,16 @@ ROOT = Path(__file__).resolve().parent.parent
 USER_PIN = "1234"
 SO_PIN = "87654321"
 LOGIN_PIN = "login-Pin-4711"  # distinctive, so a leak check cannot match a serial number by chance
-TOKENS = ["ta-main", "ta-second", "ta-twin", "ta-twin", f"ta-login:{SO_PIN}:{LOGIN_PIN}", "ta-new", "ta-cap"]
+TOKENS = [
+    "ta-main",
+    "ta-second",
+    "ta-twin",
+    "ta-twin",
+    f"ta-login:{SO_PIN}:{LOGIN_PIN}",
+    "ta-new",
+    "ta-cap",
+    "ta-acc",
+]
 
 
 @dataclass(frozen=True)

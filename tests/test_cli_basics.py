@@ -75,6 +75,7 @@ def test_exit_codes_are_stable() -> None:
         "VerificationError": 11,
         "CAError": 12,
         "OutputError": 13,
+        "RequestPendingError": 14,
         "Interrupted": 130,
     }
 

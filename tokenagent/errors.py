@@ -141,6 +141,12 @@ class CAError(TokenAgentError):
     exit_code = 12
 
 
+class RequestPendingError(CAError):
+    """The CA holds the request pending (CMC cMCStatus pending): retrieve the certificate later."""
+
+    exit_code = 14
+
+
 class OutputError(TokenAgentError):
     """An output file or state directory that cannot be written."""
 
@@ -174,6 +180,7 @@ EXIT_CODES: dict[str, int] = {
         TokenOperationError,
         VerificationError,
         CAError,
+        RequestPendingError,
         OutputError,
         Interrupted,
     )

@@ -24,6 +24,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inf": ("tokenagent.cli.inf", "inf", "Read certreq INF policies (inf show FILE)."),
     "new": ("tokenagent.cli.new", "new", "Generate a key on the token and a request signed there (certreq -new)."),
     "pending": ("tokenagent.cli.pending", "pending", "List or delete pending requests."),
+    "accept": (
+        "tokenagent.cli.accept",
+        "accept",
+        "Install an issued certificate on the token next to its key (certreq -accept).",
+    ),
+    "repair": (
+        "tokenagent.cli.repair",
+        "repair",
+        "Relink a certificate on a token with its key (certutil -repairstore).",
+    ),
 }
 
 

@@ -32,7 +32,7 @@ log = logging.getLogger("tokenagent")
 _KEY_TYPES = {"CKK_RSA": KeyType.RSA, "CKK_EC": KeyType.EC}
 
 # python-pkcs11 0.10 has no packer for CKA_CERTIFICATE_CATEGORY (a CK_ULONG): register one for
-# mappers made from now on (write_certificate also registers it on the session's own mapper).
+# every session (python-pkcs11 0.10 reads this table directly).
 pkcs11.attributes.ATTRIBUTE_TYPES.setdefault(Attribute.CERTIFICATE_CATEGORY, pkcs11.attributes.handle_ulong)
 _UNAVAILABLE = (1 << 64) - 1  # CK_UNAVAILABLE_INFORMATION for a 64-bit CK_ULONG
 
@@ -98,6 +98,14 @@ def gather_facts(ts: TokenSession) -> TokenFacts:
         free_private_memory=free_private,
         pin_pad=state.protected_authentication_path,
     )
+
+
+def mechanism_names(ts: TokenSession) -> frozenset[str]:
+    """The CKM_* names the slot lists, without reading each mechanism's info (cheap)."""
+    try:
+        return frozenset(f"CKM_{m.name}" for m in ts.handle.slot.get_mechanisms() if isinstance(m, Mechanism))
+    except p11.PKCS11Error as exc:
+        raise TokenOperationError(f"token '{ts.handle.label}': cannot list mechanisms: {_rv(exc)}") from None
 
 
 class _TokenInfo(ctypes.Structure):
@@ -322,8 +330,14 @@ def sign_raw(ts: TokenSession, key: pkcs11.Object, how: SignMechanism, data: byt
 # -- certificates -----------------------------------------------------------------------------------
 
 
-def write_certificate(ts: TokenSession, der: bytes, *, key_id: bytes, label: str, category: int = 1) -> pkcs11.Object:
-    """A CKO_CERTIFICATE token object next to its key (same CKA_ID), as OpenSC and NSS expect."""
+def write_certificate(
+    ts: TokenSession, der: bytes, *, key_id: bytes, label: str, category: int = 1, trusted: bool = False
+) -> pkcs11.Object:
+    """A CKO_CERTIFICATE token object next to its key (same CKA_ID), as OpenSC and NSS expect.
+
+    ``trusted`` sets CKA_TRUSTED, which PKCS#11 lets only a security-officer session set; it is
+    given at creation because SoftHSM 2.6.1 refuses to change it afterwards even for the SO.
+    """
     name = f"'{ts.handle.label}'"
     cert = x509.Certificate.load(der)
     attrs = {
@@ -339,9 +353,8 @@ def write_certificate(ts: TokenSession, der: bytes, *, key_id: bytes, label: str
         Attribute.VALUE: der,
         Attribute.CERTIFICATE_CATEGORY: category,
     }
-    mapper = getattr(ts.session, "attribute_mapper", None)
-    if mapper is not None and Attribute.CERTIFICATE_CATEGORY not in mapper.attribute_types:
-        mapper.register_handler(Attribute.CERTIFICATE_CATEGORY, *pkcs11.attributes.handle_ulong)
+    if trusted:
+        attrs[Attribute.TRUSTED] = True
     try:
         return ts.session.create_object(attrs)
     except p11.DeviceMemory:

@@ -130,8 +130,13 @@ def open_session(
     rw: bool = False,
     force: bool = False,
     on_warning: Callable[[str], None] | None = None,
+    so: bool = False,
 ) -> TokenSession:
-    """Open one session; with ``login``, make exactly one C_Login attempt."""
+    """Open one session; with ``login``, make exactly one C_Login attempt.
+
+    ``so`` logs in as the security officer instead of the user (only `accept --trust` does: PKCS#11
+    lets only the SO set CKA_TRUSTED). The SO PIN follows the same rules as the user PIN.
+    """
     warn = on_warning or (lambda message: log.warning("%s", message))
     handle.refresh()
     name = f"'{handle.label}'"
@@ -142,7 +147,10 @@ def open_session(
 
     credential: Pin | ProtectedAuthentication | None = None
     state = PinState.from_flags(handle.flags)
-    if login:
+    if login and so:
+        _check_so_pin_state(handle.flags, name, force=force)
+        credential = _credential(state, pin_source, name, who="SO")
+    elif login:
         for message in check_pin_state(state, name, force=force):
             warn(message)
         credential = _credential(state, pin_source, name)
@@ -151,16 +159,20 @@ def open_session(
         if credential is None:
             session = handle.token.open(rw=rw)
         elif isinstance(credential, ProtectedAuthentication):
-            warn(f"token {name}: enter the PIN on the reader's PIN pad")
-            session = handle.token.open(rw=rw, user_pin=pkcs11.PROTECTED_AUTH)
+            warn(f"token {name}: enter the {'SO ' if so else ''}PIN on the reader's PIN pad")
+            pin_kind = "so_pin" if so else "user_pin"
+            session = handle.token.open(rw=rw, **{pin_kind: pkcs11.PROTECTED_AUTH})
+        elif so:
+            session = handle.token.open(rw=rw, so_pin=credential.reveal())
         else:
             session = handle.token.open(rw=rw, user_pin=credential.reveal())
     except PinIncorrect:
         raise PinIncorrectError(
-            f"wrong PIN for token {name}; tokenagent tried once and will not retry (tries may be limited)"
+            f"wrong {'SO ' if so else ''}PIN for token {name}; tokenagent tried once and will not retry "
+            "(tries may be limited)"
         ) from None
     except PinLocked:
-        raise PinLockedError(f"token {name}: the user PIN is locked") from None
+        raise PinLockedError(f"token {name}: the {'SO' if so else 'user'} PIN is locked") from None
     except (PinLenRange, PinInvalid):
         raise PinIncorrectError(f"token {name} rejected the PIN's length or characters") from None
     except PinExpired:
@@ -178,7 +190,18 @@ def open_session(
     return result
 
 
-def _credential(state: PinState, pin_source: PinSource | None, name: str) -> Pin | ProtectedAuthentication | None:
+def _check_so_pin_state(flags: int, name: str, *, force: bool) -> None:
+    if flags & TokenFlag.SO_PIN_LOCKED:
+        raise PinLockedError(f"token {name}: the SO PIN is locked")
+    if flags & TokenFlag.SO_PIN_FINAL_TRY and not force:
+        raise PinLockedError(
+            f"token {name}: the SO PIN is on its FINAL try; not trying; rerun with --force if you are sure of it"
+        )
+
+
+def _credential(
+    state: PinState, pin_source: PinSource | None, name: str, who: str = "User"
+) -> Pin | ProtectedAuthentication | None:
     if pin_source is not None and pin_source.kind == "pinpad":
         if not state.protected_authentication_path:
             raise PinError(f"token {name} has no PIN pad (protected authentication path)")
@@ -186,8 +209,9 @@ def _credential(state: PinState, pin_source: PinSource | None, name: str) -> Pin
     if pin_source is None:
         if state.protected_authentication_path:
             return PINPAD
+        option = "--so-pin-source" if who == "SO" else "--pin-source"
         raise PinError(
-            f"token {name} needs a PIN and none can be asked for (stdin is not a terminal): "
-            "give --pin-source env:VAR, file:PATH or fd:N"
+            f"token {name} needs {'the SO' if who == 'SO' else 'a'} PIN and none can be asked for (stdin is not a "
+            f"terminal): give {option} env:VAR, file:PATH or fd:N"
         )
-    return pin_source.read(prompt=f"User PIN for token {name}: ")
+    return pin_source.read(prompt=f"{who} PIN for token {name}: ")

@@ -1,0 +1,93 @@
+"""`tokenagent accept RESPONSE`: certreq -accept onto a PKCS#11 token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
+from tokenagent.cli.output import emit_json, warn
+
+
+@click.command("accept")
+@click.argument("response", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--chain", is_flag=True, help="Also write the response's CA certificates (CKA_CERTIFICATE_CATEGORY 2).")
+@click.option("--trust", is_flag=True, help="With --chain: mark the CA certificates CKA_TRUSTED (needs the SO PIN).")
+@click.option(
+    "--so-pin-source",
+    metavar="SOURCE",
+    help="Where the SO PIN for --trust comes from: prompt, pinpad, env:VAR, file:PATH or fd:N.",
+)
+@click.option(
+    "--machine/--user",
+    "machine",
+    default=None,
+    help="Look for the pending request only in the machine's or the user's store (default: both, user first).",
+)
+@click.option("--state-dir", type=click.Path(path_type=Path), help="Where the pending store lives.")
+@click.option("--no-key-test", is_flag=True, help="Skip the test signature made with the key before installing.")
+@token_option
+@module_option
+@pin_options
+@json_option
+def accept(
+    response: Path,
+    chain: bool,
+    trust: bool,
+    so_pin_source: str | None,
+    machine: bool | None,
+    state_dir: Path | None,
+    no_key_test: bool,
+    token: str | None,
+    modules: tuple[str, ...],
+    pin_source: str | None,
+    literal_pin: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Install the certificate in RESPONSE (.cer, .p7b or CMC .rsp) on the token next to its private
+    key, and remove its pending request. Accepting the same certificate twice changes nothing."""
+    import sys
+
+    from tokenagent.enroll.accept import AcceptOptions, accept_certificate
+    from tokenagent.token.pins import default_pin_source, parse_pin_source
+
+    so_source = None
+    if trust:
+        so_source = parse_pin_source(so_pin_source) if so_pin_source else default_pin_source(sys.stdin.isatty())
+    options = AcceptOptions(
+        response=response,
+        token=token,
+        modules=modules,
+        machine=machine,
+        chain=chain,
+        trust=trust,
+        pin_source=resolve_pin_source(pin_source, literal_pin, token),
+        so_pin_source=so_source,
+        force=force,
+        state_dir=state_dir,
+        run_key_test=not no_key_test,
+    )
+    result = accept_certificate(options, on_warning=warn)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    from tokenagent.enroll.linkage import display_name
+
+    cert_state = "installed" if result.written else "already on the token"
+    click.echo(f"certificate {display_name(result.certificate)}: {cert_state}")
+    for change in result.changes:
+        click.echo(f"  fixed: {change}")
+    click.echo(f"token: {result.token.describe()}")
+    click.echo(f"key: '{result.key_label}' CKA_ID {result.key_id.hex()} (found by {result.found_by})")
+    click.echo(f"key test: {result.key_test.status}: {result.key_test.detail}")
+    click.echo(f"private key: {result.key_uri}")
+    click.echo(f"certificate: {result.certificate_uri}")
+    for entry in result.chain:
+        trusted = ", trusted" if entry.trusted else ""
+        click.echo(f"CA certificate {entry.subject}: {entry.status}{trusted}")
+    if result.pending_removed is not None:
+        click.echo(f"pending request {result.pending_removed.id} removed from {result.pending_store}")
+    if not result.changed:
+        click.echo("nothing changed")

@@ -1,0 +1,58 @@
+"""`tokenagent repair CERT`: certutil -repairstore for a certificate on a PKCS#11 token."""
+
+from __future__ import annotations
+
+import click
+
+from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
+from tokenagent.cli.output import emit_json, warn
+
+
+@click.command("repair")
+@click.argument("certificate", metavar="CERT")
+@click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+@click.option("--no-key-test", is_flag=True, help="Skip the test signature made with the key.")
+@token_option
+@module_option
+@pin_options
+@json_option
+def repair(
+    certificate: str,
+    dry_run: bool,
+    no_key_test: bool,
+    token: str | None,
+    modules: tuple[str, ...],
+    pin_source: str | None,
+    literal_pin: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Relink CERT with its private key on the token (CKA_ID, label), like certutil -repairstore.
+
+    CERT is the certificate's SHA-1 thumbprint, a pkcs11: URI of the certificate object, or a file
+    holding the certificate (which must already be on the token)."""
+    from tokenagent.enroll.linkage import display_name
+    from tokenagent.enroll.repair import RepairOptions, repair_certificate
+
+    options = RepairOptions(
+        certificate=certificate,
+        token=token,
+        modules=modules,
+        pin_source=resolve_pin_source(pin_source, literal_pin, token),
+        force=force,
+        dry_run=dry_run,
+        run_key_test=not no_key_test,
+    )
+    result = repair_certificate(options, on_warning=warn)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    click.echo(f"certificate {display_name(result.certificate)} on token {result.token.describe()}")
+    click.echo(f"key: '{result.key_label}' CKA_ID {result.key_id.hex()}")
+    click.echo(f"key test: {result.key_test.status}: {result.key_test.detail}")
+    if not result.changes:
+        click.echo("nothing to repair: the certificate and its key are linked")
+    for change in result.changes:
+        click.echo(f"{'would change' if dry_run else 'changed'}: {change.describe()}")
+    click.echo(f"private key: {result.key_uri}")
+    click.echo(f"certificate: {result.certificate_uri}")

@@ -1,0 +1,449 @@
+"""The `accept` use case (certreq -accept): an issued certificate goes onto the token next to its key.
+
+1. Read the response: a certificate, a certs-only PKCS#7, or a CMC Full PKI Response (whose status
+   is checked first: failed and pending are errors, and nothing is touched).
+2. Find the key. A pending request with the same public key names its token; without one, the
+   selected tokens' public key objects are searched without logging in (like certutil
+   -repairstore), and the private key is then found on that token after the one login.
+3. Before anything is written: the token key's public key must equal the certificate's, and a
+   signature made with it must verify with the certificate (the key test).
+4. Write the certificate with the key's CKA_ID (and, with --chain, the CA certificates); remove the
+   pending record. Accepting the same certificate again changes nothing.
+
+Anything written is destroyed again if a later step fails or the user presses Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tokenagent.enroll.linkage import (
+    NO_KEY,
+    NOT_RUN,
+    KeyTest,
+    certificate_spki,
+    certificate_summary,
+    display_name,
+    key_test,
+    load_certificate,
+    object_uri,
+    usage_warnings,
+    validity_warnings,
+)
+from tokenagent.errors import (
+    AmbiguousTokenError,
+    CAError,
+    InputError,
+    Interrupted,
+    ObjectNotFoundError,
+    PinError,
+    TokenAgentError,
+    TokenNotFoundError,
+    UsageError,
+    VerificationError,
+)
+from tokenagent.request.response import CertificateResponse, read_response
+from tokenagent.store.paths import pending_db_path
+from tokenagent.store.pending import PendingRequest, PendingStore
+from tokenagent.token.certs import (
+    certificate_objects,
+    find_public_keys_for,
+    key_capabilities,
+    key_id_of,
+    label_of,
+    update_attributes,
+)
+from tokenagent.token.keys import destroy_objects, write_certificate
+from tokenagent.token.library import TokenHandle, TokenSelector, iter_tokens, modules_for, select_token
+from tokenagent.token.objects import find_private_key_for, key_id_for
+from tokenagent.token.pins import PinSource
+from tokenagent.token.session import TokenSession, open_session
+
+log = logging.getLogger("tokenagent")
+Warn = Callable[[str], None]
+
+CATEGORY_USER = 1  # CKA_CERTIFICATE_CATEGORY: token user
+CATEGORY_AUTHORITY = 2
+
+
+@dataclass(frozen=True)
+class AcceptOptions:
+    """What `tokenagent accept` was asked; the library API takes the same."""
+
+    response: Path
+    token: str | None = None
+    modules: Sequence[str] = ()
+    machine: bool | None = None  # None: the user's pending store, then the machine's (as certreq)
+    chain: bool = False  # also write the response's CA certificates (category authority)
+    trust: bool = False  # and mark them CKA_TRUSTED (needs the SO PIN)
+    pin_source: PinSource | None = None
+    so_pin_source: PinSource | None = None
+    force: bool = False
+    state_dir: Path | None = None
+    run_key_test: bool = True
+
+
+@dataclass
+class ChainEntry:
+    subject: str
+    sha1: str
+    status: str  # written | present
+    label: str
+    key_id: bytes
+    trusted: bool | None = None
+
+    def to_json(self, handle: TokenHandle) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "sha1": self.sha1,
+            "status": self.status,
+            "label": self.label,
+            "id": self.key_id.hex(),
+            "trusted": self.trusted,
+            "uri": object_uri(handle, "cert", self.label, self.key_id),
+        }
+
+
+@dataclass
+class AcceptResult:
+    response: CertificateResponse
+    response_file: Path
+    certificate: bytes
+    token: TokenHandle
+    key_id: bytes
+    key_label: str
+    certificate_label: str
+    found_by: str  # how the key was found, for people
+    written: bool  # False: already on the token with the key's CKA_ID (or relinked)
+    changes: list[str] = field(default_factory=list)  # linkage fixed on an existing certificate object
+    chain: list[ChainEntry] = field(default_factory=list)
+    pending_removed: PendingRequest | None = None
+    pending_store: Path | None = None
+    key_test: KeyTest = NOT_RUN
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def key_uri(self) -> str:
+        return object_uri(self.token, "private", self.key_label, self.key_id)
+
+    @property
+    def certificate_uri(self) -> str:
+        return object_uri(self.token, "cert", self.certificate_label, self.key_id)
+
+    @property
+    def changed(self) -> bool:
+        return self.written or bool(self.changes) or any(e.status == "written" for e in self.chain)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": 1,
+            "response": {
+                "file": str(self.response_file),
+                "form": self.response.form,
+                "signature": self.response.signature,
+                "statuses": [
+                    {"status": s.status, "body_list": list(s.body_list), "status_string": s.status_string}
+                    for s in self.response.statuses
+                ],
+            },
+            "certificate": certificate_summary(self.certificate, str(self.response_file)),
+            "token": {"label": self.token.label, "serial": self.token.serial, "uri": str(self.token.uri())},
+            "key": {"id": self.key_id.hex(), "label": self.key_label, "found_by": self.found_by, "uri": self.key_uri},
+            "certificate_object": {
+                "label": self.certificate_label,
+                "uri": self.certificate_uri,
+                "written": self.written,
+                "changes": self.changes,
+            },
+            "chain": [entry.to_json(self.token) for entry in self.chain],
+            "changed": self.changed,
+            "pending_removed": self.pending_removed.id if self.pending_removed else None,
+            "pending_store": str(self.pending_store) if self.pending_store else None,
+            "key_test": self.key_test.to_json(),
+            "warnings": self.warnings,
+        }
+
+
+def accept_certificate(options: AcceptOptions, *, on_warning: Warn | None = None) -> AcceptResult:
+    """Run certreq -accept against the tokens. Raises a `TokenAgentError` with the token unchanged."""
+    warn = on_warning or (lambda message: log.warning("%s", message))
+    if options.trust and not options.chain:
+        raise UsageError("--trust marks the CA certificates of --chain trusted: give --chain as well")
+    if options.trust and options.so_pin_source is None:
+        raise PinError("--trust needs the SO PIN and none can be asked for: give --so-pin-source env:VAR, file:PATH")
+    what = str(options.response)
+    try:
+        data = options.response.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {what}: {exc.strerror or exc}") from None
+    response = read_response(data, what)
+    response.raise_for_status()
+    if response.signature == "invalid":
+        raise VerificationError(f"{what}: the CA's signature on the CMC response does not verify; nothing installed")
+    if response.signature == "unverifiable":
+        log.info("%s: the CMC response's signer certificate is not included; its signature was not checked", what)
+
+    stores = _stores(options)
+    leaf, records = _choose_certificate(response, stores, what)
+    certificate = load_certificate(leaf, what)
+    spki = certificate_spki(leaf, what)
+    record_store, record = records[0] if records else (None, None)
+
+    handle, found_by = _locate_token(options, spki, record)
+    session = open_session(
+        handle, login=True, pin_source=options.pin_source, rw=True, force=options.force, on_warning=warn
+    )
+    with session:
+        private = find_private_key_for(session.session, spki)
+        if private is None:
+            raise ObjectNotFoundError(f"{NO_KEY} (token '{handle.label}' has no private key for {display_name(leaf)})")
+        key_label = label_of(private)
+        capabilities = key_capabilities(private)
+        result = AcceptResult(
+            response=response,
+            response_file=options.response,
+            certificate=leaf,
+            token=handle,
+            key_id=key_id_of(private),
+            key_label=key_label,
+            certificate_label=_certificate_label(record, key_label, leaf),
+            found_by=found_by,
+            written=False,
+        )
+        for message in validity_warnings(certificate, datetime.now(UTC)) + usage_warnings(
+            certificate, capabilities, key_label
+        ):
+            result.warnings.append(message)
+            warn(message)
+        if options.run_key_test:
+            result.key_test = key_test(session, private, spki, capabilities)
+        _install(session, result, response, private, spki, chain=options.chain and not options.trust)
+
+    if record is not None and record_store is not None:
+        try:
+            result.pending_removed = record_store.delete(record.id)
+            result.pending_store = record_store.path
+        except TokenAgentError as exc:
+            message = f"the certificate is installed but pending request {record.id} was not removed: {exc.one_line()}"
+            result.warnings.append(message)
+            warn(message)
+    if options.trust:
+        _install_trusted_chain(handle, result, response, options, warn)
+    return result
+
+
+class _Writes:
+    """Certificates written (and relinks made) in one session, so that a failure can undo them.
+
+    Undo deletes by value every certificate that was absent before this run wrote it, rather than
+    by the handles C_CreateObject returned: a Ctrl-C can land after the token created an object
+    and before its handle reached us.
+    """
+
+    def __init__(self, session: TokenSession) -> None:
+        self.session = session
+        self.new_values: list[bytes] = []
+        self.relinks: list[tuple[Any, dict[str, Any]]] = []
+
+    def write(self, der: bytes, *, key_id: bytes, label: str, category: int, trusted: bool = False) -> None:
+        self.new_values.append(der)
+        write_certificate(self.session, der, key_id=key_id, label=label, category=category, trusted=trusted)
+
+    def relink(self, obj: Any, new: dict[str, Any], old: dict[str, Any]) -> None:
+        self.relinks.append((update_attributes(self.session, obj, new), old))
+
+    def undo(self) -> None:
+        for der in reversed(self.new_values):
+            found = [c.obj for c in certificate_objects(self.session.session, der=der)]
+            destroy_objects(found, what="certificates written by accept")
+        for obj, old in reversed(self.relinks):
+            try:
+                update_attributes(self.session, obj, old)
+            except TokenAgentError as exc:
+                log.error("could not restore %s: %s", ", ".join(old), exc.one_line())
+
+    def run(self, step: Callable[[], None], interrupted: str) -> None:
+        try:
+            step()
+        except BaseException as exc:
+            self.undo()
+            if isinstance(exc, KeyboardInterrupt):
+                raise Interrupted(interrupted) from None
+            raise
+
+
+def _install(
+    session: TokenSession, result: AcceptResult, response: CertificateResponse, private: Any, spki: bytes, chain: bool
+) -> None:
+    """The user session's writes: key linkage if the key has no CKA_ID, the certificate, the chain."""
+    writes = _Writes(session)
+
+    def step() -> None:
+        if not result.key_id:
+            # A key without CKA_ID cannot be linked to anything: give it (and its public half) the
+            # SHA-1 convention first, as repair would.
+            new_id = key_id_for(spki)
+            for obj in [private, *find_public_keys_for(session.session, spki)]:
+                writes.relink(obj, {"CKA_ID": new_id}, {"CKA_ID": b""})
+            result.changes.append(f"key '{result.key_label}': CKA_ID set to {new_id.hex()} (it had none)")
+            result.key_id = new_id
+        existing = certificate_objects(session.session, der=result.certificate)
+        linked = [c for c in existing if c.key_id == result.key_id]
+        if linked:
+            result.certificate_label = linked[0].label or result.certificate_label
+        elif existing:
+            stale = existing[0]
+            changes: dict[str, Any] = {"CKA_ID": result.key_id}
+            if not stale.label:
+                changes["CKA_LABEL"] = result.certificate_label
+            writes.relink(stale.obj, changes, {"CKA_ID": stale.key_id, "CKA_LABEL": stale.label})
+            result.changes.append(
+                f"certificate: CKA_ID {stale.key_id.hex() or '(empty)'} -> {result.key_id.hex()} (the key's)"
+            )
+            result.certificate_label = stale.label or result.certificate_label
+        else:
+            label = result.certificate_label
+            writes.write(result.certificate, key_id=result.key_id, label=label, category=CATEGORY_USER)
+            result.written = True
+        if chain:
+            result.chain = [_chain_entry(writes, der, trusted=False) for der in response.chain_for(result.certificate)]
+
+    writes.run(step, "interrupted: nothing was installed")
+
+
+def _chain_entry(writes: _Writes, der: bytes, *, trusted: bool) -> ChainEntry:
+    """One CA certificate of the chain: written with category authority, or found present.
+
+    ``trusted`` (a security-officer session) also marks a present certificate CKA_TRUSTED.
+    """
+    present = certificate_objects(writes.session.session, der=der)
+    subject = load_certificate(der, "CA certificate").subject.rfc4514_string()
+    sha1 = hashlib.sha1(der).hexdigest()
+    if present:
+        cert = present[0]
+        if trusted and not cert.trusted:
+            writes.relink(cert.obj, {"CKA_TRUSTED": True}, {})
+            return ChainEntry(subject, sha1, "present", cert.label, cert.key_id, True)
+        return ChainEntry(subject, sha1, "present", cert.label, cert.key_id, cert.trusted)
+    label = display_name(der)
+    key_id = key_id_for(certificate_spki(der, "CA certificate"))
+    writes.write(der, key_id=key_id, label=label, category=CATEGORY_AUTHORITY, trusted=trusted)
+    return ChainEntry(subject, sha1, "written", label, key_id, trusted)
+
+
+def _install_trusted_chain(
+    handle: TokenHandle, result: AcceptResult, response: CertificateResponse, options: AcceptOptions, warn: Warn
+) -> None:
+    """--chain --trust: the CA certificates are written by the security officer with CKA_TRUSTED.
+
+    PKCS#11 lets only the SO set CKA_TRUSTED, and SoftHSM 2.6.1 accepts it only at creation, so
+    the SO writes them (certificates are public objects, which an SO session may create). This runs
+    after the user's session is closed: a token has one login state per application. If it fails,
+    the user's certificate stays installed and correct, and accept --chain --trust can be rerun.
+    """
+    try:
+        with open_session(
+            handle, login=True, pin_source=options.so_pin_source, rw=True, force=options.force, so=True
+        ) as so_session:
+            writes = _Writes(so_session)
+
+            def step() -> None:
+                result.chain = [
+                    _chain_entry(writes, der, trusted=True) for der in response.chain_for(result.certificate)
+                ]
+
+            writes.run(step, "interrupted: the CA certificates were not installed")
+    except TokenAgentError:
+        warn(
+            "the certificate is installed; installing the trusted CA certificates failed "
+            "(rerun accept --chain --trust to finish)"
+        )
+        raise
+
+
+def _stores(options: AcceptOptions) -> list[PendingStore]:
+    if options.machine is not None:
+        return [PendingStore(pending_db_path(options.machine, options.state_dir))]
+    paths = dict.fromkeys(pending_db_path(machine, options.state_dir) for machine in (False, True))
+    return [PendingStore(path) for path in paths]
+
+
+def _pending_for(stores: Sequence[PendingStore], spki: bytes) -> list[tuple[PendingStore, PendingRequest]]:
+    digest = hashlib.sha256(spki).hexdigest()
+    found = []
+    for store in stores:
+        try:
+            found += [(store, record) for record in store.find_by_public_key(digest)]
+        except InputError as exc:
+            if store is stores[0]:
+                raise
+            log.info("machine pending store not read: %s", exc.one_line())  # e.g. /var/lib not readable
+    return found
+
+
+def _choose_certificate(
+    response: CertificateResponse, stores: Sequence[PendingStore], what: str
+) -> tuple[bytes, list[tuple[PendingStore, PendingRequest]]]:
+    leaves = response.end_entities()
+    if not leaves:
+        raise CAError(f"{what}: the response holds no certificate")
+    matched = [(leaf, _pending_for(stores, certificate_spki(leaf, what))) for leaf in leaves]
+    if len(leaves) == 1:
+        return matched[0]
+    with_request = [item for item in matched if item[1]]
+    if len(with_request) == 1:
+        return with_request[0]
+    names = ", ".join(display_name(leaf) for leaf in leaves)
+    raise UsageError(f"{what} holds {len(leaves)} end-entity certificates ({names}); accept them one at a time")
+
+
+def _certificate_label(record: PendingRequest | None, key_label: str, der: bytes) -> str:
+    if record is not None and record.friendly_name:
+        return record.friendly_name
+    return key_label or display_name(der)
+
+
+def _locate_token(options: AcceptOptions, spki: bytes, record: PendingRequest | None) -> tuple[TokenHandle, str]:
+    """The token holding the key: the pending request's, else the one whose public key objects match."""
+    if record is not None and options.token is not None:
+        selector = TokenSelector.parse(options.token)
+        handle = select_token(selector, modules_for(options.modules, selector))
+        if handle.serial == record.token_serial:
+            return handle, f"pending request {record.id}"
+    elif record is not None:
+        selector = TokenSelector.parse(f"pkcs11:serial={record.token_serial}")
+        try:
+            handle = select_token(selector, modules_for(list(options.modules) or [record.module_path], selector))
+        except TokenNotFoundError:
+            raise TokenNotFoundError(
+                f"the token of pending request {record.id} ('{record.token_label}', serial {record.token_serial}) "
+                "is not present: insert it, or give --token"
+            ) from None
+        return handle, f"pending request {record.id}"
+    selector = TokenSelector.parse(options.token)
+    candidates = [h for h in iter_tokens(modules_for(options.modules, selector)) if selector.matches(h)]
+    if not candidates:
+        select_token(selector, [])  # raises the usual "no token" error
+        raise TokenNotFoundError(f"no token matches {selector.describe()}")
+    holders = []
+    for handle in candidates:
+        with open_session(handle, login=False, pin_source=None) as ts:
+            if find_public_keys_for(ts.session, spki):
+                holders.append(handle)
+    if len(holders) == 1:
+        return holders[0], "its public key object"
+    if len(holders) > 1:
+        listed = "; ".join(h.describe() for h in holders)
+        raise AmbiguousTokenError(f"the certificate's public key is on several tokens: {listed}; choose with --token")
+    if len(candidates) == 1:
+        return candidates[0], "a search of the private keys"
+    listed = "; ".join(h.describe() for h in candidates)
+    raise ObjectNotFoundError(
+        f"{NO_KEY} (no public key object matches on {listed}; give --token to also search one token's private keys)"
+    )

@@ -1,0 +1,304 @@
+"""The `repair` use case (certutil -repairstore): relink a certificate on a token with its key.
+
+A certificate whose CKA_ID differs from its private key's is invisible as a pair to OpenSSL, NSS,
+OpenSC's minidriver and sssd. Repair finds the private key by public key (never by CKA_ID, which
+is what is broken), then makes every object of the pair agree:
+
+- a private key without CKA_ID gets the SHA-1 convention (tokenagent's, NSS's, OpenSC's);
+- public key objects of the same key get the private key's CKA_ID;
+- every copy of the certificate gets the private key's CKA_ID, and the key's label if it has none.
+
+The key's own CKA_ID wins over the certificate's because applications may already refer to the key
+by it. Before anything changes, the key signs a random challenge that the certificate must verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenagent.enroll.linkage import (
+    NOT_RUN,
+    KeyTest,
+    certificate_spki,
+    certificate_summary,
+    display_name,
+    key_test,
+    load_certificate,
+    object_uri,
+    usage_warnings,
+    validity_warnings,
+)
+from tokenagent.errors import (
+    AmbiguousTokenError,
+    InputError,
+    Interrupted,
+    ObjectNotFoundError,
+    TokenAgentError,
+    TokenNotFoundError,
+)
+from tokenagent.request.response import read_response
+from tokenagent.token.certs import (
+    CertificateObject,
+    certificate_objects,
+    find_public_keys_for,
+    key_capabilities,
+    key_id_of,
+    label_of,
+    update_attributes,
+)
+from tokenagent.token.library import TokenHandle, TokenSelector, iter_tokens, modules_for, select_token
+from tokenagent.token.objects import find_private_key_for, key_id_for
+from tokenagent.token.pins import PinSource
+from tokenagent.token.session import TokenSession, open_session
+from tokenagent.token.uri import Pkcs11Uri, is_pkcs11_uri, parse_uri
+
+log = logging.getLogger("tokenagent")
+Warn = Callable[[str], None]
+_THUMBPRINT = re.compile(r"[0-9a-fA-F]{40}")
+
+
+@dataclass(frozen=True)
+class RepairOptions:
+    certificate: str  # a file, a SHA-1 thumbprint (certutil's spaces allowed) or a pkcs11: URI of a certificate
+    token: str | None = None
+    modules: Sequence[str] = ()
+    pin_source: PinSource | None = None
+    force: bool = False
+    dry_run: bool = False
+    run_key_test: bool = True
+
+
+@dataclass(frozen=True)
+class Change:
+    object: str  # certificate | private-key | public-key
+    attribute: str  # CKA_ID | CKA_LABEL
+    old: str
+    new: str
+
+    def describe(self) -> str:
+        return f"{self.object} {self.attribute}: {self.old or '(empty)'} -> {self.new}"
+
+    def to_json(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RepairResult:
+    certificate: bytes
+    token: TokenHandle
+    key_id: bytes
+    key_label: str
+    certificate_label: str
+    copies: int  # certificate objects with this value on the token
+    changes: list[Change] = field(default_factory=list)
+    applied: bool = False
+    dry_run: bool = False
+    key_test: KeyTest = NOT_RUN
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def key_uri(self) -> str:
+        return object_uri(self.token, "private", self.key_label, self.key_id)
+
+    @property
+    def certificate_uri(self) -> str:
+        return object_uri(self.token, "cert", self.certificate_label, self.key_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": 1,
+            "certificate": certificate_summary(self.certificate, "certificate"),
+            "token": {"label": self.token.label, "serial": self.token.serial, "uri": str(self.token.uri())},
+            "key": {"id": self.key_id.hex(), "label": self.key_label, "uri": self.key_uri},
+            "certificate_object": {"label": self.certificate_label, "uri": self.certificate_uri, "copies": self.copies},
+            "changes": [change.to_json() for change in self.changes],
+            "applied": self.applied,
+            "dry_run": self.dry_run,
+            "key_test": self.key_test.to_json(),
+            "warnings": self.warnings,
+        }
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """Which certificate the user means: by value, by thumbprint, or by a URI's id/label."""
+
+    what: str
+    der: bytes | None = None
+    thumbprint: bytes | None = None
+    uri: Pkcs11Uri | None = None
+
+    def select(self, certs: list[CertificateObject]) -> list[CertificateObject]:
+        if self.der is not None:
+            return [c for c in certs if c.der == self.der]
+        if self.thumbprint is not None:
+            return [c for c in certs if c.thumbprint == self.thumbprint]
+        assert self.uri is not None
+        return [
+            c
+            for c in certs
+            if (self.uri.object_id is None or c.key_id == self.uri.object_id)
+            and (self.uri.object is None or c.label == self.uri.object)
+        ]
+
+
+def repair_certificate(options: RepairOptions, *, on_warning: Warn | None = None) -> RepairResult:
+    """certutil -repairstore for tokens. Raises a `TokenAgentError` with the token unchanged."""
+    from datetime import UTC, datetime
+
+    warn = on_warning or (lambda message: log.warning("%s", message))
+    wanted, token = _wanted(options)
+    handle = _holder(wanted, token, options.modules)
+    with open_session(
+        handle, login=True, pin_source=options.pin_source, rw=not options.dry_run, force=options.force, on_warning=warn
+    ) as ts:
+        copies = wanted.select(certificate_objects(ts.session))
+        if not copies:
+            raise ObjectNotFoundError(f"{wanted.what} is not on token '{handle.label}'")
+        ders = {c.der for c in copies}
+        if len(ders) > 1:
+            raise AmbiguousTokenError(
+                f"{wanted.what} names {len(ders)} different certificates on token '{handle.label}'; "
+                "give the SHA-1 thumbprint"
+            )
+        der = copies[0].der
+        certificate = load_certificate(der, wanted.what)
+        spki = certificate_spki(der, wanted.what)
+        copies = [c for c in certificate_objects(ts.session) if c.der == der]  # every copy, whatever its ID
+        private = find_private_key_for(ts.session, spki)
+        if private is None:
+            raise ObjectNotFoundError(
+                f"no private key on token '{handle.label}' matches the certificate {hashlib.sha1(der).hexdigest()} "
+                f"({display_name(der)}): it cannot be repaired; request a new certificate"
+            )
+        key_label = label_of(private)
+        key_id = key_id_of(private)
+        capabilities = key_capabilities(private)
+        result = RepairResult(
+            certificate=der,
+            token=handle,
+            key_id=key_id or key_id_for(spki),
+            key_label=key_label,
+            certificate_label=copies[0].label or key_label or display_name(der),
+            copies=len(copies),
+            dry_run=options.dry_run,
+        )
+        for message in validity_warnings(certificate, datetime.now(UTC)) + usage_warnings(
+            certificate, capabilities, key_label
+        ):
+            result.warnings.append(message)
+            warn(message)
+        if len(copies) > 1:
+            message = f"the certificate is on the token {len(copies)} times; each copy is relinked, none deleted"
+            result.warnings.append(message)
+            warn(message)
+        plan = _plan(ts, private, key_id, result, spki, copies)
+        result.changes = [change for _, change, _ in plan]
+        if options.run_key_test:
+            result.key_test = key_test(ts, private, spki, capabilities)
+        if not options.dry_run and plan:
+            _apply(ts, plan)
+            result.applied = True
+    return result
+
+
+def _plan(
+    ts: TokenSession,
+    private: Any,
+    key_id: bytes,
+    result: RepairResult,
+    spki: bytes,
+    copies: list[CertificateObject],
+) -> list[tuple[Any, Change, dict[str, Any]]]:
+    """(object, change, the attribute values to set) for everything that does not agree."""
+    plan: list[tuple[Any, Change, dict[str, Any]]] = []
+    target = result.key_id
+    if not key_id:
+        plan.append((private, Change("private-key", "CKA_ID", "", target.hex()), {"CKA_ID": target}))
+    for public in find_public_keys_for(ts.session, spki):
+        old = key_id_of(public)
+        if old != target:
+            plan.append((public, Change("public-key", "CKA_ID", old.hex(), target.hex()), {"CKA_ID": target}))
+    for cert in copies:
+        if cert.key_id != target:
+            change = Change("certificate", "CKA_ID", cert.key_id.hex(), target.hex())
+            plan.append((cert.obj, change, {"CKA_ID": target}))
+        if not cert.label:
+            change = Change("certificate", "CKA_LABEL", "", result.certificate_label)
+            plan.append((cert.obj, change, {"CKA_LABEL": result.certificate_label}))
+    return plan
+
+
+def _apply(ts: TokenSession, plan: list[tuple[Any, Change, dict[str, Any]]]) -> None:
+    """Apply in order; on a failure (or Ctrl-C) put back what was already changed."""
+    done: list[tuple[Any, dict[str, Any]]] = []
+    replaced: dict[int, Any] = {}  # a certificate re-created by update_attributes has a new handle
+    try:
+        for obj, change, values in plan:
+            live = replaced.get(obj.handle, obj)
+            updated = update_attributes(ts, live, values)
+            replaced[obj.handle] = updated
+            old = change.old if change.attribute == "CKA_LABEL" else bytes.fromhex(change.old)
+            done.append((updated, {change.attribute: old}))
+    except BaseException as exc:
+        for obj, old in reversed(done):
+            try:
+                update_attributes(ts, obj, old)
+            except TokenAgentError as undo_error:
+                log.error("could not restore %s: %s", ", ".join(old), undo_error.one_line())
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted("interrupted: the changes made so far were put back") from None
+        raise
+
+
+def _wanted(options: RepairOptions) -> tuple[_Wanted, str | None]:
+    text = options.certificate.strip()
+    if is_pkcs11_uri(text):
+        uri = parse_uri(text)
+        if uri.type not in (None, "cert"):
+            raise InputError(f"{text}: repair takes a certificate (type=cert), not type={uri.type}")
+        if uri.object_id is None and uri.object is None:
+            raise InputError(f"{text}: give the certificate's id= or object= in the URI")
+        token = options.token or (str(uri.token_part()) if uri.token_part().path else None)
+        return _Wanted(f"the certificate {text}", uri=uri), token
+    compact = re.sub(r"[\s:]", "", text)
+    path = Path(text)
+    if _THUMBPRINT.fullmatch(compact) and not path.exists():
+        return _Wanted(f"the certificate {compact.lower()}", thumbprint=bytes.fromhex(compact)), options.token
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{text} is neither a file, a SHA-1 thumbprint nor a pkcs11: URI of a certificate") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {text}: {exc.strerror or exc}") from None
+    leaves = read_response(data, text).end_entities()
+    if len(leaves) != 1:
+        raise InputError(f"{text} holds {len(leaves)} end-entity certificates; give one certificate")
+    return _Wanted(f"the certificate in {text}", der=leaves[0]), options.token
+
+
+def _holder(wanted: _Wanted, token: str | None, modules: Sequence[str]) -> TokenHandle:
+    """The one selected token that holds the certificate (certificates are public: no login)."""
+    selector = TokenSelector.parse(token)
+    candidates = [h for h in iter_tokens(modules_for(modules, selector)) if selector.matches(h)]
+    if not candidates:
+        select_token(selector, [])  # raises the usual "no token" error
+        raise TokenNotFoundError(f"no token matches {selector.describe()}")
+    holders = []
+    for handle in candidates:
+        with open_session(handle, login=False, pin_source=None) as ts:
+            if wanted.select(certificate_objects(ts.session)):
+                holders.append(handle)
+    if len(holders) == 1:
+        return holders[0]
+    if len(holders) > 1:
+        listed = "; ".join(h.describe() for h in holders)
+        raise AmbiguousTokenError(f"{wanted.what} is on several tokens: {listed}; choose with --token")
+    hint = "; install it with tokenagent accept" if wanted.der is not None else ""
+    raise ObjectNotFoundError(f"{wanted.what} is not on any selected token{hint}")

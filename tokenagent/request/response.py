@@ -1,0 +1,451 @@
+"""What a CA answers: a certificate (.cer), a certs-only PKCS #7 (.p7b) or a full CMC response (.rsp).
+
+certreq -submit writes whichever the CA sent. `read_response` tells them apart, collects the
+certificates and, for CMC (RFC 5272 section 3.3), the status controls, and checks the CMS signature
+(RFC 5652 section 5.6) with a certificate the response itself carries. "valid" therefore means the
+response was not altered after the holder of that certificate signed it, not that the signer is
+trusted: trust is the caller's decision. Every input that is not one of the three is an `InputError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from asn1crypto import cms, core
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from tokenagent.errors import CAError, InputError, RequestPendingError
+from tokenagent.request import cmc
+from tokenagent.request.armor import read_der
+
+OID_DATA = "1.2.840.113549.1.7.1"
+OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
+
+# What asn1crypto raises from lazily parsed, damaged DER (it has no exception class of its own).
+_PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError)
+# cryptography's certificate loaders: InvalidVersion is not a ValueError.
+_CERTIFICATE_ERRORS = (ValueError, x509.InvalidVersion)
+
+# RFC 5754 digest algorithms by asn1crypto's names; anything else leaves a signature unverifiable.
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha224": hashes.SHA224,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+
+
+@dataclass(frozen=True)
+class CmcStatus:
+    """One CMCStatusInfo (version 1) or CMCStatusInfoV2 (version 2) value."""
+
+    status: str  # "success" | "failed" | "pending" | "noSupport" | "confirmRequired" | "popRequired" | "partial"
+    body_list: tuple[int, ...]  # the bodyPartIDs it is about (of a bodyPartPath: its last element)
+    status_string: str | None
+    fail_info: str | None  # CMCFailInfo name, e.g. "badRequest"; of an extendedFailInfo: its OID
+    pend_token: bytes | None
+    pend_time: datetime | None  # UTC
+    version: int  # 1 (id-cmc-statusInfo) or 2 (id-cmc-statusInfoV2)
+
+
+@dataclass(frozen=True)
+class CertificateResponse:
+    form: str  # "certificate" | "pkcs7" | "cmc"
+    certificates: tuple[bytes, ...]  # DER, in the order found
+    statuses: tuple[CmcStatus, ...]  # CMC only, in controlSequence order
+    signature: str  # "unsigned" | "valid" | "invalid" | "unverifiable"
+    signers: tuple[str, ...]  # RFC 4514 subjects of the signer certificates found in the response
+
+    def end_entities(self) -> list[bytes]:
+        """The certificates that issued no other certificate of the response, in response order.
+
+        "Issued" means issuer name and signature both match, so a CA certificate sent alone, which
+        HSM users enroll for sub-CA keys, is a leaf; a self-signed certificate issuing only itself too.
+        """
+        loaded = _load_all(self.certificates)
+        leaves: list[bytes] = []
+        for der, cert in loaded:
+            issues_another = any(other_der != der and _issued_by(other, cert) for other_der, other in loaded)
+            if not issues_another and der not in leaves:
+                leaves.append(der)
+        return leaves
+
+    def chain_for(self, der: bytes) -> list[bytes]:
+        """The response's CA certificates above ``der``, nearest first, up to a self-signed root.
+
+        Each step needs the issuer name and the signature to match; it stops where no issuer is in
+        the response, and a certificate is never used twice, so cross-signed loops end.
+        """
+        loaded = _load_all(self.certificates)
+        current = _load(der, 0)
+        chain: list[bytes] = []
+        seen = {der}
+        while not _issued_by(current, current):
+            issuer = next(
+                ((d, c) for d, c in loaded if d not in seen and _issued_by(current, c)),
+                None,
+            )
+            if issuer is None:
+                break
+            chain.append(issuer[0])
+            seen.add(issuer[0])
+            current = issuer[1]
+        return chain
+
+    def raise_for_status(self) -> None:
+        """`CAError` for a refusal or a response without certificate, `RequestPendingError` if pending."""
+        for status in self.statuses:
+            if status.status == "confirmRequired":
+                raise CAError(
+                    "the CA issued the certificate but requires a confirmation (confirmRequired) "
+                    f"that tokenagent does not send{_details(status)}"
+                )
+            if status.status not in ("success", "pending"):
+                raise CAError(f"the CA refused the request: {status.status}{_details(status)}")
+        for status in self.statuses:
+            if status.status == "pending":
+                parts = []
+                if status.pend_token is not None:
+                    parts.append(f"pendToken {status.pend_token.hex()}")
+                if status.pend_time is not None:
+                    parts.append(f"check again after {status.pend_time.strftime('%Y-%m-%d %H:%M:%S UTC')}")
+                when = f" ({', '.join(parts)})" if parts else ""
+                text = f": {_one_line(status.status_string)}" if status.status_string else ""
+                raise RequestPendingError(f"the CA holds the request pending{when}{text}")
+        if not self.certificates:
+            if self.form == "cmc":
+                raise CAError("the CA answered success but its CMC response holds no certificate")
+            raise CAError("the CA's response holds no certificate")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _details(status: CmcStatus) -> str:
+    fail = f" ({status.fail_info})" if status.fail_info else ""
+    text = f": {_one_line(status.status_string)}" if status.status_string else ""
+    return fail + text
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+
+class _NotAResponse(Exception):
+    """Well-formed DER that is something else; the message says what."""
+
+
+class _EncapsulatedContent(core.Sequence):
+    """RFC 5652 EncapsulatedContentInfo read as is, whatever SignedData version announces it.
+
+    asn1crypto reads a version 1 SignedData's content as PKCS #7's [0] EXPLICIT ANY; CMS always
+    wraps eContent in an OCTET STRING, and the signature covers that OCTET STRING's contents.
+    """
+
+    _fields: ClassVar[list] = [
+        ("content_type", cms.ContentType),
+        ("content", core.OctetString, {"explicit": 0, "optional": True}),
+    ]
+
+
+def read_response(data: bytes | str, what: str = "response") -> CertificateResponse:
+    """The CA's answer in ``data`` (DER, PEM, bare or UTF-16 base64); `InputError` for anything else."""
+    der = read_der(data, what)
+    try:
+        return _read(der)
+    except _NotAResponse as exc:
+        raise InputError(f"{what}: {exc}") from None
+    except _PARSE_ERRORS as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read {what}: damaged DER ({reason})") from None
+
+
+def _parse_all(value: core.Asn1Value) -> None:
+    """asn1crypto parses lazily: reading .native parses every nested value now, so damage shows here."""
+    try:
+        value.native  # noqa: B018
+    except AttributeError as exc:  # e.g. an ObjectDescriptor inside an ANY: asn1crypto has no .native for it
+        raise ValueError(f"an element asn1crypto cannot read ({exc})") from None
+
+
+def _read(der: bytes) -> CertificateResponse:
+    header = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
+    first_tag = der[header] if len(der) > header else None
+    if first_tag == 0x06:  # ContentInfo ::= SEQUENCE { contentType OBJECT IDENTIFIER, ... }
+        return _read_content_info(der)
+    try:
+        x509.load_der_x509_certificate(der)
+    except _CERTIFICATE_ERRORS:
+        pass
+    else:
+        return CertificateResponse("certificate", (der,), (), "unsigned", ())
+    raise _NotAResponse(_what_else(der))
+
+
+def _what_else(der: bytes) -> str:
+    """Name a well-formed DER value that is not a CA response, for the error message."""
+    try:
+        x509.load_der_x509_csr(der)
+    except _CERTIFICATE_ERRORS:
+        pass
+    else:
+        return "a certificate request, not a CA response"
+    # PKIData first: asn1crypto keeps extra trailing elements, so PKIResponse would read a PKIData too
+    bare: list[tuple[type[core.Sequence], str]] = [
+        (cmc.PKIData, "a CMC request (PKIData), not a CA response"),
+        (cmc.PKIResponse, "a bare CMC PKIResponse without its CMS SignedData"),
+    ]
+    for spec, name in bare:
+        try:
+            _parse_all(spec.load(der, strict=True))
+        except _PARSE_ERRORS:
+            continue
+        return name
+    return "not a certificate, PKCS #7 or CMC response (neither an X.509 certificate nor a CMS ContentInfo)"
+
+
+def _read_content_info(der: bytes) -> CertificateResponse:
+    info = cms.ContentInfo.load(der, strict=True)
+    content_type = info["content_type"].dotted
+    if content_type != OID_SIGNED_DATA:
+        raise _NotAResponse(f"a CMS {info['content_type'].native} ContentInfo, not signed data from a CA")
+    signed = info["content"]
+    if not isinstance(signed, cms.SignedData):
+        raise _NotAResponse("a signedData ContentInfo without its content")
+    encapsulated = _EncapsulatedContent.load(signed["encap_content_info"].dump(), strict=True)
+    econtent_type = encapsulated["content_type"].dotted
+    econtent: bytes | None = encapsulated["content"].native  # None when absent
+    certificates = _certificates(signed)
+    _parse_all(signed["version"])
+    _parse_all(signed["digest_algorithms"])
+    signer_infos = list(signed["signer_infos"])
+    for signer_info in signer_infos:
+        _parse_all(signer_info)
+
+    if econtent_type == OID_DATA:
+        if econtent:
+            raise _NotAResponse("signed data with content (id-data), not a CA response")
+        # certs-only ("degenerate") SignedData, RFC 5272 section 4.1; a SignerInfo would be detached
+        signature = "unverifiable" if signer_infos else "unsigned"
+        return CertificateResponse("pkcs7", certificates, (), signature, ())
+    if econtent_type == cmc.OID_PKI_DATA:
+        raise _NotAResponse("a CMC request (PKIData), not a CA response")
+    if econtent_type != cmc.OID_PKI_RESPONSE:
+        raise _NotAResponse(f"signed data with content type {econtent_type}, not a CA response")
+    if econtent is None:
+        raise _NotAResponse("a CMC response without its PKIResponse content (detached)")
+    response = cmc.PKIResponse.load(econtent, strict=True)
+    _parse_all(response)
+    statuses = tuple(_statuses(response))
+    signature, signers = _check_signatures(signer_infos, certificates, econtent_type, econtent)
+    return CertificateResponse("cmc", certificates, statuses, signature, signers)
+
+
+def _certificates(signed: cms.SignedData) -> tuple[bytes, ...]:
+    """SignedData.certificates, X.509 choice only (attribute certificates are not for us)."""
+    found: list[bytes] = []
+    certificate_set = signed["certificates"]
+    if isinstance(certificate_set, core.Void):
+        return ()
+    for number, choice in enumerate(certificate_set, 1):
+        if choice.name != "certificate":
+            continue
+        der = choice.chosen.dump()
+        try:
+            x509.load_der_x509_certificate(der)
+        except _CERTIFICATE_ERRORS as exc:
+            raise ValueError(f"certificate {number} of the SignedData cannot be read: {exc}") from None
+        found.append(der)
+    return tuple(found)
+
+
+def _statuses(response: cmc.PKIResponse) -> list[CmcStatus]:
+    statuses: list[CmcStatus] = []
+    for attribute in response["control_sequence"]:
+        oid = attribute["attr_type"].dotted
+        if oid not in (cmc.OID_STATUS_INFO, cmc.OID_STATUS_INFO_V2):
+            continue
+        for value in cmc.control_values(attribute):
+            statuses.append(_status(value, 2 if oid == cmc.OID_STATUS_INFO_V2 else 1))
+    return statuses
+
+
+def _status(value: core.Asn1Value, version: int) -> CmcStatus:
+    status = value["cmc_status"].native
+    body_list: list[int] = []
+    for reference in value["body_list"]:
+        if version == 1:
+            body_list.append(reference.native)
+        elif reference.name == "body_part_id":
+            body_list.append(reference.chosen.native)
+        else:
+            path = reference.chosen.native
+            if not path:
+                raise ValueError("an empty bodyPartPath (RFC 6402: SIZE (1..MAX))")
+            body_list.append(path[-1])
+    fail_info: str | None = None
+    pend_token: bytes | None = None
+    pend_time: datetime | None = None
+    other = value["other_info"]
+    if not isinstance(other, core.Void):
+        if other.name == "fail_info":
+            name = other.chosen.native
+            fail_info = name if isinstance(name, str) else f"failInfo {name}"
+        elif other.name == "pend_info":
+            pend_token = other.chosen["pend_token"].native
+            pend_time = _utc(other.chosen["pend_time"].native)
+        else:
+            fail_info = other.chosen["fail_info_oid"].dotted
+    return CmcStatus(
+        status=status if isinstance(status, str) else f"cMCStatus {status}",
+        body_list=tuple(body_list),
+        status_string=value["status_string"].native,
+        fail_info=fail_info,
+        pend_token=pend_token,
+        pend_time=pend_time,
+        version=version,
+    )
+
+
+def _utc(value: object) -> datetime:
+    if not isinstance(value, datetime):  # asn1crypto's extended_datetime: year 0
+        raise ValueError(f"pendTime {value} is out of range")
+    # RFC 5272 says GeneralizedTime in UTC ("Z"); a time without zone is taken as UTC too
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# -- certificates -------------------------------------------------------------------------------------
+
+
+def _load(der: bytes, number: int) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(der)
+    except _CERTIFICATE_ERRORS as exc:
+        where = f"certificate {number}" if number else "the certificate"
+        raise InputError(f"cannot read {where}: {exc}") from None
+
+
+def _load_all(certificates: tuple[bytes, ...]) -> list[tuple[bytes, x509.Certificate]]:
+    return [(der, _load(der, number)) for number, der in enumerate(certificates, 1)]
+
+
+def _issued_by(subject: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Issuer name matches and ``issuer``'s key verifies the signature (RSA, PSS, ECDSA, EdDSA)."""
+    try:
+        subject.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+# -- CMS signatures (RFC 5652 section 5.6) ------------------------------------------------------------
+
+
+def _check_signatures(
+    signer_infos: list[cms.SignerInfo], certificates: tuple[bytes, ...], content_type: str, econtent: bytes
+) -> tuple[str, tuple[str, ...]]:
+    """The response's verdict ("invalid" beats "unverifiable" beats "valid") and the signers found."""
+    if not signer_infos:
+        return "unsigned", ()
+    candidates = [(asn1_x509.Certificate.load(der), x509.load_der_x509_certificate(der)) for der in certificates]
+    verdicts: list[str] = []
+    signers: list[str] = []
+    for signer_info in signer_infos:
+        certificate = _signer_certificate(signer_info["sid"], candidates)
+        if certificate is None:
+            verdicts.append("unverifiable")
+            continue
+        signers.append(certificate.subject.rfc4514_string())
+        verdicts.append(_verify(signer_info, certificate, content_type, econtent))
+    for verdict in ("invalid", "unverifiable"):
+        if verdict in verdicts:
+            return verdict, tuple(signers)
+    return "valid", tuple(signers)
+
+
+def _signer_certificate(
+    sid: cms.SignerIdentifier, candidates: list[tuple[asn1_x509.Certificate, x509.Certificate]]
+) -> x509.Certificate | None:
+    for parsed, certificate in candidates:
+        try:
+            if sid.name == "issuer_and_serial_number":
+                wanted = sid.chosen
+                if parsed.serial_number == wanted["serial_number"].native and parsed.issuer == wanted["issuer"]:
+                    return certificate
+            elif sid.chosen.native in (parsed.key_identifier, parsed.public_key.sha1):
+                # RFC 5652 5.3: the SKI extension's value; without one, RFC 5280's method 1 hash
+                return certificate
+        except _PARSE_ERRORS:
+            continue  # a certificate asn1crypto cannot read further is not the signer
+    return None
+
+
+def _verify(signer_info: cms.SignerInfo, certificate: x509.Certificate, content_type: str, econtent: bytes) -> str:
+    hash_class = _HASHES.get(signer_info["digest_algorithm"]["algorithm"].native)
+    if hash_class is None:
+        return "unverifiable"
+    attributes = signer_info["signed_attrs"]
+    if isinstance(attributes, core.Void):
+        message = econtent  # no signed attributes: the signature covers eContent itself
+    else:
+        values: dict[str, list[core.Asn1Value]] = {}
+        for attribute in attributes:
+            values.setdefault(attribute["type"].dotted, []).extend(attribute["values"])
+        # RFC 5652 5.3: content-type and message-digest are both required, each with exactly one value
+        content_types = values.get("1.2.840.113549.1.9.3", [])
+        digests = values.get("1.2.840.113549.1.9.4", [])
+        if len(content_types) != 1 or content_types[0].dotted != content_type:
+            return "invalid"
+        hasher = hashes.Hash(hash_class())
+        hasher.update(econtent)
+        if len(digests) != 1 or digests[0].native != hasher.finalize():
+            return "invalid"
+        # 5.4: the signature covers the DER of the attributes with the SET OF tag, not the [0] IMPLICIT one
+        message = b"\x31" + attributes.dump()[1:]
+    signature = signer_info["signature"].native
+    algorithm = signer_info["signature_algorithm"]
+    try:
+        family = algorithm.signature_algo
+        public_key = certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return "unverifiable"
+    try:
+        if family == "rsassa_pkcs1v15":
+            if not isinstance(public_key, rsa.RSAPublicKey):
+                return "invalid"
+            public_key.verify(signature, message, padding.PKCS1v15(), hash_class())
+        elif family == "rsassa_pss":
+            if not isinstance(public_key, rsa.RSAPublicKey):
+                return "invalid"
+            pss = _pss(algorithm["parameters"])
+            if pss is None:
+                return "unverifiable"
+            public_key.verify(signature, message, pss[0], pss[1])
+        elif family == "ecdsa":
+            if not isinstance(public_key, ec.EllipticCurvePublicKey):
+                return "invalid"
+            public_key.verify(signature, message, ec.ECDSA(hash_class()))
+        else:
+            return "unverifiable"
+    except (InvalidSignature, ValueError):
+        return "invalid"
+    return "valid"
+
+
+def _pss(parameters: core.Asn1Value) -> tuple[padding.PSS, hashes.HashAlgorithm] | None:
+    """RSASSA-PSS-params (RFC 4055 section 3.1) as cryptography's padding and hash; None if unsupported."""
+    if isinstance(parameters, core.Void):
+        return None  # RFC 4055 3.1: signatures carry the parameters
+    hash_class = _HASHES.get(parameters["hash_algorithm"]["algorithm"].native)
+    mask = parameters["mask_gen_algorithm"]
+    mgf_hash = _HASHES.get(mask["parameters"]["algorithm"].native) if mask["algorithm"].native == "mgf1" else None
+    if hash_class is None or mgf_hash is None or parameters["trailer_field"].native != "trailer_field_bc":
+        return None
+    return padding.PSS(mgf=padding.MGF1(mgf_hash()), salt_length=parameters["salt_length"].native), hash_class()
