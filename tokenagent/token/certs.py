@@ -166,4 +166,3 @@ def update_attributes(ts: TokenSession, obj: pkcs11.Object, changes: Mapping[str
             log.error("token %s: the certificate now exists twice; delete one of them", name)
         raise TokenOperationError(f"token {name}: cannot replace the certificate: {type(exc).__name__}") from None
     return copy
-
