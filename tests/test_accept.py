@@ -645,3 +645,23 @@ def test_repair_refusals(softhsm: SoftHSM, ca: OpenSslCA, tmp_path: Path) -> Non
     assert nonsense.returncode == 4 and "neither a file" in nonsense.stderr
     pkcs11_tool(softhsm, "--delete-object", "--type", "cert", "--id", "dd", token=TOKEN)
     assert objects(softhsm) == before
+
+
+def test_missing_token_and_missing_pending_token(softhsm: SoftHSM, ca: OpenSslCA, tmp_path: Path) -> None:
+    e = enroll(softhsm, ca, tmp_path, "no-token")
+    before = objects(softhsm)
+    named = cli(softhsm, "accept", str(e.cert_pem), "--token", "no-such-card", "--pin-source", "env:PIN")
+    assert named.returncode == 6 and "no-such-card" in named.stderr
+    # the pending request names ta-acc; with only another SoftHSM instance present, that token is missing
+    other = make_other_softhsm(tmp_path / "other")
+    run = run_cli("accept", str(e.cert_pem), "--pin-source", "env:PIN", env={**softhsm.env(**PIN_ENV), **other})
+    assert run.returncode == 6, run.stderr
+    assert f"pending request {e.pending_id}" in run.stderr and "is not present" in run.stderr
+    assert objects(softhsm) == before
+
+
+def make_other_softhsm(directory: Path) -> dict[str, str]:
+    from tests.conftest import make_softhsm
+
+    instance = make_softhsm(directory, ["elsewhere"])
+    return {"SOFTHSM2_CONF": str(instance.conf)}
