@@ -49,8 +49,13 @@ lint: setup
 	$(BIN)/ruff check tokenagent tests softhsm
 	$(BIN)/ruff format --check tokenagent tests softhsm
 
-bench: setup
-	@if [ -d benchmarks ]; then $(BIN)/python -m benchmarks; else echo "no benchmarks yet"; fi
+# The bench extra (pyinstrument, for the profiles in docs/performance.md) is installed only here.
+bench: setup $(VENV)/.bench-installed
+	$(BIN)/python -m benchmarks
+
+$(VENV)/.bench-installed: pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	@touch $@
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

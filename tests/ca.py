@@ -178,6 +178,12 @@ class OpenSslCA:
         )  # fmt: skip
         return pem_to_der(out)
 
+    def issue_agent(self, csr: Path | bytes, out: Path, *, days: int = 30) -> bytes:
+        """An enrollment agent certificate: EKU Certificate Request Agent (1.3.6.1.4.1.311.20.2.1),
+        digitalSignature; the request's own extensions are ignored. PEM to ``out``, DER returned."""
+        extensions = "keyUsage = critical,digitalSignature\nextendedKeyUsage = 1.3.6.1.4.1.311.20.2.1"
+        return self.issue(csr, out, days=days, extensions=extensions, copy_extensions=False)
+
     def p7b(self, certs: list[Path], out: Path, *, der: bool = True) -> bytes:
         """Certs-only SignedData (what a CA's "download chain" gives); returns what was written."""
         args: list[str | Path] = ["crl2pkcs7", "-nocrl", "-outform", "DER" if der else "PEM", "-out", out]

@@ -11,6 +11,8 @@ Tokens (user PIN 1234, SO PIN 87654321 unless said otherwise):
   ta-new      `tokenagent new` writes keys here (tests compare object lists, never absolute counts)
   ta-cap      capacity tests: starts empty; only test_new's container-limit test writes to it
   ta-acc      accept/repair tests (test_accept.py): keys from `new` and from pkcs11-tool, certificates
+  ta-agent    the enrollment agent's card (test_sign.py): agent keys and their certificates
+  ta-user     the users' card (test_sign.py): keys and requests made by `new`
 
 TOKENAGENT_STATE_DIR (the pending store) and XDG_CONFIG_HOME (providers.toml) point into the
 session's temporary directory, so tests never read or write the developer's own state.
@@ -42,6 +44,8 @@ TOKENS = [
     "ta-new",
     "ta-cap",
     "ta-acc",
+    "ta-agent",
+    "ta-user",
 ]
 
 

@@ -412,7 +412,7 @@ def test_ctrl_c_after_generation_rolls_back(tmp_path: Path, softhsm: SoftHSM) ->
             3,
             "smart cards cannot export private keys",
         ),
-        ((), "RequestType = CMC", 3, "RequestType = CMC"),
+        ((), "RequestType = PKCS7", 3, "give --agent"),
         ((), "KeyAlgorithm = DSA", 3, "not supported"),
         (("--token", TOKEN, "--overwrite"), "", 13, "does not exist"),
     ],

@@ -29,6 +29,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "accept",
         "Install an issued certificate on the token next to its key (certreq -accept).",
     ),
+    "sign": ("tokenagent.cli.sign", "sign", "Co-sign a request on behalf of a user as enrollment agent."),
+    "show": ("tokenagent.cli.show", "show", "Dump a request, response or certificate (certutil -dump)."),
+    "revoke-request": (
+        "tokenagent.cli.revoke",
+        "revoke_request",
+        "Make a signed CMC revocation request.",
+    ),
     "repair": (
         "tokenagent.cli.repair",
         "repair",

@@ -9,6 +9,7 @@ import click
 
 from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
 from tokenagent.cli.output import emit_json, warn
+from tokenagent.cli.sign import agent_options, cmc_controls, cmc_options
 
 
 @click.command("new")
@@ -38,6 +39,11 @@ from tokenagent.cli.output import emit_json, warn
     help="Where the pending store lives (default: TOKENAGENT_STATE_DIR, ~/.local/state/tokenagent, "
     "/var/lib/tokenagent with --machine).",
 )
+@agent_options
+@click.option("--agent-token", metavar="LABEL|SERIAL|URI", help="The agent's token, when --agent is a label.")
+@click.option("--agent-pin-source", metavar="SOURCE", help="Where the agent token's PIN comes from.")
+@cmc_options
+@click.option("--pop-link", is_flag=True, help="RequestType = CMC: put popLinkWitnessV2 into the PKCS#10.")
 @token_option
 @module_option
 @pin_options
@@ -51,6 +57,18 @@ def new(
     providers: tuple[str, ...],
     machine: bool | None,
     state_dir: Path | None,
+    agent_key: str | None,
+    agent_cert: str | None,
+    strict: bool,
+    pss: bool,
+    agent_hash: str,
+    agent_token: str | None,
+    agent_pin_source: str | None,
+    transaction_id: int | None,
+    identification: str | None,
+    shared_secret_source: str | None,
+    reg_info: tuple[str, ...],
+    pop_link: bool,
     token: str | None,
     modules: tuple[str, ...],
     pin_source: str | None,
@@ -62,6 +80,27 @@ def new(
     the token to REQUEST (default: standard output). RequestType = Cert installs a self-signed
     certificate on the token instead. Exit codes: docs/exit-codes.md."""
     from tokenagent.enroll.new import NewOptions, new_request
+    from tokenagent.enroll.sign import AgentOptions
+    from tokenagent.token.pins import parse_pin_source
+
+    agent = None
+    if agent_key is not None:
+        agent = AgentOptions(
+            key=agent_key,
+            token=agent_token,
+            certificate=agent_cert,
+            modules=modules,
+            pin_source=resolve_pin_source(agent_pin_source, None, agent_token or agent_key)
+            if agent_pin_source is None
+            else parse_pin_source(agent_pin_source),
+            force=force,
+            hash=agent_hash,
+            pss=pss,
+            strict=strict,
+        )
+    controls = None
+    if transaction_id is not None or identification or shared_secret_source or reg_info or pop_link:
+        controls = cmc_controls(transaction_id, identification, shared_secret_source, reg_info)
 
     to_stdout = request is None or str(request) == "-"
     options = NewOptions(
@@ -77,6 +116,9 @@ def new(
         pin_source=resolve_pin_source(pin_source, literal_pin, token),
         force=force,
         state_dir=state_dir,
+        agent=agent,
+        cmc_controls=controls,
+        pop_link=pop_link,
     )
     if to_stdout and binary and sys.stdout.isatty() and not dry_run and not as_json:
         from tokenagent.errors import UsageError

@@ -17,13 +17,16 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tokenagent.enroll.files import check_output as _check_output
+from tokenagent.enroll.files import write_temp as _write_temp
+from tokenagent.enroll.sign import Agent, AgentOptions, open_agent, token_signer
 from tokenagent.enroll.signer import TokenSigner
 from tokenagent.errors import (
     Interrupted,
@@ -37,13 +40,16 @@ from tokenagent.errors import (
 from tokenagent.inf.policy import RequestPolicy, RequestType, load_policy
 from tokenagent.providers.capacity import CapacityVerdict, check_capacity
 from tokenagent.providers.plan import KeyPlan, plan_key
-from tokenagent.providers.registry import ProviderEntry, load_registry
+from tokenagent.providers.registry import ProviderEntry, ProviderRegistry, load_registry
 from tokenagent.request.algorithms import SignatureAlgorithm
 from tokenagent.request.armor import REQUEST_LABEL, armor
 from tokenagent.request.certificate import self_signed_certificate
+from tokenagent.request.cmc import OID_PKI_DATA, CmcControls, pki_data, pop_link_witness_attribute
+from tokenagent.request.cms import OID_DATA, SignerSpec, renewal_certificate_attribute, sign_content, verify_signers
 from tokenagent.request.pkcs10 import ContentItem, build_request, planned_contents, subject_text
 from tokenagent.store.paths import pending_db_path
 from tokenagent.store.pending import NewPending, PendingRequest, PendingStore
+from tokenagent.token.facts import TokenFacts
 from tokenagent.token.keys import (
     KeyPair,
     destroy_objects,
@@ -55,6 +61,7 @@ from tokenagent.token.keys import (
 )
 from tokenagent.token.library import TokenHandle, TokenSelector, modules_for, select_token
 from tokenagent.token.modules import ENV_MODULE
+from tokenagent.token.objects import key_id_for
 from tokenagent.token.pins import PinSource, parse_pin_source
 from tokenagent.token.session import TokenSession, open_session
 from tokenagent.token.uri import Pkcs11Uri
@@ -79,6 +86,10 @@ class NewOptions:
     pin_source: PinSource | None = None
     force: bool = False  # try a PIN on its final try
     state_dir: Path | None = None
+    #: RequestType = CMC / PKCS7: the enrollment agent that co-signs (certreq -new -cert), with its own PIN
+    agent: AgentOptions | None = None
+    cmc_controls: CmcControls | None = None  # RequestType = CMC: transactionId, nonces, secret, regInfo
+    pop_link: bool = False  # RequestType = CMC with a shared secret: popLinkWitnessV2 inside the PKCS#10
 
 
 @dataclass
@@ -154,11 +165,47 @@ class NewResult:
 def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewResult:
     """Run certreq -new against a token. Raises a `TokenAgentError` with nothing left behind."""
     warn = on_warning or (lambda message: log.warning("%s", message))
+    prepared = prepare(options, warn)
+    handle = _select_token(prepared.provider, options, prepared.machine)
+    with contextlib.ExitStack() as stack:
+        agent = None
+        if options.agent is not None and not options.dry_run:
+            # the agent's login, key and certificate are checked before the user's key exists
+            agent = stack.enter_context(open_agent(options.agent, on_warning=warn))
+        session = open_session(
+            handle,
+            login=True,
+            pin_source=prepared.pin_source,
+            rw=not options.dry_run,
+            force=options.force,
+            on_warning=warn,
+        )
+        with session:
+            return enroll(prepared, session, gather_facts(session), agent=agent)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything `new` decides before it touches a token (the INF, the provider, the key plan)."""
+
+    options: NewOptions
+    policy: RequestPolicy
+    provider: ProviderEntry
+    machine: bool
+    plan: KeyPlan
+    pin_source: PinSource | None
+
+
+def prepare(options: NewOptions, warn: Warn, *, registry: ProviderRegistry | None = None) -> Prepared:
+    """The checks that need no token: INF, provider, key plan, Silent, the output path.
+
+    ``registry`` lets a caller that runs many requests (enroll.batch) read providers.toml once.
+    """
     policy = load_policy(options.policy)
     for diagnostic in policy.warnings:
         warn(f"{diagnostic.filename}:{diagnostic.line}: {diagnostic.message}")
-    _check_request_type(policy)
-    registry = load_registry(options.providers)
+    _check_request_type(policy, options)
+    registry = registry if registry is not None else load_registry(options.providers)
     provider = registry.lookup(policy.provider_name, policy.where("provider_name"))
     machine = policy.machine_key_set if options.machine is None else options.machine
     plan = plan_key(policy, provider, machine=machine)
@@ -168,46 +215,44 @@ def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewRe
         _check_silent(policy, options.pin_source)
     if options.output is not None and not options.dry_run:
         _check_output(options.output, options.overwrite)
-
-    handle = _select_token(provider, options, machine)
     pin_source = options.pin_source
     if provider.profile.pin_pad and (pin_source is None or pin_source.kind == "prompt"):
         pin_source = parse_pin_source("pinpad")  # the profile says the reader has a PIN pad: use it
-    session = open_session(
-        handle,
-        login=True,
-        pin_source=pin_source,
-        rw=not options.dry_run,
-        force=options.force,
-        on_warning=warn,
+    return Prepared(options, policy, provider, machine, plan, pin_source)
+
+
+def enroll(prepared: Prepared, session: TokenSession, facts: TokenFacts, *, agent: Agent | None = None) -> NewResult:
+    """The capacity check against ``facts``, then (unless --dry-run) the `_Transaction` in ``session``."""
+    options, policy, plan = prepared.options, prepared.policy, prepared.plan
+    handle = session.handle
+    is_cert = policy.request_type == RequestType.CERT
+    verdict = check_capacity(plan, facts, extra_objects=1 if is_cert else 0)
+    result = NewResult(
+        policy=policy,
+        provider=prepared.provider,
+        plan=plan,
+        verdict=verdict,
+        token=handle,
+        contents=planned_contents(policy),
+        dry_run=options.dry_run,
+        request_type=policy.request_type.name,
+        binary=options.binary,
+        warnings=[str(w) for w in policy.warnings],
     )
-    with session:
-        facts = gather_facts(session)
-        is_cert = policy.request_type == RequestType.CERT
-        verdict = check_capacity(plan, facts, extra_objects=1 if is_cert else 0)
-        result = NewResult(
-            policy=policy,
-            provider=provider,
-            plan=plan,
-            verdict=verdict,
-            token=handle,
-            contents=planned_contents(policy),
-            dry_run=options.dry_run,
-            request_type=policy.request_type.name,
-            binary=options.binary,
-            warnings=[str(w) for w in policy.warnings],
-        )
-        if options.dry_run:
-            return result
-        verdict.raise_if_refused(f"'{handle.label}'")
-        _Transaction(session, options, result).run()
+    if options.dry_run:
+        return result
+    verdict.raise_if_refused(f"'{handle.label}'")
+    _Transaction(session, options, result, agent).run()
     return result
 
 
 class _Transaction:
     """One enrollment on one token; `undo` puts everything back after a failure."""
 
-    def __init__(self, session: TokenSession, options: NewOptions, result: NewResult) -> None:
+    def __init__(self, session: TokenSession, options: NewOptions, result: NewResult, agent: Agent | None) -> None:
+        self.agent = agent
+        self.renewal_certificate: bytes | None = None
+        self.renewal_signer: TokenSigner | None = None
         self.session = session
         self.options = options
         self.result = result
@@ -243,8 +288,10 @@ class _Transaction:
             result.certificate_label = label
             self.created.append(write_certificate(self.session, der, key_id=pair.key_id, label=label))
         else:
-            der = build_request(policy, pair.spki, signer)
+            controls, extra = self._cmc_controls()
+            der = build_request(policy, pair.spki, signer, extra_attributes=extra)
             _verify_request(der)
+            der = self._wrap(der, pair, signer, controls)
         result.der = der
         encoded = der if self.options.binary else armor(der, result.armor_label).encode("ascii")
         result.encoded = encoded
@@ -265,7 +312,8 @@ class _Transaction:
         plan = self.result.plan
         if plan.existing is not None:
             if plan.existing.renewal_thumbprint is not None:
-                pair, _certificate = find_key_pair_by_certificate(self.session, plan.existing.renewal_thumbprint)
+                pair, certificate = find_key_pair_by_certificate(self.session, plan.existing.renewal_thumbprint)
+                self.renewal_certificate = certificate
             else:
                 assert plan.existing.label is not None
                 pair = find_key_pair_by_label(self.session, plan.existing.label)
@@ -280,6 +328,59 @@ class _Transaction:
         )
         self.created.extend([pair.public, pair.private])
         return pair
+
+    def _cmc_controls(self) -> tuple[CmcControls | None, list[Any]]:
+        """The CMC controls, and what must go inside the PKCS#10 before it is signed: the
+        popLinkWitnessV2 attribute (CMC) or the renewal certificate attribute (PKCS7 renewal)."""
+        policy = self.result.policy
+        if policy.request_type == RequestType.PKCS7 and self.agent is None and policy.renewal_cert is not None:
+            # certreq's PKCS#7 renewal: the renewed certificate's key signs the CMS around the new request
+            old, certificate = find_key_pair_by_certificate(self.session, policy.renewal_cert)
+            self.renewal_certificate = certificate
+            self.renewal_signer = token_signer(self.session, old.private, old.spki, hash_name=policy.hash_algorithm)
+            return None, [renewal_certificate_attribute(certificate)]
+        if policy.request_type != RequestType.CMC:
+            return None, []
+        controls = self.options.cmc_controls or CmcControls(
+            transaction_id=secrets.randbits(63), sender_nonce=secrets.token_bytes(16)
+        )
+        if self.agent is not None:
+            controls = replace(controls, requester_name=policy.requester_name)
+        if not self.options.pop_link:
+            return controls, []
+        if controls.shared_secret is None:
+            raise UsageError("--pop-link needs the CMC shared secret (--shared-secret-source)")
+        random = secrets.token_bytes(64)
+        controls = replace(controls, pop_link_random=random)
+        witness = pop_link_witness_attribute(controls.shared_secret, controls.identification, random)
+        return controls, [witness]
+
+    def _wrap(self, der: bytes, pair: KeyPair, signer: TokenSigner, controls: CmcControls | None) -> bytes:
+        """RequestType = CMC: PKIData signed by the new key (sid = its key identifier), then by the
+        agent; PKCS7: the agent's EOBO wrapper, or the renewal signed by the renewed certificate's key."""
+        policy = self.result.policy
+        if policy.request_type == RequestType.CMC:
+            assert controls is not None
+            specs = [SignerSpec(signer, subject_key_identifier=key_id_for(pair.spki))]
+            certificates: list[bytes] = []
+            if self.agent is not None:
+                specs.append(self.agent.spec())
+                certificates.append(self.agent.certificate)
+            wrapped = sign_content(OID_PKI_DATA, pki_data(der, controls).dump(), specs, certificates)
+        elif policy.request_type == RequestType.PKCS7 and self.agent is not None:
+            wrapped = self.agent.co_sign(der, requester=policy.requester_name, format="pkcs7", yes=True).der
+        elif policy.request_type == RequestType.PKCS7:
+            assert self.renewal_certificate is not None and self.renewal_signer is not None
+            spec = SignerSpec(self.renewal_signer, certificate=self.renewal_certificate)
+            wrapped = sign_content(OID_DATA, der, [spec])
+        else:
+            return der
+        for check in verify_signers(wrapped, what="the new request"):
+            if check.status != "valid":
+                raise VerificationError(
+                    f"the new request's signature {check.index + 1} does not verify: {check.reason}"
+                )
+        return wrapped
 
     def _record(self, pair: KeyPair, der: bytes) -> None:
         result, options = self.result, self.options
@@ -335,12 +436,26 @@ def _check_existing_key(policy: RequestPolicy, plan: KeyPlan, pair: KeyPair) -> 
         )
 
 
-def _check_request_type(policy: RequestPolicy) -> None:
-    if policy.request_type in (RequestType.CMC, RequestType.PKCS7):
+def _check_request_type(policy: RequestPolicy, options: NewOptions) -> None:
+    """certreq's pairings: an agent signs only CMC/PKCS7 requests; PKCS7 is EOBO or renewal;
+    RequesterName only makes sense with an agent's signature (certreq -new -cert)."""
+    kind = policy.request_type
+    where = policy.where("request_type")
+    if options.agent is not None and kind not in (RequestType.CMC, RequestType.PKCS7):
+        raise UsageError(f"{where}: --agent co-signs RequestType = CMC or PKCS7, not {kind.name}")
+    if kind == RequestType.PKCS7 and options.agent is None and policy.renewal_cert is None:
         raise PolicyError(
-            f"{policy.where('request_type')}: RequestType = {policy.request_type.name} (agent co-signed or "
-            "renewal requests) is not available yet; use RequestType = PKCS10"
+            f"{where}: RequestType = PKCS7 is an enroll-on-behalf request (give --agent) or a renewal "
+            "(give RenewalCert)"
         )
+    if kind in (RequestType.CMC, RequestType.PKCS7) and options.agent is not None and not policy.requester_name:
+        raise PolicyError(f"{where}: an enrollment agent signs on behalf of RequesterName = DOMAIN\\user; set it")
+    if policy.requester_name and options.agent is None and kind in (RequestType.CMC, RequestType.PKCS7):
+        raise UsageError(
+            f"{policy.where('requester_name')}: RequesterName needs the enrollment agent's signature: give --agent"
+        )
+    if options.pop_link and kind != RequestType.CMC:
+        raise UsageError("--pop-link is for RequestType = CMC")
 
 
 def _check_silent(policy: RequestPolicy, source: PinSource | None) -> None:
@@ -349,32 +464,6 @@ def _check_silent(policy: RequestPolicy, source: PinSource | None) -> None:
             f"{policy.where('silent')}: Silent = TRUE forbids prompting for the PIN; give --pin-source "
             "env:VAR, file:PATH, fd:N or pinpad (or set TOKENAGENT_PIN_SOURCE)"
         )
-
-
-def _check_output(output: Path, overwrite: bool) -> None:
-    if output.exists() and not overwrite:
-        raise UsageError(f"{output} exists; give --overwrite (certreq -f) to replace it")
-    if output.exists() and output.is_dir():
-        raise OutputError(f"{output} is a directory")
-    parent = output.parent if str(output.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {output}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write {output}: directory {parent} is not writable")
-
-
-def _write_temp(output: Path, data: bytes) -> Path:
-    parent = output.parent if str(output.parent) else Path(".")
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=parent)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(name, 0o644)
-    except OSError as exc:
-        raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from None
-    return Path(name)
 
 
 def _select_token(provider: ProviderEntry, options: NewOptions, machine: bool) -> TokenHandle:

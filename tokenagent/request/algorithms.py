@@ -56,8 +56,13 @@ def _hash_class(hash_name: str) -> type[hashes.HashAlgorithm]:
         raise ValueError(f"unsupported hash '{hash_name}' (one of: {', '.join(HASHES)})") from None
 
 
-def _digest_algorithm(hash_name: str) -> algos.DigestAlgorithm:
-    # RFC 4055 2.1: the SHA-2 identifiers are written with NULL parameters, as Windows and OpenSSL do
+def digest_algorithm(hash_name: str) -> algos.DigestAlgorithm:
+    """The hash's AlgorithmIdentifier (CMS digestAlgorithm, PSS hashAlgorithm, DigestInfo).
+
+    RFC 4055 2.1: the SHA-2 identifiers are written with NULL parameters, as Windows and OpenSSL
+    do (RFC 5754 section 2 asks every receiver to accept NULL as well as absent parameters).
+    """
+    _hash_class(hash_name)
     return algos.DigestAlgorithm({"algorithm": _HASH_OIDS[hash_name], "parameters": core.Null()})
 
 
@@ -94,8 +99,8 @@ class SignatureAlgorithm:
         # DER leaves it out (asn1crypto drops fields equal to their default).
         params = algos.RSASSAPSSParams(
             {
-                "hash_algorithm": _digest_algorithm(self.hash),
-                "mask_gen_algorithm": {"algorithm": OID_MGF1, "parameters": _digest_algorithm(self.hash)},
+                "hash_algorithm": digest_algorithm(self.hash),
+                "mask_gen_algorithm": {"algorithm": OID_MGF1, "parameters": digest_algorithm(self.hash)},
                 "salt_length": self.digest_size,
                 "trailer_field": 1,
             }
@@ -132,7 +137,7 @@ def digest_info(hash_name: str, digest: bytes) -> bytes:
     """DER DigestInfo (RFC 8017 9.2 step 2): what CKM_RSA_PKCS pads and signs for PKCS#1 v1.5."""
     if len(digest) != _hash_class(hash_name).digest_size:
         raise ValueError(f"a {hash_name} digest has {_hash_class(hash_name).digest_size} bytes, not {len(digest)}")
-    return algos.DigestInfo({"digest_algorithm": _digest_algorithm(hash_name), "digest": digest}).dump()
+    return algos.DigestInfo({"digest_algorithm": digest_algorithm(hash_name), "digest": digest}).dump()
 
 
 def ecdsa_der_signature(raw: bytes) -> bytes:

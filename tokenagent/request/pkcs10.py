@@ -13,6 +13,7 @@ the default with the same OID. `planned_contents` lists the same items without a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from asn1crypto import csr, keys, x509
@@ -194,7 +195,11 @@ def public_key_info(spki_der: bytes) -> keys.PublicKeyInfo:
     return info
 
 
-def request_info(policy: RequestPolicy, spki_der: bytes) -> csr.CertificationRequestInfo:
+def request_info(
+    policy: RequestPolicy, spki_der: bytes, *, extra_attributes: Sequence[csr.CRIAttribute] = ()
+) -> csr.CertificationRequestInfo:
+    """The CertificationRequestInfo to sign; ``extra_attributes`` (e.g. CMC's popLinkWitnessV2 or
+    the renewal certificate) come after the policy's own attributes."""
     signature_algorithm(policy)  # refuses DSA and DH policies, which tokenagent cannot sign for
     key_info = public_key_info(spki_der)
     exts = request_extensions(policy, spki_der)
@@ -203,7 +208,8 @@ def request_info(policy: RequestPolicy, spki_der: bytes) -> csr.CertificationReq
             "version": "v1",
             "subject": subject_name(policy),
             "subject_pk_info": key_info,
-            "attributes": _attributes(policy, exts),  # RFC 2986: [0] is present even when empty
+            # RFC 2986: [0] is present even when empty
+            "attributes": _attributes(policy, exts) + list(extra_attributes),
         }
     )
     try:
@@ -225,8 +231,10 @@ def sign_request(info: csr.CertificationRequestInfo, signer: Signer) -> bytes:
     return request.dump()
 
 
-def build_request(policy: RequestPolicy, spki_der: bytes, signer: Signer) -> bytes:
-    return sign_request(request_info(policy, spki_der), signer)
+def build_request(
+    policy: RequestPolicy, spki_der: bytes, signer: Signer, *, extra_attributes: Sequence[csr.CRIAttribute] = ()
+) -> bytes:
+    return sign_request(request_info(policy, spki_der, extra_attributes=extra_attributes), signer)
 
 
 # -- what a request will contain ------------------------------------------------------------------

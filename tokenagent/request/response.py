@@ -14,32 +14,18 @@ from datetime import UTC, datetime
 from typing import ClassVar
 
 from asn1crypto import cms, core
-from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from tokenagent.errors import CAError, InputError, RequestPendingError
 from tokenagent.request import cmc
 from tokenagent.request.armor import read_der
-
-OID_DATA = "1.2.840.113549.1.7.1"
-OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
+from tokenagent.request.cms import OID_DATA, OID_SIGNED_DATA, verify_signers
 
 # What asn1crypto raises from lazily parsed, damaged DER (it has no exception class of its own).
 _PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError)
 # cryptography's certificate loaders: InvalidVersion is not a ValueError.
 _CERTIFICATE_ERRORS = (ValueError, x509.InvalidVersion)
-
-# RFC 5754 digest algorithms by asn1crypto's names; anything else leaves a signature unverifiable.
-_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "sha1": hashes.SHA1,
-    "sha224": hashes.SHA224,
-    "sha256": hashes.SHA256,
-    "sha384": hashes.SHA384,
-    "sha512": hashes.SHA512,
-}
 
 
 @dataclass(frozen=True)
@@ -159,7 +145,7 @@ def read_response(data: bytes | str, what: str = "response") -> CertificateRespo
     """The CA's answer in ``data`` (DER, PEM, bare or UTF-16 base64); `InputError` for anything else."""
     der = read_der(data, what)
     try:
-        return _read(der)
+        return _read(der, what)
     except _NotAResponse as exc:
         raise InputError(f"{what}: {exc}") from None
     except _PARSE_ERRORS as exc:
@@ -175,11 +161,11 @@ def _parse_all(value: core.Asn1Value) -> None:
         raise ValueError(f"an element asn1crypto cannot read ({exc})") from None
 
 
-def _read(der: bytes) -> CertificateResponse:
+def _read(der: bytes, what: str) -> CertificateResponse:
     header = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
     first_tag = der[header] if len(der) > header else None
     if first_tag == 0x06:  # ContentInfo ::= SEQUENCE { contentType OBJECT IDENTIFIER, ... }
-        return _read_content_info(der)
+        return _read_content_info(der, what)
     try:
         x509.load_der_x509_certificate(der)
     except _CERTIFICATE_ERRORS:
@@ -211,7 +197,7 @@ def _what_else(der: bytes) -> str:
     return "not a certificate, PKCS #7 or CMC response (neither an X.509 certificate nor a CMS ContentInfo)"
 
 
-def _read_content_info(der: bytes) -> CertificateResponse:
+def _read_content_info(der: bytes, what: str) -> CertificateResponse:
     info = cms.ContentInfo.load(der, strict=True)
     content_type = info["content_type"].dotted
     if content_type != OID_SIGNED_DATA:
@@ -244,7 +230,7 @@ def _read_content_info(der: bytes) -> CertificateResponse:
     response = cmc.PKIResponse.load(econtent, strict=True)
     _parse_all(response)
     statuses = tuple(_statuses(response))
-    signature, signers = _check_signatures(signer_infos, certificates, econtent_type, econtent)
+    signature, signers = _check_signatures(der, what)
     return CertificateResponse("cmc", certificates, statuses, signature, signers)
 
 
@@ -348,104 +334,18 @@ def _issued_by(subject: x509.Certificate, issuer: x509.Certificate) -> bool:
 # -- CMS signatures (RFC 5652 section 5.6) ------------------------------------------------------------
 
 
-def _check_signatures(
-    signer_infos: list[cms.SignerInfo], certificates: tuple[bytes, ...], content_type: str, econtent: bytes
-) -> tuple[str, tuple[str, ...]]:
-    """The response's verdict ("invalid" beats "unverifiable" beats "valid") and the signers found."""
-    if not signer_infos:
+def _check_signatures(der: bytes, what: str) -> tuple[str, tuple[str, ...]]:
+    """The response's verdict ("invalid" beats "unverifiable" beats "valid") and the signers found.
+
+    `cms.verify_signers` checks each SignerInfo; a signer counts as found when its certificate is
+    in the response.
+    """
+    checks = verify_signers(der, what=what)
+    if not checks:
         return "unsigned", ()
-    candidates = [(asn1_x509.Certificate.load(der), x509.load_der_x509_certificate(der)) for der in certificates]
-    verdicts: list[str] = []
-    signers: list[str] = []
-    for signer_info in signer_infos:
-        certificate = _signer_certificate(signer_info["sid"], candidates)
-        if certificate is None:
-            verdicts.append("unverifiable")
-            continue
-        signers.append(certificate.subject.rfc4514_string())
-        verdicts.append(_verify(signer_info, certificate, content_type, econtent))
+    signers = tuple(check.signer_subject for check in checks if check.signer_subject is not None)
+    verdicts = {check.status for check in checks}
     for verdict in ("invalid", "unverifiable"):
         if verdict in verdicts:
-            return verdict, tuple(signers)
-    return "valid", tuple(signers)
-
-
-def _signer_certificate(
-    sid: cms.SignerIdentifier, candidates: list[tuple[asn1_x509.Certificate, x509.Certificate]]
-) -> x509.Certificate | None:
-    for parsed, certificate in candidates:
-        try:
-            if sid.name == "issuer_and_serial_number":
-                wanted = sid.chosen
-                if parsed.serial_number == wanted["serial_number"].native and parsed.issuer == wanted["issuer"]:
-                    return certificate
-            elif sid.chosen.native in (parsed.key_identifier, parsed.public_key.sha1):
-                # RFC 5652 5.3: the SKI extension's value; without one, RFC 5280's method 1 hash
-                return certificate
-        except _PARSE_ERRORS:
-            continue  # a certificate asn1crypto cannot read further is not the signer
-    return None
-
-
-def _verify(signer_info: cms.SignerInfo, certificate: x509.Certificate, content_type: str, econtent: bytes) -> str:
-    hash_class = _HASHES.get(signer_info["digest_algorithm"]["algorithm"].native)
-    if hash_class is None:
-        return "unverifiable"
-    attributes = signer_info["signed_attrs"]
-    if isinstance(attributes, core.Void):
-        message = econtent  # no signed attributes: the signature covers eContent itself
-    else:
-        values: dict[str, list[core.Asn1Value]] = {}
-        for attribute in attributes:
-            values.setdefault(attribute["type"].dotted, []).extend(attribute["values"])
-        # RFC 5652 5.3: content-type and message-digest are both required, each with exactly one value
-        content_types = values.get("1.2.840.113549.1.9.3", [])
-        digests = values.get("1.2.840.113549.1.9.4", [])
-        if len(content_types) != 1 or content_types[0].dotted != content_type:
-            return "invalid"
-        hasher = hashes.Hash(hash_class())
-        hasher.update(econtent)
-        if len(digests) != 1 or digests[0].native != hasher.finalize():
-            return "invalid"
-        # 5.4: the signature covers the DER of the attributes with the SET OF tag, not the [0] IMPLICIT one
-        message = b"\x31" + attributes.dump()[1:]
-    signature = signer_info["signature"].native
-    algorithm = signer_info["signature_algorithm"]
-    try:
-        family = algorithm.signature_algo
-        public_key = certificate.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        return "unverifiable"
-    try:
-        if family == "rsassa_pkcs1v15":
-            if not isinstance(public_key, rsa.RSAPublicKey):
-                return "invalid"
-            public_key.verify(signature, message, padding.PKCS1v15(), hash_class())
-        elif family == "rsassa_pss":
-            if not isinstance(public_key, rsa.RSAPublicKey):
-                return "invalid"
-            pss = _pss(algorithm["parameters"])
-            if pss is None:
-                return "unverifiable"
-            public_key.verify(signature, message, pss[0], pss[1])
-        elif family == "ecdsa":
-            if not isinstance(public_key, ec.EllipticCurvePublicKey):
-                return "invalid"
-            public_key.verify(signature, message, ec.ECDSA(hash_class()))
-        else:
-            return "unverifiable"
-    except (InvalidSignature, ValueError):
-        return "invalid"
-    return "valid"
-
-
-def _pss(parameters: core.Asn1Value) -> tuple[padding.PSS, hashes.HashAlgorithm] | None:
-    """RSASSA-PSS-params (RFC 4055 section 3.1) as cryptography's padding and hash; None if unsupported."""
-    if isinstance(parameters, core.Void):
-        return None  # RFC 4055 3.1: signatures carry the parameters
-    hash_class = _HASHES.get(parameters["hash_algorithm"]["algorithm"].native)
-    mask = parameters["mask_gen_algorithm"]
-    mgf_hash = _HASHES.get(mask["parameters"]["algorithm"].native) if mask["algorithm"].native == "mgf1" else None
-    if hash_class is None or mgf_hash is None or parameters["trailer_field"].native != "trailer_field_bc":
-        return None
-    return padding.PSS(mgf=padding.MGF1(mgf_hash()), salt_length=parameters["salt_length"].native), hash_class()
+            return verdict, signers
+    return "valid", signers

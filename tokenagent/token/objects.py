@@ -330,3 +330,10 @@ def find_private_key_for(session: pkcs11.Session, spki_der: bytes) -> pkcs11.Obj
         if public_key_info(candidate, session) == wanted:
             return candidate
     return None
+
+
+def find_private_keys(
+    session: pkcs11.Session, *, label: str | None = None, object_id: bytes | None = None
+) -> list[pkcs11.Object]:
+    """Private keys by CKA_LABEL and/or CKA_ID (an agent key named by --agent)."""
+    return find_objects(session, object_class=ObjectClass.PRIVATE_KEY, label=label, object_id=object_id)

@@ -1,0 +1,161 @@
+"""Benchmark 4: accept on a token holding 1,000 keys against accept on an empty token.
+
+Set-up, once, untimed: one SoftHSM instance with tokens `big` and `small`. `big` gets 1,000 P-256
+key pairs straight from python-pkcs11 (persistent, SHA-1 CKA_IDs, as tokenagent would name them).
+Then both tokens get N more key pairs from tokenagent (`NewBatch`: requests + pending records),
+and tests/ca.py's OpenSSL CA issues a certificate for each request. The instance (tokens and
+pending store) is the seed: each repeat copies it, so every repeat starts from the same state.
+
+Each repeat, in one child process, times N `accept_certificate` calls (one per certificate, each
+its own login, as `tokenagent accept` does) on `big`, and N on `small`, in alternating order.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    USER_PIN,
+    Config,
+    Hsm,
+    copy_hsm,
+    figure,
+    log,
+    make_hsm,
+    ratios,
+    row,
+    run_child,
+    write_infs,
+)
+
+TARGET_RATIO = 0.5
+
+
+def populate(token: str, count: int, inf: str) -> dict[str, Any]:
+    """In a child: ``count`` persistent P-256 key pairs with SHA-1 CKA_IDs, straight from python-pkcs11."""
+    from benchmarks import raw
+
+    key_type, public_template, private_template = raw.planned_templates(Path(inf))
+    start = time.perf_counter()
+    session = raw.open_token(token)
+    try:
+        raw.keygen_loop(session, key_type, public_template, private_template, count, tbs=None, prefix="filler-")
+    finally:
+        session.close()
+    return {"seconds": time.perf_counter() - start, "count": count}
+
+
+def make_requests(jobs: list[list[str]]) -> dict[str, Any]:
+    """In a child: tokenagent `new` for each (token, policy, output): keys, requests, pending records."""
+    from tokenagent.enroll.batch import NewBatch
+    from tokenagent.enroll.new import NewOptions
+    from tokenagent.token.pins import literal_pin_source
+
+    pins = literal_pin_source(USER_PIN)
+    with NewBatch() as batch:
+        for token, policy, output in jobs:
+            batch.new(NewOptions(policy=Path(policy), output=Path(output), token=token, pin_source=pins))
+    return {"made": len(jobs)}
+
+
+def accept_all(certificates: list[str]) -> float:
+    """Seconds for one `accept_certificate` per certificate (each finds its pending request)."""
+    from tokenagent.enroll.accept import AcceptOptions, accept_certificate
+    from tokenagent.token.pins import literal_pin_source
+
+    pins = literal_pin_source(USER_PIN)
+    start = time.perf_counter()
+    for certificate in certificates:
+        result = accept_certificate(AcceptOptions(response=Path(certificate), pin_source=pins))
+        if not result.written:
+            raise RuntimeError(f"{certificate}: accept wrote nothing")
+    return time.perf_counter() - start
+
+
+def child(big: list[str], small: list[str], order: str) -> dict[str, float]:
+    import tokenagent.enroll.accept  # noqa: F401  (imported before either side is timed)
+    from tokenagent.token.library import find_token
+
+    find_token("big")  # module loaded before either side is timed
+    figures = {}
+    for side in order.split(","):
+        figures[side] = accept_all(big if side == "big" else small)
+    return figures
+
+
+def profile_child(certificates: list[str], out: str) -> dict[str, Any]:
+    """In a child: the same accepts under pyinstrument (see benchmarks/profiles.py)."""
+    from benchmarks.profiles import profiled
+    from tokenagent.token.library import find_token
+
+    find_token("big")
+    return profiled(lambda: accept_all(certificates), Path(out))
+
+
+def seed(config: Config, work: Path) -> tuple[Hsm, dict[str, list[str]]]:
+    """The populated instance and, per token, the issued certificates (PEM files)."""
+    from tests.ca import OpenSslCA
+
+    fillers = config.pick(1000, 40)
+    n = config.pick(30, 3)
+    hsm = make_hsm(work / "seed", ["big", "small"])
+    infs = write_infs(work / "inf", "p256", 2 * n + 1, "acc")
+    log(f"accept: populating token 'big' with {fillers} key pairs")
+    filled = run_child("accept:populate", {"token": "big", "count": fillers, "inf": str(infs[-1])}, hsm.env())
+    log(f"accept: {fillers} key pairs in {filled['seconds']:.1f} s ({fillers / filled['seconds']:.1f}/s)")
+    requests = work / "requests"
+    requests.mkdir()
+    jobs = [
+        [token, str(policy), str(requests / f"{token}-{policy.stem}.req")]
+        for token, chunk in (("big", infs[:n]), ("small", infs[n : 2 * n]))
+        for policy in chunk
+    ]
+    run_child("accept:make_requests", {"jobs": jobs}, hsm.env())
+    ca = OpenSslCA.create(work / "ca")
+    issued = work / "issued"
+    issued.mkdir()
+    certificates: dict[str, list[str]] = {"big": [], "small": []}
+    for token, _policy, request in jobs:
+        out = issued / f"{Path(request).stem}.pem"
+        ca.issue(Path(request), out)
+        certificates[token].append(str(out))
+    return hsm, certificates
+
+
+def run(config: Config, work: Path) -> dict[str, Any]:
+    seeded, certificates = seed(config, work)
+    n = len(certificates["big"])
+    rates: dict[str, list[float]] = {"big": [], "small": []}
+    for repeat in range(config.repeats):
+        hsm = copy_hsm(seeded, work / f"repeat-{repeat}")
+        order = "big,small" if repeat % 2 == 0 else "small,big"
+        answer = run_child("accept:child", {**certificates, "order": order}, hsm.env())
+        for side in rates:
+            rates[side].append(n / answer[side])
+        log(f"accept repeat {repeat + 1}: 1,000-key token {n / answer['big']:.1f}/s, empty {n / answer['small']:.1f}/s")
+    big, small = figure(rates["big"], "certificates/s", n=n), figure(rates["small"], "certificates/s", n=n)
+    ratio = figure(ratios(rates["big"], rates["small"]), "x")
+    profile_hsm = copy_hsm(seeded, work / "profile")
+    profile = run_child(
+        "accept:profile_child",
+        {"certificates": certificates["big"], "out": str(work / "accept-profile.txt")},
+        profile_hsm.env(),
+    )
+    return {
+        "rows": [
+            row(
+                "accept_1000",
+                "accept on a token holding 1,000 key pairs vs on an empty token",
+                f">= {TARGET_RATIO}x the empty token's rate",
+                big,
+                small,
+                ratio,
+                ratio["median"] is not None and ratio["median"] >= TARGET_RATIO,
+                f"N = {n} accepts per repeat, each one `accept_certificate` call (own session and login)",
+            )
+        ],
+        "figures": {"big": big, "small": small, "ratio": ratio, "n": n, "fillers": config.pick(1000, 40)},
+        "profile": profile,
+    }

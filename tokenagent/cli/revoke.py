@@ -1,0 +1,130 @@
+"""`tokenagent revoke-request`: a CMC revokeRequest signed by an agent (or the holder's own key)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
+from tokenagent.cli.output import emit_json, warn
+from tokenagent.cli.sign import agent_options, cmc_controls, cmc_options
+
+REASONS = (
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "certificateHold",
+    "removeFromCRL",
+    "privilegeWithdrawn",
+    "aACompromise",
+)
+
+
+@click.command("revoke-request")
+@click.argument("out", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--cert", "cert_file", type=click.Path(dir_okay=False, path_type=Path), help="The certificate to revoke.")
+@click.option("--serial", metavar="N", help="Its serial number (decimal, or 0x hex), with --issuer.")
+@click.option("--issuer", metavar="DN", help="Its issuer, e.g. 'CN=Issuing CA,O=Example'.")
+@click.option("--reason", default="unspecified", type=click.Choice(REASONS), help="CRLReason.")
+@click.option("--comment", help="A comment for the CA operator.")
+@click.option("--binary", is_flag=True, help="Write DER instead of base64.")
+@click.option("-f", "--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@agent_options
+@cmc_options
+@token_option
+@module_option
+@pin_options
+@json_option
+def revoke_request(
+    out: Path | None,
+    cert_file: Path | None,
+    serial: str | None,
+    issuer: str | None,
+    reason: str,
+    comment: str | None,
+    binary: bool,
+    overwrite: bool,
+    agent_key: str | None,
+    agent_cert: str | None,
+    strict: bool,
+    pss: bool,
+    agent_hash: str,
+    transaction_id: int | None,
+    identification: str | None,
+    shared_secret_source: str | None,
+    reg_info: tuple[str, ...],
+    token: str | None,
+    modules: tuple[str, ...],
+    pin_source: str | None,
+    literal_pin: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Write a CMC revocation request for a certificate (--cert FILE, or --serial and --issuer),
+    signed with --agent's key on its token."""
+    from tokenagent.enroll.files import check_output, write_atomically
+    from tokenagent.enroll.revoke import build_revoke_request, target_from_certificate, target_from_text
+    from tokenagent.enroll.sign import AgentOptions, open_agent
+    from tokenagent.errors import UsageError
+    from tokenagent.request.armor import REQUEST_LABEL, armor
+
+    if agent_key is None:
+        raise UsageError("give the signing key with --agent (a pkcs11: URI or its label with --token)")
+    if cert_file is not None and (serial or issuer):
+        raise UsageError("give either --cert or --serial with --issuer")
+    if cert_file is not None:
+        target = target_from_certificate(cert_file)
+    elif serial and issuer:
+        target = target_from_text(issuer, serial)
+    else:
+        raise UsageError("name the certificate: --cert FILE, or --serial N --issuer DN")
+    if out is not None and str(out) != "-":
+        check_output(out, overwrite)
+    options = AgentOptions(
+        key=agent_key,
+        token=token,
+        certificate=agent_cert,
+        modules=modules,
+        pin_source=resolve_pin_source(pin_source, literal_pin, token or agent_key),
+        force=force,
+        hash=agent_hash,
+        pss=pss,
+        strict=strict,
+    )
+    controls = cmc_controls(transaction_id, identification, shared_secret_source, reg_info)
+    with open_agent(options, on_warning=warn) as agent:
+        der = build_revoke_request(agent, target, reason=reason, controls=controls, comment=comment)
+    encoded = der if binary else armor(der, REQUEST_LABEL).encode("ascii")
+    to_stdout = out is None or str(out) == "-"
+    if not to_stdout:
+        assert out is not None
+        write_atomically(out, encoded)
+    if as_json:
+        import base64
+
+        emit_json(
+            {
+                "format_version": 1,
+                "output": None if to_stdout else str(out),
+                "issuer": target.issuer_text,
+                "serial": f"{target.serial:x}",
+                "reason": reason,
+                "base64": base64.b64encode(der).decode("ascii") if to_stdout else None,
+            }
+        )
+        return
+    if to_stdout:
+        if binary:
+            sys.stdout.buffer.write(encoded)
+        else:
+            click.echo(encoded.decode("ascii").replace("\r\n", "\n"), nl=False)
+    click.echo(
+        f"revocation request for serial {target.serial:x} of {target.issuer_text} ({reason}) -> "
+        f"{out if not to_stdout else '(standard output)'}",
+        err=to_stdout,
+    )

@@ -1,0 +1,155 @@
+"""Many `new` requests in one process: one login and one reading of the token's facts per token.
+
+`new_request` is one certreq -new: it selects the token, opens a session and logs in, and reads
+the token's facts for the capacity check (mechanisms and their ranges, every private key's label,
+the object count). For an enrollment station that makes hundreds of requests that is a login per
+request and a scan of the whole token per request, and the scan grows with every key made.
+
+`NewBatch` runs exactly the same steps (`enroll.new.prepare`, then `enroll.new.enroll`, whose
+`_Transaction` makes each request all or nothing) but keeps one logged-in `TokenSession` per
+token for its whole life, reads each token's facts once and keeps them current itself: every key
+pair it makes is added to them, so the capacity checks (KeyContainer label taken, key containers,
+object count) see the batch's own keys. What another process writes to the token during the batch
+is not seen by those checks (a per-request search for the label cost more than a tenth of a
+request on SoftHSM, and grows with the token). An enrollment agent (`NewOptions.agent`, RequestType
+= CMC or PKCS7) is opened once as well, before the first request that needs it.
+
+    with NewBatch() as batch:
+        for policy, output in work:
+            result = batch.new(NewOptions(policy=policy, output=output, token="card", pin_source=pins))
+
+The first request for a token logs in with its `pin_source`; later requests for the same token
+reuse that login (their `pin_source` and `force` are not read again); the same holds for an
+agent. Closing the batch logs out of every token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+
+from tokenagent.enroll.new import NewOptions, NewResult, Prepared, Warn, _select_token, enroll, prepare
+from tokenagent.enroll.sign import Agent, AgentOptions, open_agent
+from tokenagent.providers.registry import ProviderRegistry, load_registry
+from tokenagent.token.facts import TokenFacts
+from tokenagent.token.keys import gather_facts
+from tokenagent.token.library import TokenHandle
+from tokenagent.token.modules import ENV_MODULE
+from tokenagent.token.session import TokenSession, open_session
+
+log = logging.getLogger("tokenagent")
+
+
+@dataclass
+class _OpenToken:
+    session: TokenSession
+    facts: TokenFacts
+
+
+class NewBatch:
+    """Runs `new` requests against tokens kept open (and logged in) between requests."""
+
+    def __init__(self, *, on_warning: Warn | None = None) -> None:
+        self._warn: Warn = on_warning or (lambda message: log.warning("%s", message))
+        self._registries: dict[tuple[str, ...], ProviderRegistry] = {}
+        self._handles: dict[tuple[object, ...], TokenHandle] = {}
+        self._open: dict[tuple[str, int], _OpenToken] = {}
+        self._agents: dict[object, Agent] = {}
+        self._stack = contextlib.ExitStack()
+        self.requests = 0  # requests that completed (dry runs included)
+
+    def new(self, options: NewOptions) -> NewResult:
+        """One certreq -new, as `new_request(options)` would do it. Raises a `TokenAgentError`."""
+        prepared = prepare(options, self._warn, registry=self._registry(options.providers))
+        agent = self._agent(options.agent) if options.agent is not None and not options.dry_run else None
+        opened = self._session(prepared)
+        result = enroll(prepared, opened.session, opened.facts, agent=agent)
+        if not result.dry_run:
+            made = (2 if result.key_generated else 0) + (1 if result.request_type == "CERT" else 0)
+            labels = opened.facts.private_key_labels
+            if result.key_generated and result.key_label is not None:
+                labels = (*labels, result.key_label)
+            opened.facts = replace(
+                opened.facts, private_key_labels=labels, object_count=opened.facts.object_count + made
+            )
+        self.requests += 1
+        return result
+
+    def close(self) -> None:
+        """Close every session (python-pkcs11 logs the token out), agents' last."""
+        opened, self._open = list(self._open.values()), {}
+        try:
+            for entry in opened:
+                entry.session.close()
+        finally:
+            self._agents = {}
+            self._stack.close()
+
+    def __enter__(self) -> NewBatch:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- what is kept between requests ----------------------------------------------------------
+
+    def _registry(self, providers: Sequence[str | Path]) -> ProviderRegistry:
+        key = tuple(str(p) for p in providers)
+        registry = self._registries.get(key)
+        if registry is None:
+            registry = self._registries[key] = load_registry(providers)
+        return registry
+
+    def _session(self, prepared: Prepared) -> _OpenToken:
+        options, provider = prepared.options, prepared.provider
+        # everything `_select_token` reads, so that the same inputs select the same token once
+        selection = (
+            tuple(options.modules),
+            provider.module,
+            provider.source,
+            options.token or provider.token_for(prepared.machine),
+            os.environ.get(ENV_MODULE),
+        )
+        handle = self._handles.get(selection)
+        if handle is None:
+            handle = self._handles[selection] = _select_token(provider, options, prepared.machine)
+        key = (handle.module.path, handle.slot_id)
+        opened = self._open.get(key)
+        if opened is not None and (opened.session.rw or options.dry_run):
+            return opened
+        if opened is not None:  # a dry run opened it read-only; a real request needs read-write
+            del self._open[key]
+            opened.session.close()
+        session = open_session(
+            handle,
+            login=True,
+            pin_source=prepared.pin_source,
+            rw=not options.dry_run,
+            force=options.force,
+            on_warning=self._warn,
+        )
+        try:
+            facts = gather_facts(session)
+        except BaseException:
+            session.close()
+            raise
+        opened = self._open[key] = _OpenToken(session, facts)
+        return opened
+
+    def _agent(self, options: AgentOptions) -> Agent:
+        key: object = options
+        try:
+            hash(options)
+        except TypeError:  # e.g. modules given as a list: the same object is the same agent
+            key = id(options)
+        agent = self._agents.get(key)
+        if agent is None:
+            agent = self._agents[key] = self._stack.enter_context(open_agent(options, on_warning=self._warn))
+        return agent
