@@ -3,6 +3,10 @@
 The classes follow the RFC's ASN.1 one to one (asn1crypto field names in snake_case), so they build
 PKIData requests as well as they read PKIResponse answers. Importing this module registers the two
 CMC content types with asn1crypto's `cms.ContentInfo` and `cms.EncapsulatedContentInfo`.
+
+Building a request, with the controls Dogtag's CMCRequest sends: `pki_data` (one PKCS #10 and/or a
+`revoke_request`, `CmcControls`), `pop_link_witness_attribute` (goes inside the PKCS #10 before it
+is signed) and `reg_info_value` (AD CS's RequesterName=DOMAIN%5Cuser&). `cms.sign_content` signs it.
 """
 
 from __future__ import annotations

@@ -323,11 +323,15 @@ def key_id_for(spki_der: bytes) -> bytes:
 def find_private_key_for(session: pkcs11.Session, spki_der: bytes) -> pkcs11.Object | None:
     """The private key whose public half is `spki_der`; tries the CKA_ID convention first."""
     wanted = keys.PublicKeyInfo.load(spki_der).dump()
-    candidates = find_objects(session, object_class=ObjectClass.PRIVATE_KEY, object_id=key_id_for(wanted))
-    seen = {c.handle for c in candidates}
-    candidates += [c for c in find_objects(session, object_class=ObjectClass.PRIVATE_KEY) if c.handle not in seen]
-    for candidate in candidates:
+    by_id = find_objects(session, object_class=ObjectClass.PRIVATE_KEY, object_id=key_id_for(wanted))
+    for candidate in by_id:
         if public_key_info(candidate, session) == wanted:
+            return candidate
+    # Only when the convention fails (other tools choose other CKA_IDs) is every private key read:
+    # listing them all costs attribute reads per key, which on a token of 1,000 keys was 0.15 s.
+    seen = {c.handle for c in by_id}
+    for candidate in find_objects(session, object_class=ObjectClass.PRIVATE_KEY):
+        if candidate.handle not in seen and public_key_info(candidate, session) == wanted:
             return candidate
     return None
 
