@@ -36,6 +36,7 @@ from benchmarks.common import (
 TARGET_RATIO = 0.5
 AGENT_EKU = "1.3.6.1.4.1.311.20.2.1"
 KEYS = {"p256": ("EC:prime256v1", "a1"), "rsa2048": ("rsa:2048", "a2")}
+NAMES = {"p256": "P-256", "rsa2048": "RSA-2048"}
 
 
 def available() -> bool:
@@ -170,9 +171,8 @@ def run(config: Config, work: Path) -> dict[str, Any]:
             rates["tokenagent"].append(count / answer["tokenagent"])
             rates["raw"].append(count / answer["raw"])
             opens.append(answer["tokenagent_open"])
-            log(
-                f"co-sign {key} repeat {repeat + 1}: tokenagent {rates['tokenagent'][-1]:.0f}/s, raw {rates['raw'][-1]:.0f}/s"
-            )
+            ta_rate, raw_rate = rates["tokenagent"][-1], rates["raw"][-1]
+            log(f"co-sign {key} repeat {repeat + 1}: tokenagent {ta_rate:.0f}/s, raw {raw_rate:.0f}/s")
         ta = figure(rates["tokenagent"], "co-signatures/s", n=count)
         base = figure(rates["raw"], "C_Sign/s", n=count)
         ratio = figure(ratios(rates["tokenagent"], rates["raw"]), "x")
@@ -182,7 +182,7 @@ def run(config: Config, work: Path) -> dict[str, Any]:
         results["rows"].append(
             row(
                 f"cosign_{key}",
-                f"sign: agent co-signing (PKCS7/CMS), {'P-256' if key == 'p256' else 'RSA-2048'} agent key, vs raw C_Sign",
+                f"sign: agent co-signing (PKCS7/CMS), {NAMES[key]} agent key, vs raw C_Sign",
                 f">= {TARGET_RATIO}x raw C_Sign",
                 ta,
                 base,

@@ -46,4 +46,22 @@ step "OpenSSL signs with the card's key through the pkcs11 engine" env PKCS11_MO
     -out "$demo/message.sig" "$demo/message.txt"
 step "... and the signature verifies with the accepted certificate" \
     openssl dgst -sha256 -verify "$demo/ada.pub" -signature "$demo/message.sig" "$demo/message.txt"
+
+# The enrollment station: the agent's own key and certificate (Certificate Request Agent EKU) on its card
+export AGENT_PIN=5678
+$ta new docs/examples/agent.inf "$demo/agent.req" --token agent-card --pin-source env:AGENT_PIN >/dev/null
+openssl x509 -req -in "$demo/agent.req" -CA "$demo/ca.pem" -CAkey "$demo/ca.key" -copy_extensions copy \
+    -days 30 -out "$demo/agent.cer" 2>/dev/null
+$ta accept "$demo/agent.cer" --token agent-card --pin-source env:AGENT_PIN >/dev/null
+step "Enroll on behalf of Grace: key born on her card, the agent's card co-signs (certreq -new -cert)" \
+    $ta new docs/examples/smartcard-logon-eobo.inf "$demo/grace.req" --binary --token user-card --pin-source env:USER_PIN \
+    --agent "pkcs11:token=agent-card;object=enrollment-agent;type=private" --agent-pin-source env:AGENT_PIN
+step "What the CA receives (certutil -dump)" $ta show "$demo/grace.req"
+step "OpenSSL verifies the agent's signature" openssl cms -verify -in "$demo/grace.req" -inform DER \
+    -CAfile "$demo/ca.pem" -purpose any -binary -out "$demo/grace.csr.der"
+openssl x509 -req -in "$demo/grace.csr.der" -inform DER -CA "$demo/ca.pem" -CAkey "$demo/ca.key" \
+    -copy_extensions copy -days 30 -out "$demo/grace.cer" 2>/dev/null
+step "The CA issued Grace's certificate; onto her card it goes" \
+    $ta accept "$demo/grace.cer" --token user-card --pin-source env:USER_PIN
+
 printf '\nDemo tokens live in %s (SOFTHSM2_CONF=%s).\n' "$demo/softhsm" "$SOFTHSM2_CONF"
