@@ -141,7 +141,7 @@ def signed_data(der: bytes) -> rfc5652.SignedData:
     return signed
 
 
-def name_value_pairs(attribute_values) -> list[tuple[str, str]]:  # noqa: ANN001
+def name_value_pairs(attribute_values) -> list[tuple[str, str]]:
     pairs = []
     for value in attribute_values:
         seq, _ = decoder.decode(bytes(value))
@@ -149,7 +149,7 @@ def name_value_pairs(attribute_values) -> list[tuple[str, str]]:  # noqa: ANN001
     return pairs
 
 
-def signed_attribute(signer_info, oid: univ.ObjectIdentifier):  # noqa: ANN001, ANN201
+def signed_attribute(signer_info, oid: univ.ObjectIdentifier):
     for attribute in signer_info["signedAttrs"]:
         if attribute["attrType"] == oid:
             return attribute["attrValues"]
@@ -320,7 +320,8 @@ def test_new_pkcs7_with_agent(softhsm: SoftHSM, agents: Agents, tmp_path: Path) 
 def test_new_pkcs7_renewal(softhsm: SoftHSM, tmp_path: Path) -> None:
     inf = tmp_path / "old.inf"
     inf.write_text(
-        '[NewRequest]\nSubject = "CN=renew me"\nKeyAlgorithm = ECDSA_P256\nKeyContainer = renew-me\nRequestType = Cert\n'
+        '[NewRequest]\nSubject = "CN=renew me"\nKeyAlgorithm = ECDSA_P256\n'
+        "KeyContainer = renew-me\nRequestType = Cert\n"
     )
     out = tmp_path / "old.cer"
     assert (
@@ -330,7 +331,8 @@ def test_new_pkcs7_renewal(softhsm: SoftHSM, tmp_path: Path) -> None:
     thumbprint = hashlib.sha1(out.read_bytes()).hexdigest()
     renewal = tmp_path / "renew.inf"
     renewal.write_text(
-        f'[NewRequest]\nSubject = "CN=renew me"\nKeyAlgorithm = ECDSA_P256\nRequestType = PKCS7\nRenewalCert = "{thumbprint}"\n'
+        '[NewRequest]\nSubject = "CN=renew me"\nKeyAlgorithm = ECDSA_P256\n'
+        f'RequestType = PKCS7\nRenewalCert = "{thumbprint}"\n'
     )
     req = tmp_path / "renew.req"
     run = cli(softhsm, "new", str(renewal), str(req), "--binary", "--token", USER_TOKEN, "--pin-source", "env:PIN")
@@ -449,3 +451,64 @@ def test_confirmation_needed_without_a_terminal(softhsm: SoftHSM, agents: Agents
         "--pin-source", "env:PIN",
     )  # fmt: skip
     assert run.returncode == 2 and "--yes" in run.stderr and not out.exists()
+
+
+def _in_terminal(args: list[str], env: dict[str, str], answer: str) -> tuple[int, str]:
+    """Run the CLI with a real pseudo-terminal and answer the confirmation question."""
+    import os
+    import pty
+    import select
+    import sys
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(sys.executable, [sys.executable, "-m", "tokenagent", *args], env)
+    output, sent = b"", False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+        if not sent and b"Sign this request as the enrollment agent?" in output:
+            os.write(fd, (answer + "\n").encode())
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+@pytest.mark.parametrize(("answer", "code"), [("y", 0), ("n", 2)])
+def test_confirmation_on_a_terminal_shows_the_request(
+    answer: str, code: int, softhsm: SoftHSM, agents: Agents, tmp_path: Path
+) -> None:
+    _, req = user_request(softhsm, tmp_path, f"utty{answer}")
+    out = tmp_path / "out.p7"
+    args = ["sign", str(req), str(out), "--agent", agent_uri("agent-ec"), "--requester", REQUESTER,
+            "--pin-source", "env:PIN"]  # fmt: skip
+    status, text = _in_terminal(args, softhsm.env(PIN=USER_PIN), answer)
+    assert status == code, text
+    assert (f"CN=utty{answer}" in text and "UPN" in text) or "otherName" in text  # subject and SAN shown
+    assert "template: SmartcardLogon" in text
+    assert out.exists() == (answer == "y")
+
+
+def test_self_signed_cmc_verifies_with_openssl(softhsm: SoftHSM, agents: Agents, tmp_path: Path) -> None:
+    """selfSign CMC carries no certificate: openssl checks the SKI-named signature once the CA has
+    issued a certificate for the request key (given with -certfile)."""
+    run, req = user_request(softhsm, tmp_path, "uself", "CMC")
+    assert run.returncode == 0, run.stderr
+    signed = signed_data(req.read_bytes())
+    assert signed["signerInfos"][0]["sid"].getName() == "subjectKeyIdentifier"
+    data, _ = decoder.decode(bytes(signed["encapContentInfo"]["eContent"]), asn1Spec=rfc6402.PKIData())
+    ids = [int(c["bodyPartID"]) for c in data["controlSequence"]] + [
+        int(r["tcr"]["bodyPartID"]) for r in data["reqSequence"]
+    ]
+    assert len(ids) == len(set(ids)) and 1 in ids
+    issue_and_verify_with_user_cert(agents, req, inner_csr(req.read_bytes()), tmp_path)
