@@ -10,6 +10,7 @@ figures by accident.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import accept, batch_new, cosign, memory, oneshot, profiles, startup
+from benchmarks import accept, batch_new, calls, cosign, memory, oneshot, profiles, startup
 from benchmarks.analysis import analysis, derived_rows
 from benchmarks.common import ROOT, Config, log
 from benchmarks.report import machine, markdown, write_json
@@ -27,6 +28,7 @@ BENCHMARKS = {
     "startup": startup.run,
     "oneshot": oneshot.run,
     "batch_new": batch_new.run,
+    "calls": calls.run,
     "cosign": cosign.run,
     "accept": accept.run,
     "memory": memory.run,
@@ -43,11 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-md", type=Path, help="the table (default docs/performance.md)")
     parser.add_argument("--work", type=Path, help="keep the SoftHSM instances and files here (default: a temp dir)")
     parser.add_argument("--context", default="", help="a sentence about the run for the report (e.g. other load)")
+    parser.add_argument("--from-json", type=Path, help="only re-render --out-md from an earlier results file")
     args = parser.parse_args(argv)
+    if args.from_json:
+        data = json.loads(args.from_json.read_text())
+        if args.context:
+            data["context"] = args.context
+        out_md = args.out_md or ROOT / "docs" / "performance.md"
+        out_md.write_text(markdown(data, analysis(data)))
+        log(f"wrote {out_md} from {args.from_json}")
+        return 0
 
     publish = not args.quick and not args.only
     default_dir = ROOT if publish else ROOT / "build" / "bench"
-    out_json = args.out_json or (default_dir / "benchmarks" / "results.json" if publish else default_dir / "results.json")
+    out_json = args.out_json or (
+        default_dir / "benchmarks" / "results.json" if publish else default_dir / "results.json"
+    )
     out_md = args.out_md or (default_dir / "docs" / "performance.md" if publish else default_dir / "performance.md")
     config = Config(quick=args.quick, repeats=args.repeats or (2 if args.quick else 5))
     names = args.only or list(BENCHMARKS)
@@ -62,12 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     try:
         for name in names:
-            log(f"{name}: start")
+            log(f"{name}: start (load {_load()})")
             began = time.perf_counter()
+            load_before = _load()
             directory = work / name
             directory.mkdir(parents=True, exist_ok=True)
             results[name] = BENCHMARKS[name](config, directory)
             results[name]["seconds"] = time.perf_counter() - began
+            results[name]["load"] = {"start": load_before, "end": _load()}
             log(f"{name}: done in {results[name]['seconds']:.0f} s")
         for text in sorted(work.rglob("*-profile.txt")):
             shutil.copy(text, profile_dir / text.name)
@@ -100,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         measured = item["measured"]["median"] if item["measured"] else None
         ratio = item["ratio"]["median"] if item["ratio"] else None
         verdict = "-" if item["met"] is None else "met" if item["met"] else "MISSED"
-        print(f"{verdict:7s} {item['key']:22s} measured={_short(measured)} ratio={_short(ratio)}  target {item['target']}")
+        print(
+            f"{verdict:7s} {item['key']:22s} measured={_short(measured)} ratio={_short(ratio)}  target {item['target']}"
+        )
     return 0
 
 

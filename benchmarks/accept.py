@@ -82,14 +82,38 @@ def child(big: list[str], small: list[str], order: str) -> dict[str, float]:
     figures = {}
     for side in order.split(","):
         figures[side] = accept_all(big if side == "big" else small)
+    figures.update(search_cost())
     return figures
+
+
+def search_cost(rounds: int = 5) -> dict[str, float]:
+    """Seconds of one C_FindObjectsInit/C_FindObjects that matches nothing, on each token (raw)."""
+    from pkcs11 import Attribute, ObjectClass
+
+    from benchmarks import raw
+
+    costs = {}
+    for token in ("big", "small"):
+        session = raw.open_token(token)
+        try:
+            start = time.perf_counter()
+            for _ in range(rounds):
+                list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: b"\0" * 20}))
+            costs[f"search_{token}"] = (time.perf_counter() - start) / rounds
+            costs[f"objects_{token}"] = sum(1 for _ in session.get_objects())
+        finally:
+            session.close()
+    return costs
 
 
 def profile_child(certificates: list[str], out: str) -> dict[str, Any]:
     """In a child: the same accepts under pyinstrument (see benchmarks/profiles.py)."""
+    from importlib import import_module
+
     from benchmarks.profiles import profiled
     from tokenagent.token.library import find_token
 
+    import_module("tokenagent.enroll.accept")  # imported before profiling: import time is not accept's
     find_token("big")
     return profiled(lambda: accept_all(certificates), Path(out))
 
@@ -128,12 +152,16 @@ def run(config: Config, work: Path) -> dict[str, Any]:
     seeded, certificates = seed(config, work)
     n = len(certificates["big"])
     rates: dict[str, list[float]] = {"big": [], "small": []}
+    searches: dict[str, list[float]] = {"big": [], "small": []}
+    objects: dict[str, int] = {}
     for repeat in range(config.repeats):
         hsm = copy_hsm(seeded, work / f"repeat-{repeat}")
         order = "big,small" if repeat % 2 == 0 else "small,big"
         answer = run_child("accept:child", {**certificates, "order": order}, hsm.env())
         for side in rates:
             rates[side].append(n / answer[side])
+            searches[side].append(answer[f"search_{side}"])
+            objects[side] = answer[f"objects_{side}"]
         log(f"accept repeat {repeat + 1}: 1,000-key token {n / answer['big']:.1f}/s, empty {n / answer['small']:.1f}/s")
     big, small = figure(rates["big"], "certificates/s", n=n), figure(rates["small"], "certificates/s", n=n)
     ratio = figure(ratios(rates["big"], rates["small"]), "x")
@@ -156,6 +184,15 @@ def run(config: Config, work: Path) -> dict[str, Any]:
                 f"N = {n} accepts per repeat, each one `accept_certificate` call (own session and login)",
             )
         ],
-        "figures": {"big": big, "small": small, "ratio": ratio, "n": n, "fillers": config.pick(1000, 40)},
+        "figures": {
+            "big": big,
+            "small": small,
+            "ratio": ratio,
+            "n": n,
+            "fillers": config.pick(1000, 40),
+            "search_big": figure(searches["big"], "s"),
+            "search_small": figure(searches["small"], "s"),
+            "objects": objects,
+        },
         "profile": profile,
     }

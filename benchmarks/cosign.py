@@ -137,6 +137,23 @@ def child(key: str, requests: list[str], order: str) -> dict[str, float]:
     return figures
 
 
+def profile_child(key: str, requests: list[str], out: str) -> dict[str, Any]:
+    """In a child: the co-signing loop (after open_agent) under pyinstrument."""
+    from benchmarks.profiles import profiled
+    from tokenagent.enroll.sign import AgentOptions, open_agent
+    from tokenagent.token.pins import literal_pin_source
+
+    ders = [Path(p).read_bytes() for p in requests]
+    options = AgentOptions(
+        key=f"pkcs11:token=agent;object=agent-{key};type=private", pin_source=literal_pin_source(USER_PIN)
+    )
+    with open_agent(options) as agent:
+        return profiled(
+            lambda: [agent.co_sign(der, requester="EXAMPLE\\user", format="pkcs7", yes=True) for der in ders],
+            Path(out),
+        )
+
+
 def run(config: Config, work: Path) -> dict[str, Any]:
     if not available():
         return {
@@ -192,4 +209,9 @@ def run(config: Config, work: Path) -> dict[str, Any]:
                 f"{opened['median'] * 1000:.0f} ms once; host work {per_request_ms:.2f} ms per co-signature",
             )
         )
+    results["profile"] = run_child(
+        "cosign:profile_child",
+        {"key": "rsa2048", "requests": requests, "out": str(work / "cosign-profile.txt")},
+        env,
+    )
     return results

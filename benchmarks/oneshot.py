@@ -10,10 +10,23 @@ SoftHSM instance; runs alternate between the two. libp11's engine sometimes cras
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import TOKENAGENT, USER_PIN, Config, figure, log, make_hsm, ratios, row, timed_run, write_inf
+from benchmarks.common import (
+    ROOT,
+    TOKENAGENT,
+    USER_PIN,
+    Config,
+    figure,
+    log,
+    make_hsm,
+    ratios,
+    row,
+    timed_run,
+    write_inf,
+)
 
 TARGET_RATIO = 3.0
 
@@ -92,10 +105,8 @@ def run(config: Config, work: Path) -> dict[str, Any]:
     pipe = figure(pipe_times, "s", crashes=len(crashes), crash_details=crashes, attempts=runs)
     ratio = figure(ratios([a for a, _ in paired], [b for _, b in paired]), "x")
     commands = {
-        "tokenagent": " ".join(tokenagent_command(Path("policy.inf"), Path("user.req"), "ta")),
-        "pipeline": [
-            " ".join(_quoted(c)) for c in pipeline_commands("$MODULE", "pipe", "user", "0001", "user", Path("user.req"))
-        ],
+        "tokenagent": shown(tokenagent_command(Path("policy.inf"), Path("user.req"), "ta")),
+        "pipeline": [shown(c) for c in pipeline_commands("$MODULE", "pipe", "user", "0001", "user", Path("user.req"))],
         "pipeline_env": "PKCS11_MODULE_PATH=$MODULE (libp11 engine 'pkcs11')",
     }
     crash_note = (
@@ -123,5 +134,6 @@ def run(config: Config, work: Path) -> dict[str, Any]:
     }
 
 
-def _quoted(command: list[str]) -> list[str]:
-    return [f"'{part}'" if any(c in part for c in " ;$&") and not part.startswith("$") else part for part in command]
+def shown(command: list[str]) -> str:
+    """A command line as a person would type it: relative to the repository, $MODULE unquoted."""
+    return shlex.join(command).replace(f"{ROOT}/", "").replace("'$MODULE'", "$MODULE")

@@ -61,7 +61,7 @@ def machine() -> dict[str, Any]:
         "asn1crypto": dist("asn1crypto"),
         "click": dist("click"),
         "pyinstrument": dist("pyinstrument"),
-        "filesystem_of_tmp": output("stat", "-f", "-c", "%T", "/tmp"),
+        "filesystem_of_tmp": output("findmnt", "-n", "-o", "FSTYPE", "--target", "/tmp"),
     }
 
 
@@ -99,8 +99,8 @@ def _met(value: bool | None) -> str:
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| # | what | target | tokenagent: median [min – max] | baseline: median [min – max] | ratio: median [min – max]"
-        " | met |",
+        "| # | what | target | tokenagent: median [min – max] | baseline: median [min – max] "
+        "| ratio: median [min – max] | met |",
         "|---|---|---|---|---|---|---|",
     ]
     for number, item in enumerate(rows, 1):
@@ -142,7 +142,15 @@ def markdown(data: dict[str, Any], analysis: list[str]) -> str:
         f"Run: {data['started']} to {data['finished']} ({data['duration_s']:.0f} s), "
         f"{'QUICK (tiny N, not for publication)' if data['quick'] else 'full'} run, "
         f"{data['repeats']} repeats. Load average at start {data['load_start']}, at end {data['load_end']}"
-        + (f". {data['context']}" if data.get("context") else "."),
+        + (f". {data['context'].rstrip('.')}." if data.get("context") else "."),
+        "",
+        "Load average (1 min) at the start and end of each benchmark: "
+        + "; ".join(
+            f"{name} {item['load']['start'].split()[0]} → {item['load']['end'].split()[0]}"
+            for name, item in data["benchmarks"].items()
+            if "load" in item
+        )
+        + ". The benchmark keeps about one core busy, so a load well above 1 means something else ran too.",
         "",
         "## Results",
         "",
@@ -150,8 +158,8 @@ def markdown(data: dict[str, Any], analysis: list[str]) -> str:
         "",
         "## Machine",
         "",
-        f"- CPU: {m['cpu']}, {m['cores']} cores; RAM {m['ram_gib']} GiB; Debian {m['debian']}, Linux {m['kernel']};"
-        f" /tmp on {m['filesystem_of_tmp']}",
+        f"- CPU: {m['cpu']} (model name in /proc/cpuinfo), {m['cores']} cores; RAM {m['ram_gib']} GiB;"
+        f" Debian {m['debian']}, Linux {m['kernel']}; /tmp (token files, outputs) on {m['filesystem_of_tmp']}",
         f"- SoftHSM {m['softhsm']} (package {m['softhsm_package']}, file object store), {m['openssl']},"
         f" libp11 engine {m['libp11_engine']}, OpenSC (pkcs11-tool) {m['opensc']}",
         f"- Python {m['python']}, python-pkcs11 {m['python_pkcs11']}, cryptography {m['cryptography']},"

@@ -10,11 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import PYTHON, TOKENAGENT, Config, figure, make_hsm, ratios, row, timed_run
+from benchmarks.common import PYTHON, TOKENAGENT, Config, checked, figure, make_hsm, ratios, row, timed_run
+from benchmarks.oneshot import shown
 
 HELP_TARGET = 0.25
 HEAVY_IMPORTS = "import cryptography.x509, pkcs11, click, asn1crypto.x509, asn1crypto.csr"
 HEAVY_NAME = "python -c 'import cryptography.x509, pkcs11, click, asn1crypto'"
+NEW_IMPORT = "python -c 'import tokenagent.enroll.new'"
+SIGN_CHECK = "import sys, tokenagent.enroll.new; print('tokenagent.enroll.sign' in sys.modules)"
 
 
 def run(config: Config, work: Path) -> dict[str, Any]:
@@ -25,6 +28,7 @@ def run(config: Config, work: Path) -> dict[str, Any]:
         "tokenagent --help": [TOKENAGENT, "--help"],
         "tokenagent tokens": [TOKENAGENT, "tokens"],
         HEAVY_NAME: [PYTHON, "-c", HEAVY_IMPORTS],
+        NEW_IMPORT: [PYTHON, "-c", "import tokenagent.enroll.new"],
     }
     runs = config.pick(15, 3)
     times: dict[str, list[float]] = {name: [] for name in commands}
@@ -65,5 +69,6 @@ def run(config: Config, work: Path) -> dict[str, Any]:
             ),
         ],
         "figures": figures,
-        "commands": {name: " ".join(command) for name, command in commands.items()},
+        "new_imports_sign": checked([PYTHON, "-c", SIGN_CHECK], env).strip() == "True",
+        "commands": {name: shown(command) for name, command in commands.items()},
     }

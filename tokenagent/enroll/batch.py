@@ -10,9 +10,10 @@ request and a scan of the whole token per request, and the scan grows with every
 token for its whole life, reads each token's facts once and keeps them current itself: every key
 pair it makes is added to them, so the capacity checks (KeyContainer label taken, key containers,
 object count) see the batch's own keys. What another process writes to the token during the batch
-is not seen by those checks (a per-request search for the label cost more than a tenth of a
-request on SoftHSM, and grows with the token). An enrollment agent (`NewOptions.agent`, RequestType
-= CMC or PKCS7) is opened once as well, before the first request that needs it.
+is not seen by those checks: a per-request search for the label would visit every object on
+SoftHSM (about 2 ms on a fresh token, 27 ms on one holding 1,000 key pairs). An enrollment
+agent (`NewOptions.agent`, RequestType = CMC or PKCS7) is opened once as well, before the first
+request that needs it.
 
     with NewBatch() as batch:
         for policy, output in work:

@@ -22,11 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenagent.enroll.files import check_output as _check_output
 from tokenagent.enroll.files import write_temp as _write_temp
-from tokenagent.enroll.sign import Agent, AgentOptions, open_agent, token_signer
 from tokenagent.enroll.signer import TokenSigner
 from tokenagent.errors import (
     Interrupted,
@@ -44,8 +43,6 @@ from tokenagent.providers.registry import ProviderEntry, ProviderRegistry, load_
 from tokenagent.request.algorithms import SignatureAlgorithm
 from tokenagent.request.armor import REQUEST_LABEL, armor
 from tokenagent.request.certificate import self_signed_certificate
-from tokenagent.request.cmc import OID_PKI_DATA, CmcControls, pki_data, pop_link_witness_attribute
-from tokenagent.request.cms import OID_DATA, SignerSpec, renewal_certificate_attribute, sign_content, verify_signers
 from tokenagent.request.pkcs10 import ContentItem, build_request, planned_contents, subject_text
 from tokenagent.store.paths import pending_db_path
 from tokenagent.store.pending import NewPending, PendingRequest, PendingStore
@@ -65,6 +62,10 @@ from tokenagent.token.objects import key_id_for
 from tokenagent.token.pins import PinSource, parse_pin_source
 from tokenagent.token.session import TokenSession, open_session
 from tokenagent.token.uri import Pkcs11Uri
+
+if TYPE_CHECKING:  # the agent and CMS/CMC rooms are imported only by the requests that use them
+    from tokenagent.enroll.sign import Agent, AgentOptions
+    from tokenagent.request.cmc import CmcControls
 
 log = logging.getLogger("tokenagent")
 Warn = Callable[[str], None]
@@ -170,6 +171,8 @@ def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewRe
     with contextlib.ExitStack() as stack:
         agent = None
         if options.agent is not None and not options.dry_run:
+            from tokenagent.enroll.sign import open_agent
+
             # the agent's login, key and certificate are checked before the user's key exists
             agent = stack.enter_context(open_agent(options.agent, on_warning=warn))
         session = open_session(
@@ -334,6 +337,9 @@ class _Transaction:
         popLinkWitnessV2 attribute (CMC) or the renewal certificate attribute (PKCS7 renewal)."""
         policy = self.result.policy
         if policy.request_type == RequestType.PKCS7 and self.agent is None and policy.renewal_cert is not None:
+            from tokenagent.enroll.sign import token_signer
+            from tokenagent.request.cms import renewal_certificate_attribute
+
             # certreq's PKCS#7 renewal: the renewed certificate's key signs the CMS around the new request
             old, certificate = find_key_pair_by_certificate(self.session, policy.renewal_cert)
             self.renewal_certificate = certificate
@@ -341,6 +347,8 @@ class _Transaction:
             return None, [renewal_certificate_attribute(certificate)]
         if policy.request_type != RequestType.CMC:
             return None, []
+        from tokenagent.request.cmc import CmcControls, pop_link_witness_attribute
+
         controls = self.options.cmc_controls or CmcControls(
             transaction_id=secrets.randbits(63), sender_nonce=secrets.token_bytes(16)
         )
@@ -359,6 +367,11 @@ class _Transaction:
         """RequestType = CMC: PKIData signed by the new key (sid = its key identifier), then by the
         agent; PKCS7: the agent's EOBO wrapper, or the renewal signed by the renewed certificate's key."""
         policy = self.result.policy
+        if policy.request_type not in (RequestType.CMC, RequestType.PKCS7):
+            return der
+        from tokenagent.request.cmc import OID_PKI_DATA, pki_data
+        from tokenagent.request.cms import OID_DATA, SignerSpec, sign_content, verify_signers
+
         if policy.request_type == RequestType.CMC:
             assert controls is not None
             specs = [SignerSpec(signer, subject_key_identifier=key_id_for(pair.spki))]

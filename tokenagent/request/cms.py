@@ -283,13 +283,24 @@ def renewal_certificate_attribute(certificate_der: bytes) -> csr.CRIAttribute:
     return csr.CRIAttribute.load(value.dump())
 
 
+#: Certificates already checked in full: an agent signing a batch names the same one every time,
+#: and the full parse was a third of a co-signature's host work (benchmarks: docs/performance.md).
+_CHECKED: dict[bytes, None] = {}
+_CHECKED_MAX = 64
+
+
 def _load_certificate(der: bytes, what: str) -> asn1_x509.Certificate:
+    if der in _CHECKED:
+        return asn1_x509.Certificate.load(der)
     try:
         x509.load_der_x509_certificate(der)
         certificate = asn1_x509.Certificate.load(der, strict=True)
         parse_all(certificate)
     except _LOAD_ERRORS + PARSE_ERRORS as exc:
         raise InputError(f"cannot read {what}: {reason_of(exc)}") from None
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.pop(next(iter(_CHECKED)))
+    _CHECKED[der] = None
     return certificate
 
 
