@@ -237,5 +237,36 @@ def cli(softhsm: SoftHSM):
     return invoke
 
 
+def run_in_terminal(args: list[str], env: dict[str, str], prompt: bytes, reply: str) -> tuple[int, str, bool]:
+    """Run the CLI on a real pseudo-terminal; type ``reply`` once ``prompt`` appears.
+
+    Returns (exit code, everything the terminal showed, whether the reply was sent)."""
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child: a real TTY on stdin/stdout/stderr
+        os.execve(sys.executable, [sys.executable, "-m", "tokenagent", *args], env)
+    output, sent = b"", False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+        if not sent and prompt in output:
+            os.write(fd, (reply + "\n").encode())
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace"), sent
+
+
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None

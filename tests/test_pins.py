@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOGIN_PIN, SoftHSM, run_cli
+from tests.conftest import LOGIN_PIN, SoftHSM, run_cli, run_in_terminal
 from tokenagent.errors import PinError, UsageError
 from tokenagent.token.pins import Pin, PinSource, parse_pin_source
 
@@ -78,34 +74,10 @@ def test_literal_pin_works_but_warns(cli) -> None:
 
 
 def test_prompt_on_a_real_terminal_does_not_echo(softhsm: SoftHSM) -> None:
-    pid, fd = pty.fork()
-    if pid == 0:  # child: a real TTY on stdin/stdout/stderr
-        os.execve(
-            sys.executable,
-            [sys.executable, "-m", "tokenagent", "objects", "--token", "ta-login", "--json"],
-            softhsm.env(),
-        )
-    output = b""
-    deadline = time.monotonic() + 60
-    sent = False
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
-        if not sent and b"PIN for token 'ta-login'" in output:
-            os.write(fd, (LOGIN_PIN + "\n").encode())
-            sent = True
-    _, status = os.waitpid(pid, 0)
-    text = output.decode(errors="replace")
+    args = ["objects", "--token", "ta-login", "--json"]
+    status, text, sent = run_in_terminal(args, softhsm.env(), b"PIN for token 'ta-login'", LOGIN_PIN)
     assert sent, text
-    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert status == 0, text
     assert '"logged_in": true' in text
     assert_no_pin(text)  # getpass turned echo off
 

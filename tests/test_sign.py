@@ -21,7 +21,7 @@ from pyasn1.type import char, univ
 from pyasn1_modules import rfc2986, rfc5652, rfc6402
 
 from tests.ca import OpenSslCA, pem_to_der
-from tests.conftest import USER_PIN, SoftHSM, pkcs11_tool, run_cli
+from tests.conftest import USER_PIN, SoftHSM, pkcs11_tool, run_cli, run_in_terminal
 
 AGENT_TOKEN = "ta-agent"
 USER_TOKEN = "ta-user"
@@ -453,37 +453,6 @@ def test_confirmation_needed_without_a_terminal(softhsm: SoftHSM, agents: Agents
     assert run.returncode == 2 and "--yes" in run.stderr and not out.exists()
 
 
-def _in_terminal(args: list[str], env: dict[str, str], answer: str) -> tuple[int, str]:
-    """Run the CLI with a real pseudo-terminal and answer the confirmation question."""
-    import os
-    import pty
-    import select
-    import sys
-    import time
-
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execve(sys.executable, [sys.executable, "-m", "tokenagent", *args], env)
-    output, sent = b"", False
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
-        if not sent and b"Sign this request as the enrollment agent?" in output:
-            os.write(fd, (answer + "\n").encode())
-            sent = True
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
-
-
 @pytest.mark.parametrize(("answer", "code"), [("y", 0), ("n", 2)])
 def test_confirmation_on_a_terminal_shows_the_request(
     answer: str, code: int, softhsm: SoftHSM, agents: Agents, tmp_path: Path
@@ -492,7 +461,9 @@ def test_confirmation_on_a_terminal_shows_the_request(
     out = tmp_path / "out.p7"
     args = ["sign", str(req), str(out), "--agent", agent_uri("agent-ec"), "--requester", REQUESTER,
             "--pin-source", "env:PIN"]  # fmt: skip
-    status, text = _in_terminal(args, softhsm.env(PIN=USER_PIN), answer)
+    status, text, _ = run_in_terminal(
+        args, softhsm.env(PIN=USER_PIN), b"Sign this request as the enrollment agent?", answer
+    )
     assert status == code, text
     assert (f"CN=utty{answer}" in text and "UPN" in text) or "otherName" in text  # subject and SAN shown
     assert "template: SmartcardLogon" in text

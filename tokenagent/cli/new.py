@@ -9,7 +9,7 @@ import click
 
 from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
 from tokenagent.cli.output import emit_json, warn
-from tokenagent.cli.sign import agent_options, cmc_controls, cmc_options
+from tokenagent.cli.sign import agent_from_options, agent_options, cmc_controls, cmc_options
 
 
 @click.command("new")
@@ -80,21 +80,17 @@ def new(
     the token to REQUEST (default: standard output). RequestType = Cert installs a self-signed
     certificate on the token instead. Exit codes: docs/exit-codes.md."""
     from tokenagent.enroll.new import NewOptions, new_request
-    from tokenagent.enroll.sign import AgentOptions
-    from tokenagent.token.pins import parse_pin_source
 
     agent = None
     if agent_key is not None:
-        agent = AgentOptions(
-            key=agent_key,
+        agent = agent_from_options(
+            agent_key,
             token=agent_token,
             certificate=agent_cert,
             modules=modules,
-            pin_source=resolve_pin_source(agent_pin_source, None, agent_token or agent_key)
-            if agent_pin_source is None
-            else parse_pin_source(agent_pin_source),
+            pin_source=resolve_pin_source(agent_pin_source, None, agent_token or agent_key),
             force=force,
-            hash=agent_hash,
+            agent_hash=agent_hash,
             pss=pss,
             strict=strict,
         )

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
 from tokenagent.cli.output import emit_json, warn
-from tokenagent.cli.sign import agent_options, cmc_controls, cmc_options
+from tokenagent.cli.sign import (
+    agent_from_options,
+    agent_options,
+    cmc_controls,
+    cmc_options,
+    echo_request,
+    save_request,
+    to_stdout,
+)
 
 REASONS = (
     "unspecified",
@@ -67,11 +74,10 @@ def revoke_request(
 ) -> None:
     """Write a CMC revocation request for a certificate (--cert FILE, or --serial and --issuer),
     signed with --agent's key on its token."""
-    from tokenagent.enroll.files import check_output, write_atomically
+    from tokenagent.enroll.files import check_output
     from tokenagent.enroll.revoke import build_revoke_request, target_from_certificate, target_from_text
-    from tokenagent.enroll.sign import AgentOptions, open_agent
+    from tokenagent.enroll.sign import open_agent
     from tokenagent.errors import UsageError
-    from tokenagent.request.armor import REQUEST_LABEL, armor
 
     if agent_key is None:
         raise UsageError("give the signing key with --agent (a pkcs11: URI or its label with --token)")
@@ -83,48 +89,42 @@ def revoke_request(
         target = target_from_text(issuer, serial)
     else:
         raise UsageError("name the certificate: --cert FILE, or --serial N --issuer DN")
-    if out is not None and str(out) != "-":
+    if out is not None and not to_stdout(out):
         check_output(out, overwrite)
-    options = AgentOptions(
-        key=agent_key,
+    options = agent_from_options(
+        agent_key,
         token=token,
         certificate=agent_cert,
         modules=modules,
         pin_source=resolve_pin_source(pin_source, literal_pin, token or agent_key),
         force=force,
-        hash=agent_hash,
+        agent_hash=agent_hash,
         pss=pss,
         strict=strict,
     )
     controls = cmc_controls(transaction_id, identification, shared_secret_source, reg_info)
     with open_agent(options, on_warning=warn) as agent:
         der = build_revoke_request(agent, target, reason=reason, controls=controls, comment=comment)
-    encoded = der if binary else armor(der, REQUEST_LABEL).encode("ascii")
-    to_stdout = out is None or str(out) == "-"
-    if not to_stdout:
-        assert out is not None
-        write_atomically(out, encoded)
+    encoded = save_request(der, out, binary)
+    stdout = to_stdout(out)
     if as_json:
         import base64
 
         emit_json(
             {
                 "format_version": 1,
-                "output": None if to_stdout else str(out),
+                "output": None if stdout else str(out),
                 "issuer": target.issuer_text,
                 "serial": f"{target.serial:x}",
                 "reason": reason,
-                "base64": base64.b64encode(der).decode("ascii") if to_stdout else None,
+                "base64": base64.b64encode(der).decode("ascii") if stdout else None,
             }
         )
         return
-    if to_stdout:
-        if binary:
-            sys.stdout.buffer.write(encoded)
-        else:
-            click.echo(encoded.decode("ascii").replace("\r\n", "\n"), nl=False)
+    if stdout:
+        echo_request(encoded, binary)
     click.echo(
         f"revocation request for serial {target.serial:x} of {target.issuer_text} ({reason}) -> "
-        f"{out if not to_stdout else '(standard output)'}",
-        err=to_stdout,
+        f"{out if not stdout else '(standard output)'}",
+        err=stdout,
     )

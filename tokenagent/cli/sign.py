@@ -75,6 +75,57 @@ def cmc_controls(
     )
 
 
+def agent_from_options(
+    agent_key: str,
+    *,
+    token: str | None,
+    certificate: str | None,
+    modules: tuple[str, ...],
+    pin_source: Any,
+    force: bool,
+    agent_hash: str,
+    pss: bool,
+    strict: bool,
+) -> Any:
+    """The `AgentOptions` the --agent* options describe (sign, revoke-request and new share them)."""
+    from tokenagent.enroll.sign import AgentOptions
+
+    return AgentOptions(
+        key=agent_key,
+        token=token,
+        certificate=certificate,
+        modules=modules,
+        pin_source=pin_source,
+        force=force,
+        hash=agent_hash,
+        pss=pss,
+        strict=strict,
+    )
+
+
+def to_stdout(out: Path | None) -> bool:
+    return out is None or str(out) == "-"
+
+
+def save_request(der: bytes, out: Path | None, binary: bool) -> bytes:
+    """certreq base64 (or DER with --binary); written all or nothing to OUT unless it is stdout."""
+    from tokenagent.enroll.files import write_atomically
+    from tokenagent.request.armor import REQUEST_LABEL, armor
+
+    encoded = der if binary else armor(der, REQUEST_LABEL).encode("ascii")
+    if out is not None and not to_stdout(out):
+        write_atomically(out, encoded)
+    return encoded
+
+
+def echo_request(encoded: bytes, binary: bool) -> None:
+    if binary:
+        sys.stdout.buffer.write(encoded)
+        sys.stdout.buffer.flush()
+    else:
+        click.echo(encoded.decode("ascii").replace("\r\n", "\n"), nl=False)
+
+
 def confirm_on_terminal(summary: Any) -> bool:
     for line in summary.lines():
         click.echo(line, err=True)
@@ -123,27 +174,26 @@ def sign(
 ) -> None:
     """Co-sign REQUEST (a PKCS#10, or a PKCS7/CMC request to add a signature to) with the
     enrollment agent's key on its token, on behalf of --requester. Writes OUT (default: stdout)."""
-    from tokenagent.enroll.files import check_output, write_atomically
-    from tokenagent.enroll.sign import AgentOptions, open_agent
+    from tokenagent.enroll.files import check_output
+    from tokenagent.enroll.sign import open_agent
     from tokenagent.errors import InputError, UsageError
-    from tokenagent.request.armor import REQUEST_LABEL, armor
 
     if agent_key is None:
         raise UsageError("give the agent's key with --agent (a pkcs11: URI or its label with --token)")
-    if out is not None and str(out) != "-":
+    if out is not None and not to_stdout(out):
         check_output(out, overwrite)
     try:
         data = request.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {request}: {exc.strerror or exc}") from None
-    options = AgentOptions(
-        key=agent_key,
+    options = agent_from_options(
+        agent_key,
         token=token,
         certificate=agent_cert,
         modules=modules,
         pin_source=resolve_pin_source(pin_source, literal_pin, token or agent_key),
         force=force,
-        hash=agent_hash,
+        agent_hash=agent_hash,
         pss=pss,
         strict=strict,
     )
@@ -161,11 +211,8 @@ def sign(
             yes=yes,
         )
         agent_subject = agent.subject
-    encoded = result.der if binary else armor(result.der, REQUEST_LABEL).encode("ascii")
-    to_stdout = out is None or str(out) == "-"
-    if not to_stdout:
-        assert out is not None
-        write_atomically(out, encoded)
+    encoded = save_request(result.der, out, binary)
+    stdout = to_stdout(out)
     if as_json:
         import base64
         import hashlib
@@ -173,7 +220,7 @@ def sign(
         emit_json(
             {
                 "format_version": 1,
-                "output": None if to_stdout else str(out),
+                "output": None if stdout else str(out),
                 "form": result.form,
                 "appended": result.appended,
                 "signers": result.signers,
@@ -186,19 +233,16 @@ def sign(
                     "key": result.summary.key,
                 },
                 "sha256": hashlib.sha256(result.der).hexdigest(),
-                "base64": base64.b64encode(result.der).decode("ascii") if to_stdout else None,
+                "base64": base64.b64encode(result.der).decode("ascii") if stdout else None,
                 "warnings": result.warnings,
             }
         )
         return
-    if to_stdout:
-        if binary:
-            sys.stdout.buffer.write(encoded)
-        else:
-            click.echo(encoded.decode("ascii").replace("\r\n", "\n"), nl=False)
+    if stdout:
+        echo_request(encoded, binary)
     what = "signature added" if result.appended else f"{result.form} request signed"
     click.echo(
         f"{what} by {agent_subject} for {result.requester or '(requester of the first signature)'}: "
-        f"{result.signers} signature(s) -> {out if not to_stdout else '(standard output)'}",
-        err=to_stdout,
+        f"{result.signers} signature(s) -> {out if not stdout else '(standard output)'}",
+        err=stdout,
     )

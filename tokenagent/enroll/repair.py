@@ -158,7 +158,8 @@ def repair_certificate(options: RepairOptions, *, on_warning: Warn | None = None
     with open_session(
         handle, login=True, pin_source=options.pin_source, rw=not options.dry_run, force=options.force, on_warning=warn
     ) as ts:
-        copies = wanted.select(certificate_objects(ts.session))
+        on_token = certificate_objects(ts.session)
+        copies = wanted.select(on_token)
         if not copies:
             raise ObjectNotFoundError(f"{wanted.what} is not on token '{handle.label}'")
         ders = {c.der for c in copies}
@@ -170,7 +171,7 @@ def repair_certificate(options: RepairOptions, *, on_warning: Warn | None = None
         der = copies[0].der
         certificate = load_certificate(der, wanted.what)
         spki = certificate_spki(der, wanted.what)
-        copies = [c for c in certificate_objects(ts.session) if c.der == der]  # every copy, whatever its ID
+        copies = [c for c in on_token if c.der == der]  # every copy, whatever its ID
         private = find_private_key_for(ts.session, spki)
         if private is None:
             raise ObjectNotFoundError(

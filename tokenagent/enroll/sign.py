@@ -281,8 +281,13 @@ def name_value_attribute(pairs: Sequence[tuple[str, str]]) -> Any:
 
 
 def _is_content_info(der: bytes) -> bool:
-    # ContentInfo ::= SEQUENCE { contentType OID, ... }; a CertificationRequest starts with a SEQUENCE
-    return len(der) > 4 and b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02" in der[:20]
+    """A CMS ContentInfo(signedData), as opposed to a bare PKCS#10 (both are DER SEQUENCEs)."""
+    from asn1crypto import cms
+
+    try:
+        return bool(cms.ContentInfo.load(der)["content_type"].dotted == OID_SIGNED_DATA)
+    except (ValueError, TypeError, KeyError):
+        return False
 
 
 def _load_csr(der: bytes, what: str) -> Any:
