@@ -8,6 +8,18 @@ contain a PIN or other secret.
 
 from __future__ import annotations
 
+import re
+
+from tokenagent.display import escape
+
+_LAYOUT = re.compile(r"[ \t\n]+")
+
+
+def one_line(message: str) -> str:
+    """A message as one printed line: layout whitespace (ours, or a library's multi-line text)
+    becomes one space; any other control, bidi or invisible character is shown escaped."""
+    return escape(_LAYOUT.sub(" ", message).strip())
+
 
 class TokenAgentError(Exception):
     """Base class: a failure the user can act on. Exit code 1 is reserved for unexpected errors."""
@@ -27,7 +39,7 @@ class TokenAgentError(Exception):
 
     def one_line(self) -> str:
         """The message as printed: one line, with certreq's code when there is one."""
-        text = " ".join(self.message.split())
+        text = one_line(self.message)
         if self.hresult is not None:
             code = f"0x{self.hresult & 0xFFFFFFFF:08x}"
             if code not in text and f"0x{self.hresult & 0xFFFFFFFF:x}" not in text:

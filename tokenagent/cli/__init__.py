@@ -15,7 +15,8 @@ import click
 
 from tokenagent import __version__
 from tokenagent.cli.state import STATE
-from tokenagent.errors import Interrupted, TokenAgentError
+from tokenagent.display import terminal_safe
+from tokenagent.errors import Interrupted, TokenAgentError, one_line
 
 # name -> (module, attribute, one-line help shown by `tokenagent --help` without importing it)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -64,7 +65,7 @@ class LazyGroup(click.Group):
 
 class _StderrFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return f"tokenagent: {record.levelname.lower()}: {record.getMessage()}"
+        return f"tokenagent: {record.levelname.lower()}: {one_line(record.getMessage())}"
 
 
 def _configure_logging(verbose: int) -> None:
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        _show_click_error(exc)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         _fail(Interrupted("interrupted"))
@@ -110,6 +111,18 @@ def main(argv: list[str] | None = None) -> None:
         message = f"internal error: {type(exc).__name__}: {exc} (rerun with -v and report it)"
         _fail(TokenAgentError(message))
     sys.exit(0)
+
+
+def _show_click_error(exc: click.ClickException) -> None:
+    """click's own usage errors quote what was typed (a file name, a value): same display rule."""
+    import io
+
+    buffer = io.StringIO()
+    exc.show(file=buffer)
+    message = exc.format_message()
+    text = buffer.getvalue().replace(message, one_line(message)) if message else buffer.getvalue()
+    sys.stderr.write(terminal_safe(text))
+    sys.stderr.flush()
 
 
 def _fail(exc: TokenAgentError) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
-from tokenagent.cli.output import emit_json, warn
+from tokenagent.cli.output import echo, emit_json, shown, warn
 
 
 @click.command("accept")
@@ -76,18 +76,18 @@ def accept(
     from tokenagent.enroll.linkage import display_name
 
     cert_state = "installed" if result.written else "already on the token"
-    click.echo(f"certificate {display_name(result.certificate)}: {cert_state}")
+    echo(f"certificate {shown(display_name(result.certificate))}: {cert_state}")
     for change in result.changes:
-        click.echo(f"  fixed: {change}")
-    click.echo(f"token: {result.token.describe()}")
-    click.echo(f"key: '{result.key_label}' CKA_ID {result.key_id.hex()} (found by {result.found_by})")
-    click.echo(f"key test: {result.key_test.status}: {result.key_test.detail}")
-    click.echo(f"private key: {result.key_uri}")
-    click.echo(f"certificate: {result.certificate_uri}")
+        echo(f"  fixed: {shown(change)}")
+    echo(f"token: {result.token.describe()}")
+    echo(f"key: '{shown(result.key_label)}' CKA_ID {result.key_id.hex()} (found by {result.found_by})")
+    echo(f"key test: {result.key_test.status}: {shown(result.key_test.detail)}")
+    echo(f"private key: {result.key_uri}")
+    echo(f"certificate: {result.certificate_uri}")
     for entry in result.chain:
         trusted = ", trusted" if entry.trusted else ""
-        click.echo(f"CA certificate {entry.subject}: {entry.status}{trusted}")
+        echo(f"CA certificate {shown(entry.subject)}: {entry.status}{trusted}")
     if result.pending_removed is not None:
-        click.echo(f"pending request {result.pending_removed.id} removed from {result.pending_store}")
+        echo(f"pending request {result.pending_removed.id} removed from {shown(str(result.pending_store))}")
     if not result.changed:
-        click.echo("nothing changed")
+        echo("nothing changed")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tokenagent.cli.options import json_option
-from tokenagent.cli.output import emit_json, warn
+from tokenagent.cli.output import echo, emit_json, shown, warn
 
 
 @click.group("inf")
@@ -26,7 +26,7 @@ def show(file: str, as_json: bool) -> None:
     if as_json:
         emit_json(data)
     else:
-        click.echo(f"Policy {file}")
+        echo(f"Policy {shown(file)}")
         for name, entry in data["policy"].items():
             value = entry["value"]
             if name == "subject" and value is not None:
@@ -42,18 +42,18 @@ def show(file: str, as_json: bool) -> None:
                 if entry["source"] == "file"
                 else f"default{': ' + entry['note'] if entry['note'] else ''}"
             )
-            click.echo(f"  {name:<30} {_show(value):<44} [{where}]")
+            echo(f"  {name:<30} {shown(_show(value)):<44} [{shown(where)}]")
         extensions = data["policy"]["extensions"]["value"]
-        click.echo(f"  extensions ({len(extensions)})")
+        echo(f"  extensions ({len(extensions)})")
         for ext in extensions:
             critical = ", critical" if ext["critical"] else ""
-            click.echo(f"    {ext['oid']} {ext['kind']}{critical}  [line {ext['line']}]")
+            echo(f"    {ext['oid']} {ext['kind']}{critical}  [line {ext['line']}]")
             for item in ext.get("names", []) + ext.get("usages", []):
-                click.echo(f"      {item}")
+                echo(f"      {shown(str(item))}")
             if ext["kind"] == "basic_constraints":
-                click.echo(f"      ca={ext['ca']} path_length={ext['path_length']}")
+                echo(f"      ca={ext['ca']} path_length={ext['path_length']}")
             if ext["kind"] == "raw":
-                click.echo(f"      DER {ext['der_hex']}")
+                echo(f"      DER {ext['der_hex']}")
     for diagnostic in policy.warnings:
         warn(f"{diagnostic.filename}:{diagnostic.line}: {diagnostic.message}")
 

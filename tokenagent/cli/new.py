@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
-from tokenagent.cli.output import emit_json, warn
+from tokenagent.cli.output import echo, emit_json, shown, warn
 from tokenagent.cli.sign import agent_from_options, agent_options, cmc_controls, cmc_options
 
 
@@ -142,10 +142,10 @@ def _print_result(result: object, to_stdout: bool) -> None:
             sys.stdout.buffer.write(result.encoded)
             sys.stdout.buffer.flush()
         else:
-            click.echo(result.encoded.decode("ascii").replace("\r\n", "\n"), nl=False)
+            echo(result.encoded.decode("ascii").replace("\r\n", "\n"), nl=False)
     what = "self-signed certificate installed" if result.request_type == "CERT" else "request"
     lines = [
-        f"{what}: {result.output if result.output else '(standard output)'}",
+        f"{what}: {shown(str(result.output)) if result.output else '(standard output)'}",
         f"token: {result.token.describe()}",
         f"key: {'generated' if result.key_generated else 'existing'} {result.plan.key_algorithm} "
         f"{result.plan.bits}-bit, CKA_ID {result.key_id.hex() if result.key_id else '?'}",
@@ -154,9 +154,9 @@ def _print_result(result: object, to_stdout: bool) -> None:
     if result.request_type == "CERT":
         lines.append(f"certificate: {result.key_uri('cert')}")
     if result.pending is not None:
-        lines.append(f"pending request ID {result.pending.id} in {result.store_path}")
+        lines.append(f"pending request ID {result.pending.id} in {shown(str(result.store_path))}")
     for line in lines:  # details go to stderr when the request itself is on stdout
-        click.echo(line, err=to_stdout)
+        echo(line, err=to_stdout)
 
 
 def _print_dry_run(result: object) -> None:
@@ -165,13 +165,14 @@ def _print_dry_run(result: object) -> None:
     assert isinstance(result, NewResult)
     plan = result.plan
     echo = click.echo
-    echo(f"Dry run of {result.policy.filename}: nothing will be created")
-    echo(f"provider: {plan.provider.name} (profile {plan.provider.profile.name}, from {plan.provider.source})")
+    echo(f"Dry run of {shown(result.policy.filename)}: nothing will be created")
+    provider = plan.provider
+    echo(f"provider: {shown(provider.name)} (profile {shown(provider.profile.name)}, from {shown(provider.source)})")
     echo(f"token: {result.token.describe()} [{'machine' if plan.machine else 'user'} context]")
     if plan.existing is not None:
-        echo(f"key: reuse {plan.existing.describe()}")
+        echo(f"key: reuse {shown(plan.existing.describe())}")
     else:
-        echo(f"key: {plan.key_algorithm} {plan.bits}-bit via {plan.generation_mechanism}, label '{plan.label}'")
+        echo(f"key: {plan.key_algorithm} {plan.bits}-bit via {plan.generation_mechanism}, label '{shown(plan.label)}'")
         echo("  public key template:")
         for name, value in plan.public_template.items():
             echo(f"    {name} = {_value(value)}")
@@ -184,15 +185,15 @@ def _print_dry_run(result: object) -> None:
         + " then ".join(m.describe() for m in plan.sign_candidates)
     )
     for note in plan.notes:
-        echo(f"note: {note}")
+        echo(f"note: {shown(note)}")
     echo(f"capacity: {'OK' if result.verdict.ok else 'REFUSED'}")
     for check in result.verdict.checks:
-        echo(f"  [{'ok' if check.ok else 'NO'}] {check.name}: {check.detail}")
+        echo(f"  [{'ok' if check.ok else 'NO'}] {check.name}: {shown(check.detail)}")
     echo(f"request ({result.request_type}):")
     for item in result.contents:
         flag = " critical" if item.critical else ""
         origin = " (default)" if item.default else ""
-        echo(f"  {item.kind} {item.name} {item.oid}{flag}{origin}: {item.text}")
+        echo(f"  {item.kind} {item.name} {item.oid}{flag}{origin}: {shown(item.text)}")
 
 
 def _value(value: object) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
-from tokenagent.cli.output import emit_json, warn
+from tokenagent.cli.output import echo, emit_json, shown, warn
 
 CLASSES = ("private-key", "public-key", "secret-key", "certificate", "data")
 
@@ -59,9 +59,9 @@ def objects(
             }
         )
         return
-    click.echo(f"Token {handle.describe()}{'  [logged in]' if logged_in else ''}")
+    echo(f"Token {handle.describe()}{'  [logged in]' if logged_in else ''}")
     if not infos:
-        click.echo("  (no objects)")
+        echo("  (no objects)")
     for info in infos:
         _print_object(info)
 
@@ -113,17 +113,17 @@ def _print_object(info: object) -> None:
         size = f" {info.key_size}" if info.key_size else ""
         curve = f" {info.curve}" if info.curve else ""
         line += f" {info.key_type}{size}{curve}"
-    click.echo(f"{line}  id={ident}  label={info.label!r}")
+    echo(f"{line}  id={ident}  label={info.label!r}")
     if info.flags:
         on = [name for name, value in info.flags.items() if value]
         off = [f"not {name}" for name in ("sensitive", "extractable") if info.flags.get(name) is False]
-        click.echo(f"      flags: {', '.join(on + off) or '-'}")
-        click.echo(f"      usage: {', '.join(info.usage) or '-'}")
+        echo(f"      flags: {', '.join(on + off) or '-'}")
+        echo(f"      usage: {', '.join(info.usage) or '-'}")
     if info.certificate is not None:
         cert = info.certificate
-        click.echo(f"      subject: {cert.subject}")
-        click.echo(f"      issuer: {cert.issuer}")
-        click.echo(f"      serial: {cert.serial}  not after: {cert.not_after:%Y-%m-%d %H:%M:%S}Z")
+        echo(f"      subject: {shown(cert.subject)}")
+        echo(f"      issuer: {shown(cert.issuer)}")
+        echo(f"      serial: {cert.serial}  not after: {cert.not_after:%Y-%m-%d %H:%M:%S}Z")
     elif info.object_class == "certificate":
-        click.echo("      (value is not a readable X.509 certificate)")
-    click.echo(f"      uri: {info.uri}")
+        echo("      (value is not a readable X.509 certificate)")
+    echo(f"      uri: {info.uri}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, yes_option
-from tokenagent.cli.output import emit_json, warn
+from tokenagent.cli.output import confirm, echo, emit_json, shown, warn
 
 
 @click.command("pending")
@@ -45,14 +45,15 @@ def pending(
             emit_json({"format_version": 1, "store": str(store.path), "pending": [r.to_json() for r in records]})
             return
         if not records:
-            click.echo(f"no pending requests in {store.path}")
+            echo(f"no pending requests in {shown(str(store.path))}")
         for record in records:
-            click.echo(
+            echo(
                 f"{record.id:>4}  {record.created:%Y-%m-%d %H:%M}Z  {record.request_type:<6} "
-                f"{record.subject or '(no subject)'}"
+                f"{shown(record.subject) or '(no subject)'}"
             )
-            click.echo(
-                f"      token '{record.token_label}' (serial {record.token_serial}), key '{record.key_label}' "
+            echo(
+                f"      token '{shown(record.token_label)}' (serial {shown(record.token_serial)}), "
+                f"key '{shown(record.key_label)}' "
                 f"CKA_ID {record.key_id}{'' if record.key_generated else ' (existing key)'}"
             )
         return
@@ -60,8 +61,9 @@ def pending(
         record = store.get(delete_id)
         if not sys.stdin.isatty():
             raise UsageError("--with-key deletes a private key: confirm with --yes (stdin is not a terminal)")
-        click.confirm(
-            f"Delete the key pair '{record.key_label}' (CKA_ID {record.key_id}) from token '{record.token_label}'?",
+        confirm(
+            f"Delete the key pair '{shown(record.key_label)}' (CKA_ID {record.key_id}) from token "
+            f"'{shown(record.token_label)}'?",
             abort=True,
         )
     source = resolve_pin_source(pin_source, literal_pin, None) if with_key else None
@@ -77,7 +79,7 @@ def pending(
             }
         )
         return
-    click.echo(
+    echo(
         f"deleted pending request {delete_id}"
         + (f" and its key pair ({result.key_objects_deleted} objects)" if with_key else "")
     )

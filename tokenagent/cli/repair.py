@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
-from tokenagent.cli.output import emit_json, warn
+from tokenagent.cli.output import echo, emit_json, shown, warn
 
 
 @click.command("repair")
@@ -47,12 +47,12 @@ def repair(
     if as_json:
         emit_json(result.to_json())
         return
-    click.echo(f"certificate {display_name(result.certificate)} on token {result.token.describe()}")
-    click.echo(f"key: '{result.key_label}' CKA_ID {result.key_id.hex()}")
-    click.echo(f"key test: {result.key_test.status}: {result.key_test.detail}")
+    echo(f"certificate {shown(display_name(result.certificate))} on token {result.token.describe()}")
+    echo(f"key: '{shown(result.key_label)}' CKA_ID {result.key_id.hex()}")
+    echo(f"key test: {result.key_test.status}: {shown(result.key_test.detail)}")
     if not result.changes:
-        click.echo("nothing to repair: the certificate and its key are linked")
+        echo("nothing to repair: the certificate and its key are linked")
     for change in result.changes:
-        click.echo(f"{'would change' if dry_run else 'changed'}: {change.describe()}")
-    click.echo(f"private key: {result.key_uri}")
-    click.echo(f"certificate: {result.certificate_uri}")
+        echo(f"{'would change' if dry_run else 'changed'}: {shown(change.describe())}")
+    echo(f"private key: {result.key_uri}")
+    echo(f"certificate: {result.certificate_uri}")

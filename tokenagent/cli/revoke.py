@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
-from tokenagent.cli.output import emit_json, warn
+from tokenagent.cli.output import echo, emit_json, shown, warn
 from tokenagent.cli.sign import (
     agent_from_options,
     agent_options,
@@ -123,8 +123,8 @@ def revoke_request(
         return
     if stdout:
         echo_request(encoded, binary)
-    click.echo(
-        f"revocation request for serial {target.serial:x} of {target.issuer_text} ({reason}) -> "
-        f"{out if not stdout else '(standard output)'}",
+    echo(
+        f"revocation request for serial {target.serial:x} of {shown(target.issuer_text)} ({reason}) -> "
+        f"{shown(str(out)) if not stdout else '(standard output)'}",
         err=stdout,
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from tokenagent.cli.options import json_option
-from tokenagent.cli.output import emit_json
+from tokenagent.cli.output import echo, emit_json
 
 
 @click.command("show")
@@ -28,4 +28,4 @@ def show(file: Path, as_json: bool) -> None:
         emit_json({"format_version": 1, "file": str(file), **description})
         return
     for line in render(description):
-        click.echo(line)
+        echo(line)

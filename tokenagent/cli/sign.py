@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option, yes_option
-from tokenagent.cli.output import emit_json, warn
+from tokenagent.cli.output import confirm, echo, emit_json, shown, warn
 
 
 def cmc_options(f: Any) -> Any:
@@ -123,13 +123,13 @@ def echo_request(encoded: bytes, binary: bool) -> None:
         sys.stdout.buffer.write(encoded)
         sys.stdout.buffer.flush()
     else:
-        click.echo(encoded.decode("ascii").replace("\r\n", "\n"), nl=False)
+        echo(encoded.decode("ascii").replace("\r\n", "\n"), nl=False)
 
 
 def confirm_on_terminal(summary: Any) -> bool:
-    for line in summary.lines():
-        click.echo(line, err=True)
-    return click.confirm("Sign this request as the enrollment agent?", err=True)
+    for line in summary.lines():  # already escaped, with warnings for hidden characters
+        echo(line, err=True)
+    return confirm("Sign this request as the enrollment agent?", err=True)
 
 
 @click.command("sign")
@@ -241,8 +241,8 @@ def sign(
     if stdout:
         echo_request(encoded, binary)
     what = "signature added" if result.appended else f"{result.form} request signed"
-    click.echo(
-        f"{what} by {agent_subject} for {result.requester or '(requester of the first signature)'}: "
-        f"{result.signers} signature(s) -> {out if not stdout else '(standard output)'}",
+    echo(
+        f"{what} by {shown(agent_subject)} for {shown(result.requester or '(requester of the first signature)')}: "
+        f"{result.signers} signature(s) -> {shown(str(out)) if not stdout else '(standard output)'}",
         err=stdout,
     )

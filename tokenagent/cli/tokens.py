@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tokenagent.cli.options import json_option, module_option
-from tokenagent.cli.output import emit_json, field_line
+from tokenagent.cli.output import echo, emit_json, field_line, shown
 
 
 @click.command("tokens")
@@ -22,37 +22,37 @@ def tokens(modules: tuple[str, ...], mechanisms: bool, as_json: bool) -> None:
         emit_json({"format_version": 1, "modules": [r.to_json() for r in reports]})
         return
     for report in reports:
-        click.echo(f"Module {report.name}: {report.path}")
+        echo(f"Module {shown(report.name)}: {shown(report.path)}")
         if report.error:
-            click.echo(f"  error: {report.error}")
+            echo(f"  error: {report.error}")
             continue
-        click.echo(
-            f"  {report.description} by {report.manufacturer}, version {report.library_version}, "
+        echo(
+            f"  {shown(report.description)} by {shown(report.manufacturer)}, version {report.library_version}, "
             f"Cryptoki {report.cryptoki_version}"
         )
         if not report.slots:
-            click.echo("  (no slots)")
+            echo("  (no slots)")
         for slot in report.slots:
-            click.echo(f"  Slot {slot.slot_id}: {slot.description}")
+            echo(f"  Slot {slot.slot_id}: {shown(slot.description)}")
             if slot.token is None:
-                click.echo("    (no token present)")
+                echo("    (no token present)")
                 continue
             token = slot.token
             if "TOKEN_INITIALIZED" not in token.flags:
-                click.echo("    (token not initialized)")
+                echo("    (token not initialized)")
                 continue
-            click.echo(field_line("token label", token.label))
-            click.echo(field_line("serial", token.serial))
-            click.echo(field_line("manufacturer", token.manufacturer))
-            click.echo(field_line("model", token.model))
-            click.echo(field_line("flags", ", ".join(token.flags)))
-            click.echo(field_line("user PIN", _pin_summary(token.pin)))
-            click.echo(field_line("uri", token.uri))
+            echo(field_line("token label", token.label))
+            echo(field_line("serial", token.serial))
+            echo(field_line("manufacturer", token.manufacturer))
+            echo(field_line("model", token.model))
+            echo(field_line("flags", ", ".join(token.flags)))
+            echo(field_line("user PIN", _pin_summary(token.pin)))
+            echo(field_line("uri", token.uri))
             if token.mechanisms is not None:
-                click.echo(field_line("mechanisms", len(token.mechanisms)))
+                echo(field_line("mechanisms", len(token.mechanisms)))
                 for mech in token.mechanisms:
                     sizes = f"{mech.min_key_size}..{mech.max_key_size}" if mech.max_key_size is not None else "-"
-                    click.echo(f"      {mech.name:<34} {sizes:>12}  {', '.join(mech.flags)}")
+                    echo(f"      {mech.name:<34} {sizes:>12}  {', '.join(mech.flags)}")
 
 
 def _pin_summary(pin: object) -> str:

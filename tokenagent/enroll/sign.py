@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tokenagent.display import escape, has_hidden
 from tokenagent.enroll.linkage import certificate_spki, display_name, load_certificate
 from tokenagent.enroll.signer import TokenSigner
 from tokenagent.errors import (
@@ -52,6 +53,8 @@ OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
 #: szOID_ENROLLMENT_AGENT, the Certificate Request Agent EKU AD CS requires of the agent certificate.
 OID_CERTIFICATE_REQUEST_AGENT = "1.3.6.1.4.1.311.20.2.1"
 FORMATS = ("pkcs7", "cmc")
+#: Names longer than this are pointed out on the confirmation screen (a CN is at most 64 by RFC 5280).
+LONG_NAME = 256
 
 
 @dataclass(frozen=True)
@@ -82,13 +85,30 @@ class RequestSummary:
     requester: str | None  # RequesterName already in a CMS/CMC request
 
     def lines(self) -> list[str]:
-        lines = [f"request ({self.form}): {self.subject or '(empty subject)'}", f"  key: {self.key}"]
-        lines += [f"  SAN: {san}" for san in self.sans]
+        """The confirmation screen: every value from the request escaped (tokenagent/display.py),
+        then a plain warning for each name that holds hidden characters or is unusually long."""
+        lines = [f"request ({self.form}): {escape(self.subject) or '(empty subject)'}", f"  key: {self.key}"]
+        lines += [f"  SAN: {escape(san)}" for san in self.sans]
         if self.template:
-            lines.append(f"  template: {self.template}")
+            lines.append(f"  template: {escape(self.template)}")
         if self.signers:
-            lines.append(f"  already signed by {self.signers} signer(s); requester {self.requester or '(none)'}")
-        return lines
+            requester = escape(self.requester) if self.requester else "(none)"
+            lines.append(f"  already signed by {self.signers} signer(s); requester {requester}")
+        return lines + [f"  WARNING: {warning}" for warning in self.warnings()]
+
+    def warnings(self) -> list[str]:
+        named = [("the subject", self.subject), *(("a SAN", san) for san in self.sans)]
+        named += [("the template", self.template or ""), ("the requester", self.requester or "")]
+        found = []
+        for what, text in named:
+            if has_hidden(text):
+                found.append(
+                    f"{what} holds control or invisible characters (shown as \\x.. / \\u.... escapes above); "
+                    "the request holds them as they are"
+                )
+            if len(text) > LONG_NAME:
+                found.append(f"{what} is {len(text):,} characters long")
+        return found
 
 
 @dataclass

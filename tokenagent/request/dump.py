@@ -26,6 +26,7 @@ from asn1crypto import algos, cms, core, keys
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 
+from tokenagent.display import HIDDEN_NOTE, escape_tree, has_hidden_anywhere
 from tokenagent.errors import InputError
 from tokenagent.inf.extensions import OID_DS_GUID, OID_UPN
 from tokenagent.request import cmc
@@ -691,9 +692,13 @@ def _render_cms(d: Description, indent: str) -> list[str]:
 
 
 def render(description: Description) -> list[str]:
-    """Human-readable lines for a `describe` result."""
+    """Human-readable lines for a `describe` result, every value from the file shown escaped."""
+    hidden = has_hidden_anywhere(description)
+    description = escape_tree(description)
     kind = description["kind"]
     lines = [_TITLES.get(kind, kind)]
+    if hidden:
+        lines.append(f"  NOTE: {HIDDEN_NOTE}")
     if kind == "pkcs10":
         lines += _render_request(description, "  ")
     elif kind == "certificate":

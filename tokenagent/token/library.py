@@ -14,6 +14,7 @@ import pkcs11
 from pkcs11 import SlotFlag, TokenFlag
 from pkcs11.exceptions import PKCS11Error
 
+from tokenagent.display import escape
 from tokenagent.errors import AmbiguousTokenError, ModuleError, TokenNotFoundError, TokenOperationError
 from tokenagent.token.modules import ModuleRef, discover_modules
 from tokenagent.token.uri import Pkcs11Uri, is_pkcs11_uri, parse_uri
@@ -126,7 +127,8 @@ class TokenHandle:
         )
 
     def describe(self) -> str:
-        return f"'{self.label}' (serial {self.serial}, {self.model}, slot {self.slot_id})"
+        # for people: the label, serial and model come from the token, so they are shown escaped
+        return escape(f"'{self.label}' (serial {self.serial}, {self.model}, slot {self.slot_id})")
 
 
 @dataclass
