@@ -210,24 +210,46 @@ def test_cmc_eobo_with_sign(softhsm: SoftHSM, agents: Agents, tmp_path: Path) ->
     assert encoder.encode(data["reqSequence"][0]["tcr"]["certificationRequest"]) == req.read_bytes()
 
 
-def test_two_and_three_agent_signatures(softhsm: SoftHSM, agents: Agents, tmp_path: Path) -> None:
-    _, req = user_request(softhsm, tmp_path, "umulti")
+@pytest.mark.parametrize("form", ["pkcs7", "cmc", "new-cmc"])
+def test_two_and_three_agent_signatures(form: str, softhsm: SoftHSM, agents: Agents, tmp_path: Path) -> None:
     one, two, three = tmp_path / "1.p7", tmp_path / "2.p7", tmp_path / "3.p7"
-    assert sign(softhsm, req, one, "agent-ec", "--requester", REQUESTER).returncode == 0
+    if form == "new-cmc":  # new with RequestType = CMC and --agent: the request key's and the agent's signatures
+        run, one = user_request(
+            softhsm, tmp_path, "umulti-n", "CMC", *agent_args(), extra=f'RequesterName = "{REQUESTER}"'
+        )
+        assert run.returncode == 0, run.stderr
+    else:
+        _, req = user_request(softhsm, tmp_path, f"umulti-{form}")
+        run = sign(softhsm, req, one, "agent-ec", "--requester", REQUESTER, "--format", form)
+        assert run.returncode == 0, run.stderr
+    first = signed_data(one.read_bytes())
     run = sign(softhsm, one, two, "agent-rsa")
     assert run.returncode == 0, run.stderr
     run = sign(softhsm, two, three, "agent-high")
     assert run.returncode == 0, run.stderr
-    first = signed_data(one.read_bytes())
     final = signed_data(three.read_bytes())
-    assert len(final["signerInfos"]) == 3
+    assert len(final["signerInfos"]) == len(first["signerInfos"]) + 2
+    # the content (PKCS#10, or PKIData with its controls and body parts) is untouched
+    assert encoder.encode(final["encapContentInfo"]) == encoder.encode(first["encapContentInfo"])
     for earlier in (first, signed_data(two.read_bytes())):
         for index, info in enumerate(earlier["signerInfos"]):
             assert encoder.encode(final["signerInfos"][index]) == encoder.encode(info)  # byte for byte
     digests = [str(d["algorithm"]) for d in final["digestAlgorithms"]]
     assert len(digests) == len(set(digests))
-    verified = cms_verify(three, "-CAfile", str(agents.ca_bundle))
+    if form == "new-cmc":  # the request key's own signature names it by SKI: openssl needs its certificate
+        cert = tmp_path / "user.cer"
+        agents.ca.issue(inner_csr(one.read_bytes()), cert)
+        verified = cms_verify(three, "-CAfile", str(agents.ca_bundle), "-certfile", str(cert))
+    else:
+        verified = cms_verify(three, "-CAfile", str(agents.ca_bundle))
     assert verified.returncode == 0, verified.stderr  # openssl checks every SignerInfo
+    if form != "pkcs7":
+        data, rest = decoder.decode(
+            bytes(final["encapContentInfo"]["eContent"]), asn1Spec=rfc6402.PKIData()
+        )
+        assert not rest and len(data["reqSequence"]) == 1
+        reg_info = [c for c in data["controlSequence"] if c["attrType"] == OID_REG_INFO]
+        assert len(reg_info) == 1
     shown = cli(softhsm, "show", str(three), "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.dumps(json.loads(shown.stdout)).count('"valid"') >= 3

@@ -16,13 +16,10 @@ from tokenagent.cli.output import echo, emit_json
 def show(file: Path, as_json: bool) -> None:
     """Show what FILE holds: a PKCS#10, a PKCS7 or CMC request, a CMC response, a PKCS#7
     bundle or a certificate, with signers, attributes and whether each signature verifies."""
-    from tokenagent.errors import InputError
+    from tokenagent.inputs import read_input
     from tokenagent.request.dump import describe, render
 
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {file}: {exc.strerror or exc}") from None
+    data = read_input(file)
     description = describe(data, str(file))
     if as_json:
         emit_json({"format_version": 1, "file": str(file), **description})

@@ -176,16 +176,14 @@ def sign(
     enrollment agent's key on its token, on behalf of --requester. Writes OUT (default: stdout)."""
     from tokenagent.enroll.files import check_output
     from tokenagent.enroll.sign import open_agent
-    from tokenagent.errors import InputError, UsageError
+    from tokenagent.errors import UsageError
+    from tokenagent.inputs import read_input
 
     if agent_key is None:
         raise UsageError("give the agent's key with --agent (a pkcs11: URI or its label with --token)")
     if out is not None and not to_stdout(out):
         check_output(out, overwrite)
-    try:
-        data = request.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {request}: {exc.strerror or exc}") from None
+    data = read_input(request)
     options = agent_from_options(
         agent_key,
         token=token,

@@ -48,6 +48,7 @@ from tokenagent.errors import (
     UsageError,
     VerificationError,
 )
+from tokenagent.inputs import read_input
 from tokenagent.request.response import CertificateResponse, read_response
 from tokenagent.store.paths import pending_db_path
 from tokenagent.store.pending import PendingRequest, PendingStore
@@ -178,11 +179,7 @@ def accept_certificate(options: AcceptOptions, *, on_warning: Warn | None = None
     if options.trust and options.so_pin_source is None:
         raise PinError("--trust needs the SO PIN and none can be asked for: give --so-pin-source env:VAR, file:PATH")
     what = str(options.response)
-    try:
-        data = options.response.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {what}: {exc.strerror or exc}") from None
-    response = read_response(data, what)
+    response = read_response(read_input(options.response), what)
     response.raise_for_status()
     if response.signature == "invalid":
         raise VerificationError(f"{what}: the CA's signature on the CMC response does not verify; nothing installed")

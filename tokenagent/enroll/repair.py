@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from tokenagent.errors import (
     TokenAgentError,
     TokenNotFoundError,
 )
+from tokenagent.inputs import read_input
 from tokenagent.request.response import read_response
 from tokenagent.token.certs import (
     CertificateObject,
@@ -272,13 +274,9 @@ def _wanted(options: RepairOptions) -> tuple[_Wanted, str | None]:
     path = Path(text)
     if _THUMBPRINT.fullmatch(compact) and not path.exists():
         return _Wanted(f"the certificate {compact.lower()}", thumbprint=bytes.fromhex(compact)), options.token
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{text} is neither a file, a SHA-1 thumbprint nor a pkcs11: URI of a certificate") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {text}: {exc.strerror or exc}") from None
-    leaves = read_response(data, text).end_entities()
+    if not os.path.lexists(path):
+        raise InputError(f"{text} is neither a file, a SHA-1 thumbprint nor a pkcs11: URI of a certificate")
+    leaves = read_response(read_input(path), text).end_entities()
     if len(leaves) != 1:
         raise InputError(f"{text} holds {len(leaves)} end-entity certificates; give one certificate")
     return _Wanted(f"the certificate in {text}", der=leaves[0]), options.token

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tokenagent.enroll.sign import Agent
 from tokenagent.errors import InputError, UsageError
+from tokenagent.inputs import read_input
 from tokenagent.request import cms as cms_room
 from tokenagent.request.cmc import OID_PKI_DATA, CmcControls, pki_data, revoke_request
 from tokenagent.request.response import read_response
@@ -28,11 +29,7 @@ class RevokeTarget:
 def target_from_certificate(path: Path) -> RevokeTarget:
     from asn1crypto import x509
 
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    leaves = read_response(data, str(path)).end_entities()
+    leaves = read_response(read_input(path), str(path)).end_entities()
     if len(leaves) != 1:
         raise InputError(f"{path} holds {len(leaves)} end-entity certificates; give the one to revoke")
     cert = x509.Certificate.load(leaves[0])

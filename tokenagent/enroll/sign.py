@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from tokenagent.display import escape, has_hidden
@@ -31,10 +30,12 @@ from tokenagent.errors import (
     UsageError,
     VerificationError,
 )
+from tokenagent.inputs import read_input
 from tokenagent.providers.plan import sign_mechanisms
 from tokenagent.request import cms as cms_room
 from tokenagent.request.algorithms import SignatureAlgorithm
 from tokenagent.request.armor import read_der
+from tokenagent.request.attributes import requester_name_problem
 from tokenagent.request.cmc import OID_PKI_DATA, CmcControls, pki_data
 from tokenagent.request.response import read_response
 from tokenagent.token.certs import certificate_objects, key_id_of
@@ -158,6 +159,10 @@ class Agent:
         signature to a CMS/CMC request. Raises before signing if any signature fails to verify."""
         if format not in FORMATS:
             raise UsageError(f"--format is pkcs7 or cmc, not {format}")
+        if requester is not None:
+            problem = requester_name_problem(requester)
+            if problem is not None:
+                raise UsageError(f"--requester {escape(requester)}: {problem}; nothing was signed")
         der = read_der(request, what)
         summary, existing = inspect_request(der, what, template)
         if not yes:
@@ -250,7 +255,6 @@ def inspect_request(der: bytes, what: str, template: str | None = None) -> tuple
 
     Checks the inner PKCS#10's signature and, for CMS/CMC input, every existing SignerInfo whose
     signer can be found (a digest mismatch or a bad signature is refused)."""
-    from asn1crypto import cms
 
     form: str | None = None
     requester: str | None = None
@@ -267,7 +271,7 @@ def inspect_request(der: bytes, what: str, template: str | None = None) -> tuple
                     f"{what}: signature {check.index + 1} ({check.sid}) does not verify: {check.reason}"
                 )
         signers = len(checks)
-        requester = _existing_requester(cms.ContentInfo.load(der), form)
+        requester = _existing_requester(der, form, what)
     csr = _load_csr(inner, what)
     if not csr.is_signature_valid:
         raise VerificationError(
@@ -378,14 +382,16 @@ def _key_text(csr: Any) -> str:
     return type(key).__name__
 
 
-def _existing_requester(info: Any, form: str) -> str | None:
+def _existing_requester(der: bytes, form: str, what: str) -> str | None:
     """RequesterName of the first SignerInfo (PKCS7) or of the regInfo control (CMC)."""
     from urllib.parse import unquote
 
-    from tokenagent.request.attributes import OID_ENROLLMENT_NAME_VALUE_PAIR, EnrollmentNameValuePair
-    from tokenagent.request.cmc import OID_REG_INFO, PKIData, control_values
+    from asn1crypto import cms
 
-    signed = info["content"]
+    from tokenagent.request.attributes import OID_ENROLLMENT_NAME_VALUE_PAIR, EnrollmentNameValuePair
+    from tokenagent.request.cmc import OID_REG_INFO, control_values
+
+    signed = cms.ContentInfo.load(der)["content"]
     if form == "pkcs7":
         first = signed["signer_infos"][0]
         for attribute in first["signed_attrs"] or []:
@@ -396,7 +402,10 @@ def _existing_requester(info: Any, form: str) -> str | None:
                 if str(pair["name"].native).lower() == "requestername":
                     return str(pair["value"].native)
         return None
-    data = PKIData.load(signed["encap_content_info"]["content"].native)
+    # the raw eContent: asn1crypto's .native would also decode the inner PKCS#10, whose Microsoft
+    # name-value attributes it cannot read
+    _, content = cms_room.encapsulated(der, what)
+    data = cms_room.load_pki_data(content, what)
     for control in data["control_sequence"]:
         if control["attr_type"].dotted != OID_REG_INFO:
             continue
@@ -450,11 +459,7 @@ def _agent_certificate(session: TokenSession, options: AgentOptions, key: Any, s
             raise ObjectNotFoundError(f"{len(found)} certificates on token '{session.handle.label}' match {given}")
         return found[0].der
     if given is not None:
-        try:
-            data = Path(given).read_bytes()
-        except OSError as exc:
-            raise InputError(f"cannot read {given}: {exc.strerror or exc}") from None
-        leaves = read_response(data, given).end_entities()
+        leaves = read_response(read_input(given), given).end_entities()
         if len(leaves) != 1:
             raise InputError(f"{given} holds {len(leaves)} end-entity certificates; give the agent's certificate")
         return leaves[0]

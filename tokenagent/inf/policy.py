@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tokenagent.errors import InputError
+from tokenagent.display import escape, has_hidden
 from tokenagent.inf.diagnostics import Diagnostic, Diagnostics
 from tokenagent.inf.extensions import (
     OID_EKU,
@@ -27,6 +27,7 @@ from tokenagent.inf.extensions import (
 from tokenagent.inf.lexer import Entry, InfFile, tokenize
 from tokenagent.inf.names import DistinguishedName, check_oid, parse_name
 from tokenagent.inf.values import ValueProblem, parse_bool, parse_choice, parse_date, parse_flags, parse_int
+from tokenagent.inputs import read_input
 
 # -- symbolic values ------------------------------------------------------------------------------
 
@@ -370,6 +371,14 @@ def _nonempty(value: str) -> str:
     return value.strip()
 
 
+def _requester_name(value: str) -> str:
+    """DOMAIN\\user, without characters that would show a different name from the one signed."""
+    value = _nonempty(value)
+    if has_hidden(value):
+        raise ValueProblem(f"'{escape(value)}' holds control or invisible characters")
+    return value
+
+
 def _thumbprint(value: str) -> bytes:
     compact = "".join(value.split()).replace(":", "")
     try:
@@ -448,7 +457,7 @@ def resolve(inf: InfFile, diag: Diagnostics) -> RequestPolicy:
     r.read("provider_name", "providername", _nonempty, DEFAULT_PROVIDER, "certreq's default provider")
     r.read("provider_type", "providertype", parse_int, None, "not set: ProviderName decides")
     r.read("renewal_cert", "renewalcert", _thumbprint, None)
-    r.read("requester_name", "requestername", _nonempty, None)
+    r.read("requester_name", "requestername", _requester_name, None)
     raw_type = r.entries.get("requesttype")
     request_type = r.read(
         "request_type",
@@ -759,8 +768,4 @@ def parse_policy(data: bytes | str, filename: str = "<inf>") -> RequestPolicy:
 
 
 def load_policy(path: str | Path) -> RequestPolicy:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read INF file {path}: {exc.strerror or exc}") from None
-    return parse_policy(data, str(path))
+    return parse_policy(read_input(path, "INF file"), str(path))

@@ -138,6 +138,24 @@ def plan_key(policy: RequestPolicy, provider: ProviderEntry, *, machine: bool | 
             )
         notes.append("Exportable = TRUE: CKA_EXTRACTABLE = TRUE (still CKA_SENSITIVE: export only wrapped)")
 
+    # -- archival -------------------------------------------------------------------------------
+    # PrivateKeyArchive sends the private key, encrypted to the CA, inside the CMC request: the
+    # operator then believes the key is escrowed. A key born on a token that cannot export it can
+    # never be archived, and tokenagent does not build the encrypted-key body part at all, so the
+    # setting is refused rather than ignored (with other request types certreq ignores it: a warning).
+    if policy.private_key_archive and policy.request_type == RequestType.CMC:
+        where = policy.where("private_key_archive")
+        if profile.kind == "smartcard" or not profile.exportable:
+            raise PolicyError(
+                f"{where}: PrivateKeyArchive = TRUE: the key is generated on the token and cannot leave it "
+                f"(profile '{profile.name}' of {provider.name} does not export keys), so it cannot be archived "
+                "at the CA; remove the setting, or use a provider whose keys may be exported"
+            )
+        raise PolicyError(
+            f"{where}: PrivateKeyArchive = TRUE: tokenagent does not send private keys for archival "
+            "(no CMC encrypted-key body part); remove the setting and archive the key by other means"
+        )
+
     # -- usages ---------------------------------------------------------------------------------
     allowed_usage = policy.key_usage_property
     sign = bool(allowed_usage & ALLOW_SIGNING)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenagent.errors import InputError, PolicyError
+from tokenagent.inputs import read_input
 
 PROFILE_KINDS = ("smartcard", "software", "hsm", "tpm")
 ENV_PROVIDERS = "TOKENAGENT_PROVIDERS"
@@ -196,9 +197,7 @@ class ProviderRegistry:
 
     def load_file(self, path: Path) -> None:
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise InputError(f"cannot read providers file {path}: {exc.strerror or exc}") from None
+            data = tomllib.loads(read_input(path, "providers file").decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: not valid TOML: {exc}") from None
         self.merge(data, str(path))

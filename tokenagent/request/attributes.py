@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from asn1crypto import core, csr, x509
 
+from tokenagent.display import has_hidden
 from tokenagent.inf.values import ValueProblem
 
 OID_EXTENSION_REQUEST = "1.2.840.113549.1.9.14"  # PKCS #9 extensionRequest
@@ -88,3 +89,19 @@ def csp_provider(key_spec: int, provider_name: str) -> csr.CRIAttribute:
         {"key_spec": key_spec, "csp_name": _bmp("ProviderName", provider_name), "signature": core.BitString(())}
     )
     return _attribute(OID_ENROLLMENT_CSP_PROVIDER, [value])
+
+
+def requester_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a RequesterName (DOMAIN\\user), or None.
+
+    Control, bidi and invisible characters are refused in every format: the CA's logs and the
+    agent's screens would show a different name from the one the CA acts on (a newline, for one,
+    would make a second "RequesterName=" line in `tokenagent show`).
+    """
+    if not name.strip():
+        return "the requester name is empty (expected DOMAIN\\user)"
+    if has_hidden(name):
+        return "the requester name holds control or invisible characters (shown escaped)"
+    if any(ord(c) > 0xFFFF for c in name):
+        return "the requester name has characters a BMPString cannot hold"
+    return None

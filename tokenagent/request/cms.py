@@ -28,11 +28,17 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from tokenagent.display import escape
 from tokenagent.errors import InputError, VerificationError
 from tokenagent.request import cmc
 from tokenagent.request.algorithms import digest, digest_algorithm
 from tokenagent.request.armor import read_der
-from tokenagent.request.attributes import OID_ENROLLMENT_NAME_VALUE_PAIR, Attribute, EnrollmentNameValuePair
+from tokenagent.request.attributes import (
+    OID_ENROLLMENT_NAME_VALUE_PAIR,
+    Attribute,
+    EnrollmentNameValuePair,
+    requester_name_problem,
+)
 from tokenagent.request.extensions import OID_SUBJECT_KEY_IDENTIFIER, key_identifier
 from tokenagent.request.signer import Signer
 
@@ -254,10 +260,9 @@ def requester_name_attribute(name: str) -> cms.CMSAttribute:
     The signed attribute an enrollment agent puts in the FIRST SignerInfo of a PKCS7 request to
     name the user it enrolls for, as DOMAIN\\user (wire-formats.md 1a).
     """
-    if not name.strip():
-        raise InputError("the requester name is empty (expected DOMAIN\\user)")
-    if any(ord(c) > 0xFFFF for c in name):
-        raise InputError(f"the requester name '{name}' has characters a BMPString cannot hold")
+    problem = requester_name_problem(name)
+    if problem is not None:
+        raise InputError(f"{problem}: {escape(name)}")
     pair = EnrollmentNameValuePair({"name": core.BMPString(REQUESTER_NAME), "value": core.BMPString(name)})
     return cms.CMSAttribute({"type": OID_ENROLLMENT_NAME_VALUE_PAIR, "values": [core.Any(pair)]})
 

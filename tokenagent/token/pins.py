@@ -12,11 +12,17 @@
 
 A literal ``--pin`` exists for scripts on a throw-away token and warns: argv is visible to
 every user of the machine through /proc.
+
+A PIN typed by mistake where a source belongs (``--pin-source 731946``, ``env:731946``) must not be
+printed back: a value that is not a valid source is never echoed, and a source argument made only
+of digits (other than a small file descriptor number) is shown as ``…``. Sources are read with a
+bound (`MAX_PIN_SOURCE_BYTES`), so ``file:/dev/zero`` cannot fill memory.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Literal
@@ -24,6 +30,11 @@ from typing import Literal
 from tokenagent.errors import PinError, UsageError
 
 ENV_PIN_SOURCE = "TOKENAGENT_PIN_SOURCE"
+#: A PIN, SO PIN or shared secret is read up to its first newline, and never more than this.
+MAX_PIN_SOURCE_BYTES = 4096
+#: File descriptors above this are refused as sources: a larger number is more likely a PIN.
+MAX_PIN_FD = 1023
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 PinKind = Literal["prompt", "env", "file", "fd", "pinpad", "literal"]
 
@@ -71,7 +82,10 @@ class PinSource:
             return "--pin (literal)"
         if self.kind in ("prompt", "pinpad"):
             return self.kind
-        return f"{self.kind}:{self.argument}"
+        argument = self.argument or ""
+        if argument.isdigit() and self.kind != "fd":
+            argument = "…"  # digits alone may well be the PIN itself, typed in the wrong place
+        return f"{self.kind}:{argument}"
 
     def read(self, prompt: str = "PIN: ") -> Pin | ProtectedAuthentication:
         """Read the PIN once. Errors name the source, never the value."""
@@ -91,11 +105,11 @@ class PinSource:
         if self.kind == "file":
             assert self.argument is not None
             try:
-                with open(self.argument, encoding="utf-8") as handle:
-                    value = handle.readline()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise PinError(f"PIN source file:{self.argument}: {_reason(exc)}") from None
-            return _checked(value, self)
+                with open(self.argument, "rb") as handle:
+                    line = handle.readline(MAX_PIN_SOURCE_BYTES + 1)
+            except OSError as exc:
+                raise PinError(f"PIN source {self.describe()}: {_reason(exc)}") from None
+            return _checked(_first_line(line, self), self)
         if self.kind == "fd":
             assert self.argument is not None
             return _checked(_read_fd(int(self.argument), self), self)
@@ -107,17 +121,23 @@ def parse_pin_source(text: str) -> PinSource:
     if text in ("prompt", "pinpad"):
         return PinSource(text)  # type: ignore[arg-type]
     kind, sep, argument = text.partition(":")
+    usage = "use prompt, pinpad, env:VAR, file:PATH or fd:N"
     if sep and argument:
         if kind == "env":
+            if not _ENV_NAME.fullmatch(argument):
+                raise UsageError(f"PIN source env:… is not a valid variable name (not shown, it may be a PIN); {usage}")
             return PinSource("env", argument)
         if kind == "file":
             # RFC 7512's pin-source is a URI; accept file:///path as well as file:path.
             if argument.startswith("//"):
                 argument = argument[2:]
             return PinSource("file", argument)
-        if kind == "fd" and argument.isdigit():
+        if kind == "fd":
+            if not argument.isdigit() or int(argument) > MAX_PIN_FD:
+                raise UsageError(f"PIN source fd:… is not a file descriptor number up to {MAX_PIN_FD}; {usage}")
             return PinSource("fd", argument)
-    raise UsageError(f"unknown PIN source '{text}': use prompt, pinpad, env:VAR, file:PATH or fd:N")
+    # never echoed: a PIN typed where its source belongs would be printed back
+    raise UsageError(f"unknown PIN source (not shown, in case it is the PIN itself): {usage}")
 
 
 def literal_pin_source(pin: str) -> PinSource:
@@ -148,18 +168,24 @@ def _prompt(prompt: str) -> Pin:
 
 
 def _read_fd(fd: int, source: PinSource) -> str:
-    chunks: list[bytes] = []
+    data = b""
     try:
-        while True:
-            chunk = os.read(fd, 4096)
-            if not chunk or b"\n" in chunk:
-                chunks.append(chunk)
+        while b"\n" not in data and len(data) <= MAX_PIN_SOURCE_BYTES:
+            chunk = os.read(fd, MAX_PIN_SOURCE_BYTES + 1 - len(data))
+            if not chunk:
                 break
-            chunks.append(chunk)
+            data += chunk
     except OSError as exc:
         raise PinError(f"PIN source {source.describe()}: {_reason(exc)}") from None
+    return _first_line(data, source)
+
+
+def _first_line(data: bytes, source: PinSource) -> str:
+    line, newline, _ = data.partition(b"\n")
+    if not newline and len(line) > MAX_PIN_SOURCE_BYTES:
+        raise PinError(f"PIN source {source.describe()}: no line end in the first {MAX_PIN_SOURCE_BYTES} bytes")
     try:
-        return b"".join(chunks).decode("utf-8").split("\n", 1)[0]
+        return line.decode("utf-8")
     except UnicodeDecodeError:
         raise PinError(f"PIN source {source.describe()}: not UTF-8 text") from None
 
