@@ -72,11 +72,13 @@ def test_exit_codes_are_stable() -> None:
         "ObjectNotFoundError": 9,
         "KeyMismatchError": 9,
         "TokenOperationError": 10,
+        "TokenBusyError": 10,
         "VerificationError": 11,
         "CAError": 12,
         "OutputError": 13,
         "RequestPendingError": 14,
         "Interrupted": 130,
+        "Terminated": 143,
     }
 
 

@@ -353,13 +353,17 @@ def test_failure_after_generation_rolls_back(tmp_path: Path, cli, softhsm: SoftH
     assert not out.exists() and not list(tmp_path.glob(".x.req.*"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_after_generation_rolls_back(tmp_path: Path, softhsm: SoftHSM) -> None:
-    """SIGINT while `new` waits for the pending store (held locked here) after generating the key."""
-    policy = write_inf(tmp_path / "p.inf", "KeyAlgorithm = ECDSA_P256\nKeyContainer = interrupted")
+    """SIGINT while `new` waits for the state store (held locked here) right after generating the key.
+
+    The store is written before C_GenerateKeyPair (the intent) and right after it (the final
+    CKA_ID): the test lets the first write through, then locks the store while the token generates
+    an RSA-4096 key (a second or more on SoftHSM), so the run is caught just after generation."""
+    policy = write_inf(tmp_path / "p.inf", "KeyLength = 4096\nKeyContainer = interrupted")
     state = tmp_path / "state"
     state.mkdir()
     db = sqlite3.connect(state / "pending.sqlite3", isolation_level=None)
-    db.execute("BEGIN EXCLUSIVE")
     before = object_list(softhsm)
     process = subprocess.Popen(
         [
@@ -383,11 +387,17 @@ def test_ctrl_c_after_generation_rolls_back(tmp_path: Path, softhsm: SoftHSM) ->
         text=True,
     )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
+        while not _open_intents(db):
+            assert time.monotonic() < deadline and process.poll() is None, "no intent was recorded"
+            time.sleep(0.005)
+        db.execute("BEGIN EXCLUSIVE")  # the run is generating; its next write will wait
         while "interrupted" not in object_list(softhsm):
             assert time.monotonic() < deadline, "the key pair never appeared"
             time.sleep(0.1)
         process.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        db.rollback()  # the run notices the signal once its wait for the store ends
         _, stderr = process.communicate(timeout=30)
     finally:
         db.rollback() if db.in_transaction else None
@@ -398,6 +408,14 @@ def test_ctrl_c_after_generation_rolls_back(tmp_path: Path, softhsm: SoftHSM) ->
     assert "interrupted: the new key pair was deleted" in stderr
     assert object_list(softhsm) == before
     assert not (tmp_path / "x.req").exists()
+    assert not _open_intents(sqlite3.connect(state / "pending.sqlite3"))  # the undo ended its intent
+
+
+def _open_intents(db: sqlite3.Connection) -> int:
+    try:
+        return int(db.execute("SELECT count(*) FROM key_intents").fetchone()[0])
+    except sqlite3.OperationalError:  # no table yet, or the run holds the write lock
+        return 0
 
 
 @pytest.mark.parametrize(
@@ -455,7 +473,7 @@ def test_existing_output_needs_overwrite(tmp_path: Path, cli, softhsm: SoftHSM) 
     out.write_text("keep me")
     before = object_list(softhsm)
     run = cli("new", str(policy), str(out), "--token", TOKEN, "--pin-source", "env:PIN", PIN=USER_PIN)
-    assert run.returncode == 2 and "--overwrite" in run.stderr
+    assert run.returncode == 13 and "--overwrite" in run.stderr
     assert out.read_text() == "keep me" and object_list(softhsm) == before
 
 

@@ -244,9 +244,7 @@ def test_two_and_three_agent_signatures(form: str, softhsm: SoftHSM, agents: Age
         verified = cms_verify(three, "-CAfile", str(agents.ca_bundle))
     assert verified.returncode == 0, verified.stderr  # openssl checks every SignerInfo
     if form != "pkcs7":
-        data, rest = decoder.decode(
-            bytes(final["encapContentInfo"]["eContent"]), asn1Spec=rfc6402.PKIData()
-        )
+        data, rest = decoder.decode(bytes(final["encapContentInfo"]["eContent"]), asn1Spec=rfc6402.PKIData())
         assert not rest and len(data["reqSequence"]) == 1
         reg_info = [c for c in data["controlSequence"] if c["attrType"] == OID_REG_INFO]
         assert len(reg_info) == 1

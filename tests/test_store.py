@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from tokenagent.errors import InputError, ObjectNotFoundError, OutputError
-from tokenagent.store import NewPending, PendingRequest, PendingStore, pending_db_path, state_dir
-from tokenagent.store import pending as pending_module
+from tokenagent.store import SCHEMA_VERSION, NewPending, PendingRequest, PendingStore, pending_db_path, state_dir
+from tokenagent.store import database as database_module
 
 ROOT = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
@@ -406,7 +406,7 @@ def test_two_processes_add_concurrently(tmp_path: Path) -> None:
 def test_lock_held_too_long_is_an_output_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = store_at(tmp_path)
     first = store.add(new_pending(1))
-    monkeypatch.setattr(pending_module, "BUSY_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(database_module, "BUSY_TIMEOUT_SECONDS", 0.2)
     holder = sqlite3.connect(store.path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
@@ -496,7 +496,7 @@ def test_file_checked_independently(tmp_path: Path) -> None:
             connection.close()
 
     assert integrity == "ok"
-    assert version == "1"
+    assert version == str(SCHEMA_VERSION)
     assert journal == "delete"
     assert rows == [
         (

@@ -1,3 +1,3 @@
-from tokenagent.cli import main
+from tokenagent.entry import main
 
 main()

@@ -141,6 +141,12 @@ class TokenOperationError(TokenAgentError):
     exit_code = 10
 
 
+class TokenBusyError(TokenOperationError):
+    """Another tokenagent process holds the token's lock (it is changing the token's keys)."""
+
+    exit_code = 10
+
+
 class VerificationError(TokenAgentError):
     """A signature that does not verify, e.g. a request's proof of possession."""
 
@@ -171,6 +177,12 @@ class Interrupted(TokenAgentError):
     exit_code = 130
 
 
+class Terminated(Interrupted):
+    """SIGTERM (e.g. systemd stopping a service): rolled back as for Ctrl-C."""
+
+    exit_code = 143
+
+
 #: Every class with its exit code, for docs and for the test that keeps them stable.
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
@@ -190,10 +202,12 @@ EXIT_CODES: dict[str, int] = {
         ObjectNotFoundError,
         KeyMismatchError,
         TokenOperationError,
+        TokenBusyError,
         VerificationError,
         CAError,
         RequestPendingError,
         OutputError,
         Interrupted,
+        Terminated,
     )
 }

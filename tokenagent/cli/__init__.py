@@ -7,6 +7,7 @@ module level anywhere in cli/), so `tokenagent --help` costs Python start-up plu
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from importlib import import_module
@@ -16,7 +17,7 @@ import click
 from tokenagent import __version__
 from tokenagent.cli.state import STATE
 from tokenagent.display import terminal_safe
-from tokenagent.errors import Interrupted, TokenAgentError, one_line
+from tokenagent.errors import Interrupted, Terminated, TokenAgentError, one_line
 
 # name -> (module, attribute, one-line help shown by `tokenagent --help` without importing it)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -43,6 +44,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Relink a certificate on a token with its key (certutil -repairstore).",
     ),
 }
+
+
+#: click's shell completion variable (`_TOKENAGENT_COMPLETE=bash_source tokenagent`).
+COMPLETE_VAR = "_TOKENAGENT_COMPLETE"
 
 
 class LazyGroup(click.Group):
@@ -91,9 +96,17 @@ def cli(verbose: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: one-line errors with stable exit codes; tracebacks only with -v."""
+    """Console entry point: one-line errors with stable exit codes; tracebacks only with -v.
+
+    The command is invoked directly rather than through click's `main`, whose handler prints a
+    blank line of its own on Ctrl-C; only shell completion goes through click's `main`."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if os.environ.get(COMPLETE_VAR):
+        cli.main(args=args, prog_name="tokenagent", complete_var=COMPLETE_VAR)
+        return
     try:
-        cli.main(args=argv, prog_name="tokenagent", standalone_mode=False)
+        with cli.make_context("tokenagent", args) as ctx:
+            cli.invoke(ctx)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -113,6 +126,15 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
+def _terminated() -> bool:
+    """True when the run was ended by SIGTERM (see tokenagent/entry.py), not by Ctrl-C."""
+    import signal
+
+    from tokenagent import entry
+
+    return entry.received == signal.SIGTERM
+
+
 def _show_click_error(exc: click.ClickException) -> None:
     """click's own usage errors quote what was typed (a file name, a value): same display rule."""
     import io
@@ -126,6 +148,8 @@ def _show_click_error(exc: click.ClickException) -> None:
 
 
 def _fail(exc: TokenAgentError) -> None:
+    if isinstance(exc, Interrupted) and not isinstance(exc, Terminated) and _terminated():
+        exc = Terminated(exc.message.replace("interrupted", "terminated", 1))
     if STATE.verbose and exc.__traceback__ is not None:
         traceback.print_exception(exc)
     if STATE.json:

@@ -10,8 +10,10 @@ request and a scan of the whole token per request, and the scan grows with every
 token for its whole life, reads each token's facts once and keeps them current itself: every key
 pair it makes is added to them, so the capacity checks (KeyContainer label taken, key containers,
 object count) see the batch's own keys. What another process writes to the token during the batch
-is not seen by those checks: a per-request search for the label would visit every object on
-SoftHSM (about 2 ms on a fresh token, 27 ms on one holding 1,000 key pairs). An enrollment
+cannot change what those checks rely on: the batch holds each token's lock (store/locks.py) from
+its first real request until it closes, so no other tokenagent `new` runs on the token meanwhile
+(a per-request search for the label would visit every object on SoftHSM: about 2 ms on a fresh
+token, 27 ms on one holding 1,000 key pairs). An enrollment
 agent (`NewOptions.agent`, RequestType = CMC or PKCS7) is opened once as well, before the first
 request that needs it.
 
@@ -34,7 +36,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
-from tokenagent.enroll.new import NewOptions, NewResult, Prepared, Warn, _select_token, enroll, prepare
+from tokenagent.enroll.new import NewOptions, NewResult, Prepared, Warn, _select_token, enroll, lock_token, prepare
+from tokenagent.enroll.recovery import recover_interrupted
 from tokenagent.enroll.sign import Agent, AgentOptions, open_agent
 from tokenagent.providers.registry import ProviderRegistry, load_registry
 from tokenagent.token.facts import TokenFacts
@@ -61,6 +64,7 @@ class NewBatch:
         self._handles: dict[tuple[object, ...], TokenHandle] = {}
         self._open: dict[tuple[str, int], _OpenToken] = {}
         self._agents: dict[object, Agent] = {}
+        self._locked: set[tuple[str, int]] = set()  # tokens whose lock the batch holds
         self._stack = contextlib.ExitStack()
         self.requests = 0  # requests that completed (dry runs included)
 
@@ -128,6 +132,10 @@ class NewBatch:
         if opened is not None:  # a dry run opened it read-only; a real request needs read-write
             del self._open[key]
             opened.session.close()
+        if not options.dry_run and key not in self._locked:
+            # held until the batch closes: the facts it keeps current stay true for other processes too
+            self._stack.enter_context(lock_token(prepared, handle, self._warn))
+            self._locked.add(key)
         session = open_session(
             handle,
             login=True,
@@ -137,6 +145,8 @@ class NewBatch:
             on_warning=self._warn,
         )
         try:
+            if not options.dry_run:
+                recover_interrupted(session, prepared.store_path, on_warning=self._warn)
             facts = gather_facts(session)
         except BaseException:
             session.close()

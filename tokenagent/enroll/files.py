@@ -6,14 +6,17 @@ import os
 import tempfile
 from pathlib import Path
 
-from tokenagent.errors import OutputError, UsageError
+from tokenagent.display import escape
+from tokenagent.errors import OutputError
 
 
 def check_output(output: Path, overwrite: bool) -> None:
-    if output.exists() and not overwrite:
-        raise UsageError(f"{output} exists; give --overwrite (certreq -f) to replace it")
-    if output.exists() and output.is_dir():
-        raise OutputError(f"{output} is a directory")
+    """Refuse an output that exists, unless ``overwrite``: an existing name is any directory entry,
+    a dangling symbolic link included (the link, not its target, is what -f replaces)."""
+    if output.is_dir():
+        raise OutputError(f"cannot write {escape(str(output))}: it is a directory")
+    if os.path.lexists(output) and not overwrite:
+        raise OutputError(f"{escape(str(output))} exists; give --overwrite (certreq -f) to replace it")
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"cannot write {output}: directory {parent} does not exist")

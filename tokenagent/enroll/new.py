@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenagent.enroll.files import check_output as _check_output
 from tokenagent.enroll.files import write_temp as _write_temp
+from tokenagent.enroll.recovery import intent_objects, recover_interrupted
 from tokenagent.enroll.signer import TokenSigner
 from tokenagent.errors import (
     Interrupted,
@@ -44,6 +45,8 @@ from tokenagent.request.algorithms import SignatureAlgorithm
 from tokenagent.request.armor import REQUEST_LABEL, armor
 from tokenagent.request.certificate import self_signed_certificate
 from tokenagent.request.pkcs10 import ContentItem, build_request, planned_contents, subject_text
+from tokenagent.store.intents import IntentStore, KeyIntent
+from tokenagent.store.locks import token_lock
 from tokenagent.store.paths import pending_db_path
 from tokenagent.store.pending import NewPending, PendingRequest, PendingStore
 from tokenagent.token.facts import TokenFacts
@@ -69,6 +72,11 @@ if TYPE_CHECKING:  # the agent and CMS/CMC rooms are imported only by the reques
 
 log = logging.getLogger("tokenagent")
 Warn = Callable[[str], None]
+
+#: A generated key pair is born with CKA_ID = this prefix + random bytes (20 bytes in all, the size
+#: of the final SHA-1 CKA_ID), so that its intent can find it whenever the run dies (store/intents.py).
+TEMPORARY_ID_PREFIX = b"ta-new:"
+TEMPORARY_ID_RANDOM_BYTES = 13
 
 
 @dataclass(frozen=True)
@@ -164,11 +172,17 @@ class NewResult:
 
 
 def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewResult:
-    """Run certreq -new against a token. Raises a `TokenAgentError` with nothing left behind."""
+    """Run certreq -new against a token. Raises a `TokenAgentError` with nothing left behind.
+
+    A real run holds the token's lock (store/locks.py) from before the KeyContainer check to the
+    pending record, and first removes what an interrupted run left on the token (enroll/recovery.py).
+    """
     warn = on_warning or (lambda message: log.warning("%s", message))
     prepared = prepare(options, warn)
     handle = _select_token(prepared.provider, options, prepared.machine)
     with contextlib.ExitStack() as stack:
+        if not options.dry_run:
+            stack.enter_context(lock_token(prepared, handle, warn))
         agent = None
         if options.agent is not None and not options.dry_run:
             from tokenagent.enroll.sign import open_agent
@@ -184,7 +198,14 @@ def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewRe
             on_warning=warn,
         )
         with session:
+            if not options.dry_run:
+                recover_interrupted(session, prepared.store_path, on_warning=warn)
             return enroll(prepared, session, gather_facts(session), agent=agent)
+
+
+def lock_token(prepared: Prepared, handle: TokenHandle, warn: Warn) -> contextlib.AbstractContextManager[Path]:
+    """The token's lock in the state directory of this request's context."""
+    return token_lock(prepared.store_path.parent, handle.serial, handle.label, on_wait=warn)
 
 
 @dataclass(frozen=True)
@@ -197,6 +218,11 @@ class Prepared:
     machine: bool
     plan: KeyPlan
     pin_source: PinSource | None
+
+    @property
+    def store_path(self) -> Path:
+        """The state database of this request's context: pending records, intents (and locks beside it)."""
+        return pending_db_path(self.plan.machine, self.options.state_dir)
 
 
 def prepare(options: NewOptions, warn: Warn, *, registry: ProviderRegistry | None = None) -> Prepared:
@@ -262,15 +288,18 @@ class _Transaction:
         self.created: list[Any] = []  # token objects, in creation order
         self.temp_file: Path | None = None
         self.pending: PendingRequest | None = None
-        self.store: PendingStore | None = None
+        self.store_path = pending_db_path(result.plan.machine, options.state_dir)
+        self.intents = IntentStore(self.store_path)
+        self.intent: KeyIntent | None = None  # open from before C_GenerateKeyPair until the record
+        self.generating = False  # C_GenerateKeyPair was called (its objects are gone after an undo)
 
     def run(self) -> None:
         try:
             self._run()
         except BaseException as exc:
-            self.undo()  # what it cannot undo it logs as an error, next to the original error
+            removed = self.undo()  # what it cannot undo it logs as an error, next to the original error
             if isinstance(exc, KeyboardInterrupt):
-                what = "the new key pair was deleted" if self.result.key_generated else "nothing was changed"
+                what = "the new key pair was deleted" if removed or self.generating else "nothing was changed"
                 raise Interrupted(f"interrupted: {what}, no request was written") from None
             raise
 
@@ -290,6 +319,7 @@ class _Transaction:
             label = policy.friendly_name or pair.label
             result.certificate_label = label
             self.created.append(write_certificate(self.session, der, key_id=pair.key_id, label=label))
+            self._end_intent()  # the certificate on the token now explains the key
         else:
             controls, extra = self._cmc_controls()
             der = build_request(policy, pair.spki, signer, extra_attributes=extra)
@@ -322,12 +352,27 @@ class _Transaction:
                 pair = find_key_pair_by_label(self.session, plan.existing.label)
             _check_existing_key(self.result.policy, plan, pair)
             return pair
+        token = self.session.handle
+        temporary_id = TEMPORARY_ID_PREFIX + secrets.token_bytes(TEMPORARY_ID_RANDOM_BYTES)
+        self.intent = self.intents.begin(
+            token_label=token.label,
+            token_serial=token.serial,
+            token_model=token.model,
+            module_path=token.module.path,
+            key_label=plan.label,
+            temporary_id=temporary_id,
+            output=str(self.options.output) if self.options.output is not None else None,
+        )
+        intent_id = self.intent.id
+        self.generating = True
         pair = generate_key_pair(
             self.session,
             key_type=plan.key_type,
             generation_mechanism=plan.generation_mechanism,
             public_template=plan.public_template,
             private_template=plan.private_template,
+            temporary_id=temporary_id,
+            before_final_id=lambda key_id: self.intents.note_key_id(intent_id, key_id),
         )
         self.created.extend([pair.public, pair.private])
         return pair
@@ -396,10 +441,10 @@ class _Transaction:
         return wrapped
 
     def _record(self, pair: KeyPair, der: bytes) -> None:
-        result, options = self.result, self.options
-        path = pending_db_path(result.plan.machine, options.state_dir)
-        self.store = PendingStore(path)
-        self.pending = self.store.add(
+        result = self.result
+        store = PendingStore(self.store_path)
+        completes = self.intent.id if self.intent is not None else None
+        self.pending = store.add(
             NewPending(
                 request_sha256=hashlib.sha256(der).hexdigest(),
                 request_der=der,
@@ -417,22 +462,44 @@ class _Transaction:
                 policy_file=str(Path(result.policy.filename).resolve()),
                 policy_json=json.dumps(result.policy.to_json(), default=str),
                 machine=result.plan.machine,
-            )
+            ),
+            completes=completes,  # the intent ends in the same transaction
         )
+        self.intent = None
         result.pending = self.pending
-        result.store_path = path
+        result.store_path = self.store_path
 
-    def undo(self) -> None:
+    def _end_intent(self) -> None:
+        if self.intent is not None:
+            self.intents.end(self.intent.id)
+            self.intent = None
+
+    def undo(self) -> int:
+        """Put everything back; returns how many token objects were destroyed."""
         if self.temp_file is not None:
             with contextlib.suppress(OSError):
                 self.temp_file.unlink()
-        if self.pending is not None and self.store is not None:
+        if self.pending is not None:
             try:
-                self.store.delete(self.pending.id)
+                PendingStore(self.store_path).delete(self.pending.id)
             except TokenAgentError as exc:
                 log.error("pending record %s not removed: %s", self.pending.id, exc.one_line())
-        if self.created:
-            destroy_objects(list(reversed(self.created)), what="new key pair")
+        # While the intent is open, it names every object this run can have made, even one whose
+        # handle never reached Python (an interrupt right after C_GenerateKeyPair returned).
+        objects = list(reversed(self.created))
+        if self.intent is not None:
+            try:
+                objects = intent_objects(self.session, self.intent)
+            except Exception as exc:  # the token may be gone: the next run on it recovers
+                log.error("cannot look for the new key pair: %s", exc)
+        problems = destroy_objects(objects, what="new key pair") if objects else []
+        if self.intent is not None and not problems:
+            # an intent left open (objects not destroyed) is recovered by the next run on the token
+            try:
+                self._end_intent()
+            except TokenAgentError as exc:
+                log.error("interrupted-generation record not removed: %s", exc.one_line())
+        return len(objects) - len(problems)
 
 
 def _check_existing_key(policy: RequestPolicy, plan: KeyPlan, pair: KeyPair) -> None:

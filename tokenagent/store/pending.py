@@ -1,61 +1,27 @@
 """The pending-request store: each request `tokenagent new` makes, so `accept` can find its key.
 
-Like certreq's pending requests (the Windows REQUEST store). One SQLite file per context, written
-in single transactions with the default rollback journal and synchronous=FULL; no WAL, so the
-store stays one file that can be copied or backed up. Connections are opened per operation and
-closed again, and every failure of the file becomes an InputError or OutputError naming it.
+Like certreq's pending requests (the Windows REQUEST store). The records live in the state
+database (store/database.py), beside the key-generation intents (store/intents.py): recording a
+request and closing the intent of the key it was made with is one transaction.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import os
-import sqlite3
 import string
-import urllib.parse
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tokenagent.errors import InputError, ObjectNotFoundError, OutputError, TokenAgentError
+from tokenagent.errors import InputError, ObjectNotFoundError
+from tokenagent.store.database import INTENT_TABLE, PENDING_TABLE, SCHEMA_VERSION, StateDatabase
 
-#: Stored in PRAGMA user_version; raise it (and migrate) whenever the table changes.
-SCHEMA_VERSION = 1
+__all__ = ["REQUEST_TYPES", "SCHEMA_VERSION", "NewPending", "PendingRequest", "PendingStore"]
+
 REQUEST_TYPES = ("PKCS10", "CMC", "PKCS7")
-#: How long to wait for another tokenagent process that holds the database lock.
-BUSY_TIMEOUT_SECONDS = 5.0
-
-_TABLE = "pending_requests"
-_SCHEMA = (
-    # AUTOINCREMENT, so the ID of a deleted request is never handed out again: an ID someone
-    # wrote down must not come to mean a different request.
-    f"""CREATE TABLE IF NOT EXISTS {_TABLE} (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        created TEXT NOT NULL,
-        request_sha256 TEXT NOT NULL,
-        request_der BLOB NOT NULL,
-        request_type TEXT NOT NULL,
-        subject TEXT NOT NULL,
-        token_label TEXT NOT NULL,
-        token_serial TEXT NOT NULL,
-        token_model TEXT NOT NULL,
-        module_path TEXT NOT NULL,
-        key_id TEXT NOT NULL,
-        key_label TEXT NOT NULL,
-        public_key_sha256 TEXT NOT NULL,
-        key_generated INTEGER NOT NULL CHECK (key_generated IN (0, 1)),
-        friendly_name TEXT,
-        policy_file TEXT NOT NULL,
-        policy_json TEXT NOT NULL,
-        machine INTEGER NOT NULL CHECK (machine IN (0, 1))
-    )""",
-    f"CREATE INDEX IF NOT EXISTS {_TABLE}_public_key ON {_TABLE} (public_key_sha256)",
-    f"CREATE INDEX IF NOT EXISTS {_TABLE}_request ON {_TABLE} (request_sha256)",
-)
+_TABLE = PENDING_TABLE
 
 
 @dataclass(frozen=True)
@@ -123,12 +89,15 @@ _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM {_TABLE}"
 
 
 class PendingStore:
-    """The pending requests in one SQLite file. Nothing is created before the first add()."""
+    """The pending requests in one state database. Nothing is created before the first add()."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.database = StateDatabase(self.path)
 
-    def add(self, record: NewPending) -> PendingRequest:
+    def add(self, record: NewPending, *, completes: int | None = None) -> PendingRequest:
+        """Record ``record``; with ``completes``, the key-generation intent of that ID ends in the
+        same transaction (the request now explains the key)."""
         _check_new(record)
         created = datetime.now(UTC)
         values: dict[str, Any] = {name: getattr(record, name) for name in _NEW_COLUMNS}
@@ -139,18 +108,15 @@ class PendingStore:
             "key_generated": int(record.key_generated),
             "machine": int(record.machine),
         }
-        self._prepare_file()
-        with self._transaction(write=True) as connection:
-            if not self._check_schema(connection):
-                for statement in _SCHEMA:
-                    connection.execute(statement)
-                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        with self.database.writing() as connection:
             columns = ("created", *_NEW_COLUMNS)
             cursor = connection.execute(
                 f"INSERT INTO {_TABLE} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})",
                 row,
             )
             request_id = cursor.lastrowid
+            if completes is not None:
+                connection.execute(f"DELETE FROM {INTENT_TABLE} WHERE id = ?", (completes,))
         assert request_id is not None
         return PendingRequest(id=request_id, created=created, **values)
 
@@ -169,12 +135,13 @@ class PendingStore:
     def find_by_request(self, request_sha256: str) -> list[PendingRequest]:
         return self._select("WHERE request_sha256 = ? ORDER BY id", (request_sha256.lower(),))
 
+    def find_by_key(self, token_serial: str, key_id: str) -> list[PendingRequest]:
+        return self._select("WHERE token_serial = ? AND key_id = ? ORDER BY id", (token_serial, key_id.lower()))
+
     def delete(self, request_id: int) -> PendingRequest:
-        if not self._exists():
+        if not self.database.exists():
             raise self._not_found(request_id)
-        with self._transaction(write=True) as connection:
-            if not self._check_schema(connection):
-                raise self._not_found(request_id)
+        with self.database.writing() as connection:
             rows = connection.execute(f"{_SELECT} WHERE id = ?", (request_id,)).fetchall()
             if not rows:
                 raise self._not_found(request_id)
@@ -182,127 +149,11 @@ class PendingStore:
             connection.execute(f"DELETE FROM {_TABLE} WHERE id = ?", (request_id,))
         return record
 
-    # -- the file ---------------------------------------------------------------------------
-
-    def _exists(self) -> bool:
-        try:
-            os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise InputError(f"cannot read pending store {self.path}: {exc.strerror or exc}") from exc
-        return True
-
-    def _prepare_file(self) -> None:
-        """Make the directory (0700) and an empty database file (0600) before SQLite opens it.
-
-        SQLite would create the file with 0644 less the umask; creating it ourselves leaves no
-        moment in which the store is readable by others. An empty file is a valid empty database.
-        """
-        directory = self.path.parent
-        missing: list[Path] = []
-        level = directory
-        while not level.is_dir() and level != level.parent:
-            missing.append(level)
-            level = level.parent
-        try:
-            # Level by level rather than mkdir(parents=True), which gives the parents the umask's
-            # mode: each directory made is owner-only (as XDG asks), and a umask that drops the
-            # owner's write bit cannot stop the next level.
-            for level in reversed(missing):
-                try:
-                    level.mkdir(mode=0o700)
-                except FileExistsError:
-                    continue  # another tokenagent process was first; it sets the mode
-                os.chmod(level, 0o700)
-        except OSError as exc:
-            raise OutputError(f"cannot create state directory {directory}: {exc.strerror or exc}") from exc
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            return
-        except OSError as exc:
-            raise OutputError(f"cannot create pending store {self.path}: {exc.strerror or exc}") from exc
-        try:
-            os.fchmod(fd, 0o600)  # a restrictive umask must not leave the owner unable to write
-        finally:
-            os.close(fd)
-        try:
-            # The new directory entry must survive a crash as surely as the rows SQLite syncs.
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError as exc:
-            raise OutputError(f"cannot write state directory {directory}: {exc.strerror or exc}") from exc
-
-    @contextmanager
-    def _transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
-        """One connection and one transaction; committed on success, rolled back on any error."""
-        # Reads open the file writable when they may, so SQLite can roll back the hot journal
-        # that a crashed writer left behind; read-only it would refuse to read at all.
-        mode = "rw" if write or os.access(self.path, os.W_OK) else "ro"
-        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode={mode}"
-        try:
-            # isolation_level=None: we issue BEGIN ourselves, so schema creation is transactional.
-            connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise self._failure(exc, write) from exc
-        try:
-            connection.execute("PRAGMA synchronous = FULL")
-            with connection:
-                # IMMEDIATE takes the write lock up front, so two writers queue on the busy
-                # timeout instead of one failing at once when both try to upgrade a read lock.
-                connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                yield connection
-        except sqlite3.Error as exc:
-            raise self._failure(exc, write) from exc
-        finally:
-            connection.close()
-
-    def _check_schema(self, connection: sqlite3.Connection) -> bool:
-        """True if the store has its table, False if the database is still empty; else InputError."""
-        self._check_size(connection)
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        tables = sorted(
-            name
-            for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            if not name.startswith("sqlite_")  # SQLite's own, e.g. AUTOINCREMENT's sqlite_sequence
-        )
-        if version == 0 and not tables:
-            return False
-        if version > SCHEMA_VERSION and _TABLE in tables:
-            raise InputError(
-                f"pending store {self.path} has schema version {version}, newer than the {SCHEMA_VERSION} "
-                "this tokenagent understands; use a newer tokenagent"
-            )
-        if version == SCHEMA_VERSION and _TABLE in tables:
-            columns = {row[1] for row in connection.execute(f"PRAGMA table_info({_TABLE})")}
-            if columns == set(_COLUMNS):
-                return True
-            raise self._foreign(f"table {_TABLE} has columns {', '.join(sorted(columns))}")
-        listed = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
-        raise self._foreign(f"schema version {version}, tables: {listed or 'none'}")
-
-    def _check_size(self, connection: sqlite3.Connection) -> None:
-        """Catch a file cut inside its last page, which SQLite itself reads as zeros."""
-        if connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-            return  # the newest pages may live in the -wal file; not a layout tokenagent writes
-        page_size = connection.execute("PRAGMA page_size").fetchone()[0]
-        page_count = connection.execute("PRAGMA page_count").fetchone()[0]
-        size = os.stat(self.path).st_size
-        # An empty file is an empty database (a write transaction already counts it as one page).
-        # SQLite also reads a 1-byte file as empty, but tokenagent never writes one: it is damage.
-        expected = page_size * max(page_count, 1)
-        if 0 < size < expected:
-            raise self._foreign(f"truncated to {size} of {expected} bytes")
-
     def _select(self, where: str, parameters: tuple[object, ...]) -> list[PendingRequest]:
-        if not self._exists():
+        if not self.database.exists():
             return []
-        with self._transaction(write=False) as connection:
-            if not self._check_schema(connection):
+        with self.database.reading() as (connection, version):
+            if version == 0:
                 return []
             rows = connection.execute(f"{_SELECT} {where}", parameters).fetchall()
         return [self._from_row(row) for row in rows]
@@ -323,24 +174,8 @@ class PendingStore:
             raise InputError(f"pending store {self.path} has a damaged record with ID {values['id']} ({exc})") from exc
         return PendingRequest(**values)
 
-    # -- errors -----------------------------------------------------------------------------
-
     def _not_found(self, request_id: int) -> ObjectNotFoundError:
         return ObjectNotFoundError(f"no pending request with ID {request_id} in {self.path}")
-
-    def _foreign(self, detail: str) -> InputError:
-        return InputError(f"pending store {self.path} is not a tokenagent database ({detail})")
-
-    def _failure(self, exc: sqlite3.Error, writing: bool) -> TokenAgentError:
-        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code, without the extended bits
-        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_FORMAT):
-            return self._foreign(str(exc))
-        error = OutputError if writing else InputError
-        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            return error(
-                f"pending store {self.path} is locked by another process (waited {BUSY_TIMEOUT_SECONDS:g} s); try again"
-            )
-        return error(f"cannot {'write' if writing else 'read'} pending store {self.path}: {exc}")
 
 
 def _check_new(record: NewPending) -> None:

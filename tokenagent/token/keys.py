@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,15 +178,22 @@ def generate_key_pair(
     generation_mechanism: str,
     public_template: Mapping[str, Any],
     private_template: Mapping[str, Any],
+    temporary_id: bytes | None = None,
+    before_final_id: Callable[[bytes], None] | None = None,
 ) -> KeyPair:
     """Generate on the token, then set CKA_ID = SHA-1 of the public key on both halves.
 
-    If anything fails after C_GenerateKeyPair (reading the public key, setting CKA_ID, Ctrl-C),
-    both halves are destroyed before the exception propagates.
+    ``temporary_id`` is the CKA_ID both halves are born with, so that a run killed at any moment
+    leaves only objects that its intent names (store/intents.py); ``before_final_id`` is told the
+    final CKA_ID before it is set, to record it in the intent. If anything fails after
+    C_GenerateKeyPair (reading the public key, setting CKA_ID, Ctrl-C), both halves are destroyed
+    before the exception propagates.
     """
     name = f"'{ts.handle.label}'"
     public_attrs = template(public_template)
     private_attrs = template(private_template)
+    if temporary_id is not None:
+        public_attrs[Attribute.ID] = private_attrs[Attribute.ID] = temporary_id
     kind = _KEY_TYPES[key_type]
     bits = public_attrs.pop(Attribute.MODULUS_BITS, None) if kind == KeyType.RSA else None
     try:
@@ -216,6 +223,8 @@ def generate_key_pair(
             raise TokenOperationError(f"token {name}: cannot read the new public key")
         pair.spki = spki
         pair.key_id = key_id_for(spki)
+        if before_final_id is not None:
+            before_final_id(pair.key_id)
         public[Attribute.ID] = pair.key_id
         private[Attribute.ID] = pair.key_id
     except BaseException as exc:
@@ -237,6 +246,11 @@ def destroy_objects(objects: Sequence[pkcs11.Object], *, what: str) -> list[str]
     for problem in problems:
         log.error("%s", problem)
     return problems
+
+
+def objects_with_id(ts: TokenSession, object_id: bytes) -> list[pkcs11.Object]:
+    """Every object with this CKA_ID, whatever its class (keys, certificates)."""
+    return find_objects(ts.session, object_id=object_id)
 
 
 def key_pair_objects(ts: TokenSession, key_id: bytes) -> list[pkcs11.Object]:

@@ -1,0 +1,92 @@
+"""Recovery after a `new` that died between C_GenerateKeyPair and its pending record.
+
+The intent it left (store/intents.py) names the CKA_IDs its objects can carry: the temporary one
+of the generation template and, once known, the final one. With the token's lock held
+(store/locks.py) no other `new` is running on the token, so every open intent for it belongs to a
+dead run: its objects are found by those CKA_IDs and destroyed, and the intent ends. The caller
+holds the lock and a logged-in read-write session (private keys are private objects).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenagent.display import escape
+from tokenagent.store.intents import IntentStore, KeyIntent
+from tokenagent.store.pending import PendingStore
+from tokenagent.token.keys import destroy_objects, objects_with_id
+from tokenagent.token.session import TokenSession
+
+log = logging.getLogger("tokenagent")
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """One interrupted generation and what recovery did about it."""
+
+    intent: KeyIntent
+    objects_removed: int
+    problems: tuple[str, ...]  # objects that could not be destroyed: the intent stays open
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+    def describe(self) -> str:
+        intent = self.intent
+        what = (
+            f"an interrupted `new` (KeyContainer '{escape(intent.key_label)}', started "
+            f"{intent.created:%Y-%m-%d %H:%M:%S}Z by process {intent.pid})"
+        )
+        if self.problems:
+            return f"{what}: {len(self.problems)} object(s) could not be removed; the next run tries again"
+        if self.objects_removed:
+            return f"{what}: removed {self.objects_removed} object(s) it left on the token"
+        return f"{what}: it had created nothing on the token"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "intent": self.intent.to_json(),
+            "objects_removed": self.objects_removed,
+            "complete": self.complete,
+            "problems": list(self.problems),
+        }
+
+
+def intent_objects(session: TokenSession, intent: KeyIntent) -> list[Any]:
+    """Every object on the token that carries one of the intent's CKA_IDs."""
+    return [obj for object_id in intent.object_ids() for obj in objects_with_id(session, object_id)]
+
+
+def recover_interrupted(
+    session: TokenSession, store_path: Path, *, on_warning: Callable[[str], None] | None = None
+) -> list[Recovered]:
+    """Remove what every open intent for this token left behind (the caller holds the token lock)."""
+    handle = session.handle
+    intents = IntentStore(store_path)
+    found = intents.open_intents(token_serial=handle.serial, token_label=handle.label)
+    if not found:
+        return []
+    pending = PendingStore(store_path)
+    results = []
+    for intent in found:
+        if intent.key_id and pending.find_by_key(handle.serial, intent.key_id):
+            # a request explains the key (cannot happen: recording it ends the intent in one transaction)
+            objects = objects_with_id(session, bytes.fromhex(intent.temporary_id))
+        else:
+            objects = intent_objects(session, intent)
+        problems = destroy_objects(objects, what=f"interrupted generation {intent.id}") if objects else []
+        if not problems:
+            intents.end(intent.id)
+        result = Recovered(intent, len(objects) - len(problems), tuple(problems))
+        results.append(result)
+        message = f"token '{escape(handle.label)}': {result.describe()}"
+        if on_warning is not None and (objects or problems):
+            on_warning(message)
+        else:
+            log.info("%s", message)
+    return results
