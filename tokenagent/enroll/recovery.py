@@ -10,16 +10,20 @@ holds the lock and a logged-in read-write session (private keys are private obje
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tokenagent.display import escape
+from tokenagent.errors import TokenAgentError
 from tokenagent.store.intents import IntentStore, KeyIntent
+from tokenagent.store.locks import token_lock
 from tokenagent.store.pending import PendingStore
 from tokenagent.token.keys import destroy_objects, objects_with_id
-from tokenagent.token.session import TokenSession
+from tokenagent.token.library import TokenSelector, find_token, modules_for, select_token
+from tokenagent.token.pins import PinSource
+from tokenagent.token.session import TokenSession, open_session
 
 log = logging.getLogger("tokenagent")
 
@@ -89,4 +93,57 @@ def recover_interrupted(
             on_warning(message)
         else:
             log.info("%s", message)
+    return results
+
+
+@dataclass(frozen=True)
+class TokenRecovery:
+    """`tokenagent pending --recover` for one token."""
+
+    token_label: str
+    token_serial: str
+    recovered: tuple[Recovered, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "token": {"label": self.token_label, "serial": self.token_serial},
+            "recovered": [r.to_json() for r in self.recovered],
+        }
+
+
+def recover_tokens(
+    store_path: Path,
+    *,
+    token: str | None = None,
+    modules: Sequence[str] = (),
+    pin_source: PinSource | None = None,
+    force: bool = False,
+    on_warning: Callable[[str], None] | None = None,
+) -> list[TokenRecovery]:
+    """Recover the interrupted generations recorded in ``store_path``: on the token ``token``
+    selects, or else on each token that an open intent names (found by its serial number)."""
+    if token is not None:
+        handles = [find_token(token, modules)]
+    else:
+        wanted = {(i.token_serial, i.token_label): i.module_path for i in IntentStore(store_path).open_intents()}
+        handles = []
+        for (serial, label), module_path in wanted.items():
+            selector = TokenSelector.parse(f"pkcs11:serial={serial}")
+            try:
+                handles.append(select_token(selector, modules_for(list(modules) or [module_path], selector)))
+            except TokenAgentError as exc:
+                raise type(exc)(
+                    f"an interrupted `new` left objects on token '{escape(label)}' (serial {serial}), which "
+                    f"cannot be opened now: {exc.one_line()}"
+                ) from None
+    results = []
+    for handle in handles:
+        with (
+            token_lock(store_path.parent, handle.serial, handle.label, on_wait=on_warning),
+            open_session(
+                handle, login=True, pin_source=pin_source, rw=True, force=force, on_warning=on_warning
+            ) as session,
+        ):
+            recovered = recover_interrupted(session, store_path)  # the caller reports the results
+        results.append(TokenRecovery(handle.label, handle.serial, tuple(recovered)))
     return results
