@@ -13,6 +13,9 @@ Tokens (user PIN 1234, SO PIN 87654321 unless said otherwise):
   ta-acc      accept/repair tests (test_accept.py): keys from `new` and from pkcs11-tool, certificates
   ta-agent    the enrollment agent's card (test_sign.py): agent keys and their certificates
   ta-user     the users' card (test_sign.py): keys and requests made by `new`
+  ta-crash    `new` killed with SIGKILL, then recovered (test_hardening.py)
+  ta-race     concurrent `new` runs with one KeyContainer (test_hardening.py)
+  ta-intr     `new` interrupted with SIGINT while it waits (test_hardening.py)
 
 TOKENAGENT_STATE_DIR (the pending store) and XDG_CONFIG_HOME (providers.toml) point into the
 session's temporary directory, so tests never read or write the developer's own state.
@@ -46,6 +49,9 @@ TOKENS = [
     "ta-acc",
     "ta-agent",
     "ta-user",
+    "ta-crash",
+    "ta-race",
+    "ta-intr",
 ]
 
 

@@ -11,7 +11,7 @@ from tokenagent.cli.output import echo, emit_json, shown, warn
 
 
 @click.command("accept")
-@click.argument("response", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("response", type=click.Path(path_type=Path))
 @click.option("--chain", is_flag=True, help="Also write the response's CA certificates (CKA_CERTIFICATE_CATEGORY 2).")
 @click.option("--trust", is_flag=True, help="With --chain: mark the CA certificates CKA_TRUSTED (needs the SO PIN).")
 @click.option(

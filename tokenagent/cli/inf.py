@@ -14,7 +14,7 @@ def inf() -> None:
 
 
 @inf.command("show")
-@click.argument("file", type=click.Path(dir_okay=False, allow_dash=False))
+@click.argument("file", type=click.Path())
 @json_option
 def show(file: str, as_json: bool) -> None:
     """Print the policy FILE resolves to: every field, its value, and whether it came from the

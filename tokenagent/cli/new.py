@@ -13,8 +13,8 @@ from tokenagent.cli.sign import agent_from_options, agent_options, cmc_controls,
 
 
 @click.command("new")
-@click.argument("policy", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("request", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("policy", type=click.Path(path_type=Path))
+@click.argument("request", required=False, type=click.Path(path_type=Path))
 @click.option("--binary", is_flag=True, help="Write DER instead of certreq base64 (certreq -binary).")
 @click.option(
     "--dry-run", is_flag=True, help="Print the key plan, the capacity verdict and the request contents; create nothing."
@@ -24,7 +24,7 @@ from tokenagent.cli.sign import agent_from_options, agent_options, cmc_controls,
     "--providers",
     "providers",
     multiple=True,
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     help="A providers TOML file (ProviderName -> module, token, profile); see docs/providers.md.",
 )
 @click.option(

@@ -33,8 +33,8 @@ REASONS = (
 
 
 @click.command("revoke-request")
-@click.argument("out", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--cert", "cert_file", type=click.Path(dir_okay=False, path_type=Path), help="The certificate to revoke.")
+@click.argument("out", required=False, type=click.Path(path_type=Path))
+@click.option("--cert", "cert_file", type=click.Path(path_type=Path), help="The certificate to revoke.")
 @click.option("--serial", metavar="N", help="Its serial number (decimal, or 0x hex), with --issuer.")
 @click.option("--issuer", metavar="DN", help="Its issuer, e.g. 'CN=Issuing CA,O=Example'.")
 @click.option("--reason", default="unspecified", type=click.Choice(REASONS), help="CRLReason.")

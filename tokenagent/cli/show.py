@@ -11,7 +11,7 @@ from tokenagent.cli.output import echo, emit_json
 
 
 @click.command("show")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path))
 @json_option
 def show(file: Path, as_json: bool) -> None:
     """Show what FILE holds: a PKCS#10, a PKCS7 or CMC request, a CMC response, a PKCS#7

@@ -133,8 +133,8 @@ def confirm_on_terminal(summary: Any) -> bool:
 
 
 @click.command("sign")
-@click.argument("request", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("out", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("request", type=click.Path(path_type=Path))
+@click.argument("out", required=False, type=click.Path(path_type=Path))
 @click.option("--requester", metavar="DOMAIN\\USER", help="Whom the request is for (RequesterName).")
 @click.option("--format", "form", default="pkcs7", type=click.Choice(["pkcs7", "cmc"]), help="Wrapper for a PKCS#10.")
 @click.option("--template", metavar="NAME", help="CertificateTemplate name-value pair for the CA.")

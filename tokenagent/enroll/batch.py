@@ -36,7 +36,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
-from tokenagent.enroll.new import NewOptions, NewResult, Prepared, Warn, _select_token, enroll, lock_token, prepare
+from tokenagent.enroll.new import (
+    NewOptions,
+    NewResult,
+    Prepared,
+    Warn,
+    _select_token,
+    enroll,
+    lock_selection,
+    lock_token,
+    prepare,
+)
 from tokenagent.enroll.recovery import recover_interrupted
 from tokenagent.enroll.sign import Agent, AgentOptions, open_agent
 from tokenagent.providers.registry import ProviderRegistry, load_registry
@@ -65,6 +75,7 @@ class NewBatch:
         self._open: dict[tuple[str, int], _OpenToken] = {}
         self._agents: dict[object, Agent] = {}
         self._locked: set[tuple[str, int]] = set()  # tokens whose lock the batch holds
+        self._selections: set[tuple[object, ...]] = set()  # --token values whose selection lock it holds
         self._stack = contextlib.ExitStack()
         self.requests = 0  # requests that completed (dry runs included)
 
@@ -122,6 +133,9 @@ class NewBatch:
             options.token or provider.token_for(prepared.machine),
             os.environ.get(ENV_MODULE),
         )
+        if not options.dry_run and selection not in self._selections:
+            self._stack.enter_context(lock_selection(prepared, self._warn))  # see enroll.new.lock_selection
+            self._selections.add(selection)
         handle = self._handles.get(selection)
         if handle is None:
             handle = self._handles[selection] = _select_token(provider, options, prepared.machine)

@@ -46,7 +46,7 @@ from tokenagent.request.armor import REQUEST_LABEL, armor
 from tokenagent.request.certificate import self_signed_certificate
 from tokenagent.request.pkcs10 import ContentItem, build_request, planned_contents, subject_text
 from tokenagent.store.intents import IntentStore, KeyIntent
-from tokenagent.store.locks import token_lock
+from tokenagent.store.locks import selection_lock, token_lock
 from tokenagent.store.paths import pending_db_path
 from tokenagent.store.pending import NewPending, PendingRequest, PendingStore
 from tokenagent.token.facts import TokenFacts
@@ -179,8 +179,10 @@ def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewRe
     """
     warn = on_warning or (lambda message: log.warning("%s", message))
     prepared = prepare(options, warn)
-    handle = _select_token(prepared.provider, options, prepared.machine)
     with contextlib.ExitStack() as stack:
+        if not options.dry_run:
+            stack.enter_context(lock_selection(prepared, warn))
+        handle = _select_token(prepared.provider, options, prepared.machine)
         if not options.dry_run:
             stack.enter_context(lock_token(prepared, handle, warn))
         agent = None
@@ -201,6 +203,13 @@ def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewRe
             if not options.dry_run:
                 recover_interrupted(session, prepared.store_path, on_warning=warn)
             return enroll(prepared, session, gather_facts(session), agent=agent)
+
+
+def lock_selection(prepared: Prepared, warn: Warn) -> contextlib.AbstractContextManager[Path]:
+    """Runs that name their token the same way take turns before loading the module (store/locks.py)."""
+    options = prepared.options
+    selector = options.token or prepared.provider.token_for(prepared.machine) or "(the only token)"
+    return selection_lock(prepared.store_path.parent, selector, on_wait=warn)
 
 
 def lock_token(prepared: Prepared, handle: TokenHandle, warn: Warn) -> contextlib.AbstractContextManager[Path]:

@@ -3,8 +3,9 @@
 The intent it left (store/intents.py) names the CKA_IDs its objects can carry: the temporary one
 of the generation template and, once known, the final one. With the token's lock held
 (store/locks.py) no other `new` is running on the token, so every open intent for it belongs to a
-dead run: its objects are found by those CKA_IDs and destroyed, and the intent ends. The caller
-holds the lock and a logged-in read-write session (private keys are private objects).
+dead run: its objects are found by those CKA_IDs and destroyed, and the intent ends. Empty key
+objects that a token wrote before the template (`token.keys.empty_key_objects`) go with them.
+The caller holds the lock and a logged-in read-write session (private keys are private objects).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tokenagent.errors import TokenAgentError
 from tokenagent.store.intents import IntentStore, KeyIntent
 from tokenagent.store.locks import token_lock
 from tokenagent.store.pending import PendingStore
-from tokenagent.token.keys import destroy_objects, objects_with_id
+from tokenagent.token.keys import destroy_objects, empty_key_objects, objects_with_id
 from tokenagent.token.library import TokenSelector, find_token, modules_for, select_token
 from tokenagent.token.pins import PinSource
 from tokenagent.token.session import TokenSession, open_session
@@ -77,12 +78,14 @@ def recover_interrupted(
         return []
     pending = PendingStore(store_path)
     results = []
+    husks = empty_key_objects(session)  # left by a run killed inside C_GenerateKeyPair on SoftHSM
     for intent in found:
         if intent.key_id and pending.find_by_key(handle.serial, intent.key_id):
             # a request explains the key (cannot happen: recording it ends the intent in one transaction)
             objects = objects_with_id(session, bytes.fromhex(intent.temporary_id))
         else:
             objects = intent_objects(session, intent)
+        objects, husks = objects + husks, []  # told once, with the first interrupted generation
         problems = destroy_objects(objects, what=f"interrupted generation {intent.id}") if objects else []
         if not problems:
             intents.end(intent.id)

@@ -84,6 +84,9 @@ class RequestSummary:
     key: str  # e.g. "EC 256-bit", "RSA 2048-bit"
     signers: int  # SignerInfos already on a CMS/CMC request
     requester: str | None  # RequesterName already in a CMS/CMC request
+    #: the subject's attribute values as they are: RFC 4514 text escapes some characters (NUL as
+    #: \00) in its own way, and the warning below must not depend on that
+    subject_values: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
         """The confirmation screen: every value from the request escaped (tokenagent/display.py),
@@ -98,18 +101,25 @@ class RequestSummary:
         return lines + [f"  WARNING: {warning}" for warning in self.warnings()]
 
     def warnings(self) -> list[str]:
-        named = [("the subject", self.subject), *(("a SAN", san) for san in self.sans)]
-        named += [("the template", self.template or ""), ("the requester", self.requester or "")]
+        """Plain words for what the escaped lines cannot say by themselves."""
         found = []
-        for what, text in named:
+        if has_hidden(self.subject) or any(has_hidden(value) for value in self.subject_values):
+            found.append(f"the subject {_HIDDEN}")
+        if len(self.subject) > LONG_NAME:
+            found.append(f"the subject is {len(self.subject):,} characters long")
+        others = [("a SAN", san) for san in self.sans]
+        others += [("the template", self.template or ""), ("the requester", self.requester or "")]
+        for what, text in others:
             if has_hidden(text):
-                found.append(
-                    f"{what} holds control or invisible characters (shown as \\x.. / \\u.... escapes above); "
-                    "the request holds them as they are"
-                )
+                found.append(f"{what} {_HIDDEN}")
             if len(text) > LONG_NAME:
                 found.append(f"{what} is {len(text):,} characters long")
         return found
+
+
+_HIDDEN = (
+    "holds control or invisible characters (shown as \\x.. / \\u.... escapes above); the request holds them as they are"
+)
 
 
 @dataclass
@@ -280,6 +290,7 @@ def inspect_request(der: bytes, what: str, template: str | None = None) -> tuple
     summary = RequestSummary(
         form=form or "pkcs10",
         subject=csr.subject.rfc4514_string(),
+        subject_values=tuple(str(attribute.value) for attribute in csr.subject),
         sans=_sans(csr),
         template=template or _template(csr),
         key=_key_text(csr),

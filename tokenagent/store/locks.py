@@ -32,6 +32,30 @@ LOCK_TIMEOUT_SECONDS = 60.0
 _POLL_SECONDS = 0.05
 
 
+def selection_lock_path(state_dir: Path, selector: str) -> Path:
+    """``locks/select-<hash of the --token value>.lock``."""
+    return state_dir / "locks" / f"select-{hashlib.sha256(selector.encode('utf-8')).hexdigest()[:16]}.lock"
+
+
+@contextmanager
+def selection_lock(
+    state_dir: Path,
+    selector: str,
+    *,
+    timeout: float = LOCK_TIMEOUT_SECONDS,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[Path]:
+    """Runs for the same ``--token`` take turns from before the PKCS#11 module is loaded.
+
+    The token lock can only be taken once the token is found, but finding it already reads the
+    token: SoftHSM's file store rewrites a token's token.object in place on every login and object
+    change, and a process that loads the module at that moment does not see the token at all
+    ("no token matches"). Runs that name the token the same way therefore queue here first.
+    """
+    with _locked(selection_lock_path(state_dir, selector), f"token {selector!r}", timeout, on_wait) as path:
+        yield path
+
+
 def lock_path(state_dir: Path, token_serial: str, token_label: str) -> Path:
     """``locks/token-<serial>-<hash of the label>.lock``: readable, and unique per token."""
     serial = re.sub(r"[^A-Za-z0-9_-]", "_", token_serial.strip()) or "noserial"
@@ -50,13 +74,19 @@ def token_lock(
 ) -> Iterator[Path]:
     """Hold the token's lock for the ``with`` block; wait up to ``timeout`` seconds for it."""
     path = lock_path(state_dir, token_serial, token_label)
+    with _locked(path, f"token '{escape(token_label)}'", timeout, on_wait):
+        yield path
+
+
+@contextmanager
+def _locked(path: Path, what: str, timeout: float, on_wait: Callable[[str], None] | None) -> Iterator[Path]:
     ensure_private_directory(path.parent)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise OutputError(f"cannot open lock file {path}: {exc.strerror or exc}") from None
     try:
-        _acquire(fd, path, token_label, timeout, on_wait)
+        _acquire(fd, path, what, timeout, on_wait)
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for the next one's message
@@ -67,7 +97,7 @@ def token_lock(
         os.close(fd)  # closing the descriptor releases the flock
 
 
-def _acquire(fd: int, path: Path, token_label: str, timeout: float, on_wait: Callable[[str], None] | None) -> None:
+def _acquire(fd: int, path: Path, what: str, timeout: float, on_wait: Callable[[str], None] | None) -> None:
     deadline = time.monotonic() + timeout
     told = False
     while True:
@@ -80,12 +110,11 @@ def _acquire(fd: int, path: Path, token_label: str, timeout: float, on_wait: Cal
             raise OutputError(f"cannot lock {path}: {exc.strerror or exc}") from None
         holder = _holder(fd)
         if not told and on_wait is not None:
-            on_wait(f"waiting for another tokenagent{holder} that is using token '{escape(token_label)}'")
+            on_wait(f"waiting for another tokenagent{holder} that is using {what}")
             told = True
         if time.monotonic() >= deadline:
             raise TokenBusyError(
-                f"token '{escape(token_label)}' is in use by another tokenagent{holder}: gave up after "
-                f"{timeout:g} s (lock file {path})"
+                f"{what} is in use by another tokenagent{holder}: gave up after {timeout:g} s (lock file {path})"
             )
         time.sleep(_POLL_SECONDS)
 

@@ -253,6 +253,24 @@ def objects_with_id(ts: TokenSession, object_id: bytes) -> list[pkcs11.Object]:
     return find_objects(ts.session, object_id=object_id)
 
 
+def empty_key_objects(ts: TokenSession) -> list[pkcs11.Object]:
+    """Key objects with no CKA_ID, no label and no key material: husks, not keys.
+
+    SoftHSM 2.6.1 writes a new key object in two steps (the object with its defaults, then the
+    template and the key in one transaction), so a process killed in between leaves a key object
+    that carries nothing of the template (not even the temporary CKA_ID an intent knows it by)
+    and no key. It cannot be anyone's key, so recovery removes it. A key object that has key
+    material (a modulus, curve parameters) is never one of these, whatever its label or CKA_ID.
+    """
+    husks = []
+    for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+        for obj in ts.session.get_objects({Attribute.CLASS: object_class, Attribute.ID: b"", Attribute.LABEL: ""}):
+            values = read_attributes(obj, [Attribute.KEY_TYPE, Attribute.MODULUS, Attribute.EC_PARAMS])
+            if not values.get(Attribute.MODULUS) and not values.get(Attribute.EC_PARAMS):
+                husks.append(obj)
+    return husks
+
+
 def key_pair_objects(ts: TokenSession, key_id: bytes) -> list[pkcs11.Object]:
     """The private and public key objects with this CKA_ID (certificates are left out)."""
     return [
