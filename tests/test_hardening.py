@@ -228,6 +228,13 @@ def test_hostile_labels_are_escaped_in_pending_objects_and_errors(softhsm: SoftH
     pending = json.loads(cli(softhsm, "pending", "--json").stdout)
     assert any(p["key_label"] == label for p in pending["pending"])  # JSON keeps the exact label
 
+    ca = OpenSslCA.create(tmp_path / "ca")  # the CA copies the subject with its escape sequence
+    ca.issue(tmp_path / "x.req", tmp_path / "x.cer")
+    accepted = cli(softhsm, "accept", str(tmp_path / "x.cer"), "--token", "ta-new", "--pin-source", "env:PIN")
+    assert accepted.returncode == 0, accepted.stderr
+    assert leaks(accepted.stdout) == [] and leaks(accepted.stderr) == []
+    assert "\\x1b[2J" in accepted.stdout and "Eve\\x1b[1A" in accepted.stdout  # key label, certificate
+
 
 # -- SIGKILL during new, then one recovery ----------------------------------------------------------
 
