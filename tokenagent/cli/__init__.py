@@ -10,7 +10,9 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from importlib import import_module
+from typing import TextIO
 
 import click
 
@@ -80,6 +82,28 @@ def _configure_logging(verbose: int) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     logger.propagate = False
+    warnings.showwarning = _show_warning
+
+
+_warned: set[str] = set()
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Python warnings as tokenagent's: one line, each text once, no source path or code line.
+
+    They are about the input (cryptography warns about a certificate whose serial number is not
+    positive each time it loads one), so they follow the display rule of every other message."""
+    text = str(message)
+    if text not in _warned:
+        _warned.add(text)
+        logging.getLogger("tokenagent").warning("%s", text)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -72,7 +72,7 @@ def certificate_spki(der: bytes, what: str) -> bytes:
 
     try:
         return x509.Certificate.load(der).public_key.dump(force=True)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, KeyError) as exc:  # KeyError: asn1crypto, a key algorithm it does not know
         raise InputError(f"{what}: the certificate's public key cannot be read: {exc}") from None
 
 

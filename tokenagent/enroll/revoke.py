@@ -33,7 +33,12 @@ def target_from_certificate(path: Path) -> RevokeTarget:
     if len(leaves) != 1:
         raise InputError(f"{path} holds {len(leaves)} end-entity certificates; give the one to revoke")
     cert = x509.Certificate.load(leaves[0])
-    return RevokeTarget(cert.issuer.dump(), cert.serial_number, cert.issuer.human_friendly)
+    try:
+        return RevokeTarget(cert.issuer.dump(), cert.serial_number, cert.issuer.human_friendly)
+    except cms_room.PARSE_ERRORS as exc:
+        # cryptography read the certificate (read_response), but asn1crypto types name values by
+        # their attribute type and refuses e.g. a CN that is not a DirectoryString
+        raise InputError(f"cannot read the issuer or serial number in {path}: {cms_room.reason_of(exc)}") from None
 
 
 def target_from_text(issuer: str, serial: str) -> RevokeTarget:

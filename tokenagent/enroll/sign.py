@@ -275,6 +275,10 @@ def inspect_request(der: bytes, what: str, template: str | None = None) -> tuple
         form = "cmc" if content_type == OID_PKI_DATA else "pkcs7"
         inner = cms_room.inner_certification_request(der, what)
         checks = cms_room.verify_signers(der, what=what)
+        if form == "pkcs7" and not checks:
+            # the first SignerInfo carries RequesterName (wire-formats.md 1a): appending one to an
+            # empty SignerInfos would drop --requester without a word
+            raise InputError(f"{what}: a PKCS7 request without any SignerInfo; give the PKCS#10 inside it to sign")
         for check in checks:
             if not check.digest_ok or check.signature_ok is False:
                 raise VerificationError(
@@ -283,7 +287,7 @@ def inspect_request(der: bytes, what: str, template: str | None = None) -> tuple
         signers = len(checks)
         requester = _existing_requester(der, form, what)
     csr = _load_csr(inner, what)
-    if not csr.is_signature_valid:
+    if not _proof_of_possession(csr, what):
         raise VerificationError(
             f"{what}: the request's own signature (the user's proof of possession) does not verify; not signing"
         )
@@ -330,8 +334,29 @@ def _load_csr(der: bytes, what: str) -> Any:
 
     try:
         return x509.load_der_x509_csr(der)
+    except cms_room.LOAD_ERRORS as exc:
+        reason = cms_room.reason_of(exc)
+    try:
+        x509.load_der_x509_certificate(der)
+    except cms_room.LOAD_ERRORS:
+        raise InputError(f"{what}: not a PKCS#10 request nor a CMS/CMC request ({reason})") from None
+    raise InputError(f"{what} is an X.509 certificate, not a request to sign")
+
+
+def _proof_of_possession(csr: Any, what: str) -> bool:
+    """Whether the request's self-signature verifies. cryptography loads the public key only here:
+    a damaged key is an `InputError`, one of a type or curve it does not know a `VerificationError`
+    (the signature cannot be checked, so the agent does not vouch for it)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    try:
+        return bool(csr.is_signature_valid)
+    except UnsupportedAlgorithm as exc:
+        raise VerificationError(
+            f"{what}: the request's own signature cannot be checked ({cms_room.reason_of(exc)}); not signing"
+        ) from None
     except ValueError as exc:
-        raise InputError(f"{what}: not a PKCS#10 request nor a CMS/CMC request ({exc})") from None
+        raise InputError(f"{what}: the request's public key cannot be read ({cms_room.reason_of(exc)})") from None
 
 
 def _sans(csr: Any) -> tuple[str, ...]:
@@ -404,14 +429,22 @@ def _existing_requester(der: bytes, form: str, what: str) -> str | None:
 
     signed = cms.ContentInfo.load(der)["content"]
     if form == "pkcs7":
-        first = signed["signer_infos"][0]
-        for attribute in first["signed_attrs"] or []:
-            if attribute["type"].dotted != OID_ENROLLMENT_NAME_VALUE_PAIR:
-                continue
-            for value in attribute["values"]:
-                pair = EnrollmentNameValuePair.load(value.dump())
-                if str(pair["name"].native).lower() == "requestername":
-                    return str(pair["value"].native)
+        first = signed["signer_infos"][0]  # inspect_request refuses a PKCS7 without SignerInfos
+        try:
+            for attribute in first["signed_attrs"] or []:
+                if attribute["type"].dotted != OID_ENROLLMENT_NAME_VALUE_PAIR:
+                    continue
+                for value in attribute["values"]:
+                    pair = EnrollmentNameValuePair.load(value.dump(), strict=True)
+                    if str(pair["name"].native).lower() == "requestername":
+                        return str(pair["value"].native)
+        except cms_room.PARSE_ERRORS as exc:
+            # a signature that verifies says nothing about the form of what it covers (and a
+            # signer without a certificate is not checked at all)
+            raise InputError(
+                f"cannot read {what}: a damaged name-value pair in the first signer's attributes "
+                f"({cms_room.reason_of(exc)})"
+            ) from None
         return None
     # the raw eContent: asn1crypto's .native would also decode the inner PKCS#10, whose Microsoft
     # name-value attributes it cannot read
@@ -420,8 +453,12 @@ def _existing_requester(der: bytes, form: str, what: str) -> str | None:
     for control in data["control_sequence"]:
         if control["attr_type"].dotted != OID_REG_INFO:
             continue
-        for value in control_values(control):
-            text = bytes(value.native).decode("utf-8", "replace")
+        try:
+            values = [bytes(value.native) for value in control_values(control)]
+        except cms_room.PARSE_ERRORS as exc:
+            raise InputError(f"cannot read {what}: a damaged regInfo control ({cms_room.reason_of(exc)})") from None
+        for value in values:
+            text = value.decode("utf-8", "replace")
             for pair in text.split("&"):
                 name, _, rest = pair.partition("=")
                 if unquote(name).lower() == "requestername":

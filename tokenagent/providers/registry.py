@@ -218,6 +218,8 @@ class ProviderRegistry:
         existing = self.providers.get(name.casefold())
         profile_name = table.get("profile")
         if profile_name is not None:
+            if not isinstance(profile_name, str):  # a TOML array or table is not even hashable
+                raise InputError(f"{where}: profile must be a string, one of {', '.join(self.profiles)}")
             if profile_name not in self.profiles:
                 raise InputError(f"{where}: unknown profile '{profile_name}' (known: {', '.join(self.profiles)})")
             profile = self.profiles[profile_name]
@@ -231,7 +233,11 @@ class ProviderRegistry:
         unknown = set(table) - _PROFILE_FIELDS - {"profile", "module", "token", "machine_token", "families"}
         if unknown:
             raise InputError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
-        families = table.get("families", existing.families if existing else None)
+        families = table.get("families")
+        if families is None:
+            families = existing.families if existing else None
+        elif not isinstance(families, list) or not all(isinstance(family, str) for family in families):
+            raise InputError(f'{where}: families must be a list of key families, e.g. ["RSA", "ECDSA"]')
         return ProviderEntry(
             name=name,
             profile=profile,

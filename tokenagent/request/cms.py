@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from tokenagent.display import escape
 from tokenagent.errors import InputError, VerificationError
+from tokenagent.inf.extensions import check_der
+from tokenagent.inf.values import ValueProblem
 from tokenagent.request import cmc
 from tokenagent.request.algorithms import digest, digest_algorithm
 from tokenagent.request.armor import read_der
@@ -75,7 +77,7 @@ SIGNED_ATTRIBUTE_NAMES: dict[str, str] = {
 # What asn1crypto raises from lazily parsed, damaged DER (it has no exception class of its own).
 PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, NotImplementedError)
 # cryptography's certificate and request loaders: InvalidVersion is not a ValueError.
-_LOAD_ERRORS = (ValueError, x509.InvalidVersion)
+LOAD_ERRORS = (ValueError, x509.InvalidVersion)
 
 # Digest algorithms a SignerInfo may name, by asn1crypto's names (RFC 5754 and SHA-1).
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
@@ -187,7 +189,7 @@ def _kind_of(der: bytes) -> str:
     ):
         try:
             loader(der)
-        except _LOAD_ERRORS:
+        except LOAD_ERRORS:
             continue
         return name
     return "neither a PKCS #7 nor a CMC message"
@@ -212,7 +214,7 @@ def load_signed_data(data: bytes | str, what: str) -> SignedData:
         for choice in _certificate_choices(signed):
             if choice.name == "certificate":
                 x509.load_der_x509_certificate(choice.chosen.dump())
-    except _LOAD_ERRORS + PARSE_ERRORS as exc:
+    except LOAD_ERRORS + PARSE_ERRORS as exc:
         raise InputError(f"cannot read {what}: damaged CMS signed data ({reason_of(exc)})") from None
     return signed
 
@@ -301,7 +303,7 @@ def _load_certificate(der: bytes, what: str) -> asn1_x509.Certificate:
         x509.load_der_x509_certificate(der)
         certificate = asn1_x509.Certificate.load(der, strict=True)
         parse_all(certificate)
-    except _LOAD_ERRORS + PARSE_ERRORS as exc:
+    except LOAD_ERRORS + PARSE_ERRORS as exc:
         raise InputError(f"cannot read {what}: {reason_of(exc)}") from None
     if len(_CHECKED) >= _CHECKED_MAX:
         _CHECKED.pop(next(iter(_CHECKED)))
@@ -468,7 +470,8 @@ def append_signer(
     infos = [*existing, info]
     added = ([spec.certificate] if spec.certificate is not None else []) + list(certificates)
     chosen = _certificate_set(_certificate_choices(data), added)
-    version = max(int(data["version"].native.lstrip("v")), _version(content_type, chosen, data["crls"], infos))
+    # int(), not .native: asn1crypto names versions 0 to 5 ("v3") and leaves any other one a number
+    version = max(int(data["version"]), _version(content_type, chosen, data["crls"], infos))
     digests = _digest_algorithms(list(data["digest_algorithms"]), [info])
     return _signed_data(version, digests, data["encap_content_info"], chosen, data["crls"], infos)
 
@@ -481,7 +484,21 @@ def encapsulated(signed: bytes | str, what: str) -> tuple[str, bytes]:
     return _econtent(load_signed_data(signed, what), what)
 
 
+def check_inner_der(der: bytes, what: str, name: str) -> None:
+    """`InputError` unless ``der`` is one complete DER value nested at most `check_der`'s bound deep.
+
+    An eContent is DER inside an OCTET STRING, which `read_der`'s walk over the message does not
+    enter. asn1crypto parses recursively (``.native`` of an ANY value, such as an unknown control
+    or attribute, follows every level), so a deep nesting in there would end in a RecursionError.
+    """
+    try:
+        check_der(der)
+    except ValueProblem as exc:
+        raise InputError(f"cannot read {what}: damaged DER in the {name}: {exc}") from None
+
+
 def load_pki_data(content: bytes, what: str) -> cmc.PKIData:
+    check_inner_der(content, what, "CMC PKIData")
     try:
         pki_data = cmc.PKIData.load(content, strict=True)
         parse_all(pki_data)
@@ -491,11 +508,12 @@ def load_pki_data(content: bytes, what: str) -> cmc.PKIData:
 
 
 def load_certification_request(der: bytes, what: str) -> csr.CertificationRequest:
+    check_inner_der(der, what, "certification request")
     try:
         request = csr.CertificationRequest.load(der, strict=True)
         parse_all(request)
         x509.load_der_x509_csr(der)
-    except _LOAD_ERRORS + PARSE_ERRORS as exc:
+    except LOAD_ERRORS + PARSE_ERRORS as exc:
         raise InputError(f"cannot read the certification request in {what}: {reason_of(exc)}") from None
     return request
 
@@ -821,7 +839,7 @@ def check_signed_data(
         found = _candidates(signed, content_type, content, extra_public_keys, what)
         infos = list(signed["signer_infos"])
         return [_check(index, info, content_type, content, found) for index, info in enumerate(infos)]
-    except _LOAD_ERRORS + PARSE_ERRORS as exc:  # e.g. a certificate extension asn1crypto reads only now
+    except LOAD_ERRORS + PARSE_ERRORS as exc:  # e.g. a certificate extension asn1crypto reads only now
         raise InputError(f"cannot read {what}: damaged CMS signed data ({reason_of(exc)})") from None
 
 

@@ -115,7 +115,7 @@ def _describe(der: bytes, what: str, extra_public_keys: Sequence[bytes]) -> Desc
         return describe_certificate(der, what)
     try:
         x509.load_der_x509_csr(der)
-    except ValueError:
+    except cms_room.LOAD_ERRORS:
         pass
     else:
         return describe_request(der, what)
@@ -422,7 +422,7 @@ def _signers(signed: cms_room.SignedData, checks: list[cms_room.SignerCheck]) ->
         described.append(
             {
                 "index": check.index,
-                "version": int(info["version"].native.lstrip("v")),
+                "version": int(info["version"]),  # not .native: "v1", or a number asn1crypto has no name for
                 "sid": check.sid,
                 "subject": check.signer_subject,
                 "digest_algorithm": info["digest_algorithm"]["algorithm"].native,
@@ -551,7 +551,7 @@ def _describe_cms(der: bytes, what: str, extra_public_keys: Sequence[bytes]) -> 
         "signed": True,
         "content_type": content_type,
         "content_type_name": _CONTENT_TYPE_NAMES.get(content_type),
-        "version": int(signed["version"].native.lstrip("v")),
+        "version": int(signed["version"]),
         "digest_algorithms": [a["algorithm"].native for a in signed["digest_algorithms"]],
         "certificates": certificates,
         "signers": _signers(signed, checks) if has_content else [],
@@ -564,6 +564,7 @@ def _describe_cms(der: bytes, what: str, extra_public_keys: Sequence[bytes]) -> 
         description["kind"] = "cmc-request"
         description.update(_pki_data(cms_room.load_pki_data(content, what), what))
     elif content_type == cmc.OID_PKI_RESPONSE:
+        cms_room.check_inner_der(content, what, "CMC PKIResponse")
         try:
             response = cmc.PKIResponse.load(content, strict=True)
             cms_room.parse_all(response)
@@ -577,7 +578,7 @@ def _describe_cms(der: bytes, what: str, extra_public_keys: Sequence[bytes]) -> 
         if content_type == cms_room.OID_DATA:
             try:
                 x509.load_der_x509_csr(content)
-            except ValueError:
+            except cms_room.LOAD_ERRORS:
                 request = None
             else:
                 request = describe_request(content, what)

@@ -20,12 +20,13 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from tokenagent.errors import CAError, InputError, RequestPendingError
 from tokenagent.request import cmc
 from tokenagent.request.armor import read_der
-from tokenagent.request.cms import OID_DATA, OID_SIGNED_DATA, verify_signers
+from tokenagent.request.cms import OID_DATA, OID_SIGNED_DATA, check_inner_der, verify_signers
 
 # What asn1crypto raises from lazily parsed, damaged DER (it has no exception class of its own).
 _PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError)
-# cryptography's certificate loaders: InvalidVersion is not a ValueError.
-_CERTIFICATE_ERRORS = (ValueError, x509.InvalidVersion)
+# cryptography's certificate loaders: InvalidVersion is not a ValueError, and neither are the two
+# errors of reading the extensions (`_check_certificate`).
+_CERTIFICATE_ERRORS = (ValueError, x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
 
 
 @dataclass(frozen=True)
@@ -169,10 +170,12 @@ def _read(der: bytes, what: str) -> CertificateResponse:
     try:
         x509.load_der_x509_certificate(der)
     except _CERTIFICATE_ERRORS:
-        pass
-    else:
-        return CertificateResponse("certificate", (der,), (), "unsigned", ())
-    raise _NotAResponse(_what_else(der))
+        raise _NotAResponse(_what_else(der)) from None
+    try:
+        _check_certificate(der)
+    except _CERTIFICATE_ERRORS as exc:
+        raise ValueError(f"the certificate cannot be read: {exc}") from None
+    return CertificateResponse("certificate", (der,), (), "unsigned", ())
 
 
 def _what_else(der: bytes) -> str:
@@ -227,6 +230,7 @@ def _read_content_info(der: bytes, what: str) -> CertificateResponse:
         raise _NotAResponse(f"signed data with content type {econtent_type}, not a CA response")
     if econtent is None:
         raise _NotAResponse("a CMC response without its PKIResponse content (detached)")
+    check_inner_der(econtent, what, "CMC PKIResponse")  # before `_parse_all` recurses into it
     response = cmc.PKIResponse.load(econtent, strict=True)
     _parse_all(response)
     statuses = tuple(_statuses(response))
@@ -245,7 +249,7 @@ def _certificates(signed: cms.SignedData) -> tuple[bytes, ...]:
             continue
         der = choice.chosen.dump()
         try:
-            x509.load_der_x509_certificate(der)
+            _check_certificate(der)
         except _CERTIFICATE_ERRORS as exc:
             raise ValueError(f"certificate {number} of the SignedData cannot be read: {exc}") from None
         found.append(der)
@@ -308,6 +312,19 @@ def _utc(value: object) -> datetime:
 
 
 # -- certificates -------------------------------------------------------------------------------------
+
+
+def _check_certificate(der: bytes) -> None:
+    """Load the certificate and read now the parts cryptography reads only on first use.
+
+    cryptography checks names and extensions when they are first asked for; accept, repair,
+    revoke-request and sign ask for them after the response was read (labels, KeyUsage warnings,
+    the agent EKU), so a damaged one must be refused here, as damaged DER of the response.
+    """
+    certificate = x509.load_der_x509_certificate(der)
+    certificate.subject  # noqa: B018 -- parsed on first use
+    certificate.issuer  # noqa: B018
+    certificate.extensions  # noqa: B018
 
 
 def _load(der: bytes, number: int) -> x509.Certificate:
