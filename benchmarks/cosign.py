@@ -7,7 +7,7 @@ CKA_ID). The users' PKCS#10 requests are made in software with cryptography: the
 not what is measured.
 
 Each repeat, in one child process and in alternating order:
-  - tokenagent: `open_agent` once, then `Agent.co_sign(request, format="pkcs7")` per request
+  - tokenagent: `open_agent` once, then `co_sign(agent, request, format="pkcs7")` per request
     (inner signature check, CMS SignedData with the RequesterName attribute, one C_Sign);
   - raw: one logged-in python-pkcs11 session, C_Sign per request with the same key and mechanism
     (CKM_ECDSA on a SHA-256 digest, or CKM_SHA256_RSA_PKCS over 200 bytes).
@@ -95,7 +95,8 @@ def child(key: str, requests: list[str], order: str) -> dict[str, float]:
     from pkcs11 import Attribute, Mechanism, ObjectClass
 
     from benchmarks import raw
-    from tokenagent.enroll.sign import AgentOptions, open_agent
+    from tokenagent.enroll.agent import AgentOptions, open_agent
+    from tokenagent.enroll.sign import co_sign
     from tokenagent.token.pins import literal_pin_source
 
     label = f"agent-{key}"
@@ -111,7 +112,7 @@ def child(key: str, requests: list[str], order: str) -> dict[str, float]:
         with open_agent(options) as agent:
             opened = time.perf_counter()
             for der in ders:
-                result = agent.co_sign(der, requester="EXAMPLE\\user", format="pkcs7", yes=True)
+                result = co_sign(agent, der, requester="EXAMPLE\\user", format="pkcs7", yes=True)
                 if not result.der:
                     raise RuntimeError("co_sign returned nothing")
             figures["tokenagent"] = time.perf_counter() - opened
@@ -140,7 +141,8 @@ def child(key: str, requests: list[str], order: str) -> dict[str, float]:
 def profile_child(key: str, requests: list[str], out: str) -> dict[str, Any]:
     """In a child: the co-signing loop (after open_agent) under pyinstrument."""
     from benchmarks.profiles import profiled
-    from tokenagent.enroll.sign import AgentOptions, open_agent
+    from tokenagent.enroll.agent import AgentOptions, open_agent
+    from tokenagent.enroll.sign import co_sign
     from tokenagent.token.pins import literal_pin_source
 
     ders = [Path(p).read_bytes() for p in requests]
@@ -149,7 +151,7 @@ def profile_child(key: str, requests: list[str], out: str) -> dict[str, Any]:
     )
     with open_agent(options) as agent:
         return profiled(
-            lambda: [agent.co_sign(der, requester="EXAMPLE\\user", format="pkcs7", yes=True) for der in ders],
+            lambda: [co_sign(agent, der, requester="EXAMPLE\\user", format="pkcs7", yes=True) for der in ders],
             Path(out),
         )
 

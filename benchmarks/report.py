@@ -204,7 +204,7 @@ def commands(data: dict[str, Any]) -> list[str]:
         "Batch `new`, accept and co-signing use the library in one process (see the modules in benchmarks/):",
         "`tokenagent.enroll.batch.NewBatch(...).new(NewOptions(...))` per request,",
         "`tokenagent.enroll.accept.accept_certificate(AcceptOptions(...))` per certificate,",
-        "`tokenagent.enroll.sign.open_agent(...).co_sign(...)` per request. The raw loops (benchmarks/raw.py) call",
+        "`tokenagent.enroll.sign.co_sign(open_agent(...), ...)` per request. The raw loops (benchmarks/raw.py) call",
         "python-pkcs11 directly: `Session.generate_keypair(..., store=True)` with the templates of tokenagent's own",
         "key plan, CKA_ID = SHA-1 of the public key set on both halves, and one `PrivateKey.sign` (CKM_ECDSA on a",
         "host SHA-256, or CKM_SHA256_RSA_PKCS) over a to-be-signed blob of the CertificationRequestInfo's size.",

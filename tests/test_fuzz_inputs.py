@@ -43,6 +43,7 @@ from hypothesis import strategies as st
 
 from tests.ca import OpenSslCA, openssl
 from tests.conftest import USER_PIN, SoftHSM, run_cli
+from tokenagent.enroll.agent import Agent, check_agent_certificate
 from tokenagent.enroll.linkage import (
     certificate_spki,
     certificate_summary,
@@ -53,19 +54,20 @@ from tokenagent.enroll.linkage import (
 )
 from tokenagent.enroll.new import NewOptions, prepare
 from tokenagent.enroll.revoke import target_from_certificate
-from tokenagent.enroll.sign import Agent, check_agent_certificate, inspect_request
+from tokenagent.enroll.sign import co_sign
 from tokenagent.errors import InputError, PolicyError, TokenAgentError, VerificationError
 from tokenagent.inf.policy import parse_policy
 from tokenagent.inputs import MAX_INPUT_BYTES
 from tokenagent.providers.plan import plan_key
 from tokenagent.providers.registry import ProviderRegistry
-from tokenagent.request import cmc
 from tokenagent.request.algorithms import SignatureAlgorithm
 from tokenagent.request.armor import read_der
-from tokenagent.request.cms import encapsulated
 from tokenagent.request.dump import describe, render
+from tokenagent.request.inspect import inspect_request
+from tokenagent.request.oids import OID_PKI_DATA, OID_PKI_RESPONSE, OID_REG_INFO, OID_STATUS_INFO_V2
 from tokenagent.request.pkcs10 import planned_contents
 from tokenagent.request.response import read_response
+from tokenagent.request.signed_data import encapsulated
 from tokenagent.request.signer import SoftwareSigner
 
 # cryptography warns about what it reads in damaged certificates (a serial number of 0, an empty
@@ -400,21 +402,21 @@ def hostile(seeds: dict[str, bytes]) -> list[tuple[str, bytes]]:
         ("10,000 nested constructed OCTET STRINGs", deep_octets),
         ("10,000 nested SEQUENCEs as PEM", pem(deep, "CERTIFICATE")),
         ("10,000 nested SEQUENCEs in a PKCS7 eContent", signed_data(OID_DATA, deep)),
-        ("10,000 nested SEQUENCEs as PKIData", signed_data(cmc.OID_PKI_DATA, deep)),
-        ("10,000 nested SEQUENCEs as PKIResponse", signed_data(cmc.OID_PKI_RESPONSE, deep)),
-        ("constructed OCTET STRINGs as PKIResponse", signed_data(cmc.OID_PKI_RESPONSE, deep_octets)),
+        ("10,000 nested SEQUENCEs as PKIData", signed_data(OID_PKI_DATA, deep)),
+        ("10,000 nested SEQUENCEs as PKIResponse", signed_data(OID_PKI_RESPONSE, deep)),
+        ("constructed OCTET STRINGs as PKIResponse", signed_data(OID_PKI_RESPONSE, deep_octets)),
         # found: RecursionError in read_response (`.native` over an unknown control's ANY value)
         (
             "a PKIResponse control nested 5,000 deep",
-            signed_data(cmc.OID_PKI_RESPONSE, pki_body("1.2.3.4", nest(0x30, 5000), request=False)),
+            signed_data(OID_PKI_RESPONSE, pki_body("1.2.3.4", nest(0x30, 5000), request=False)),
         ),
         (
             "statusInfoV2 nested 5,000 deep",
-            signed_data(cmc.OID_PKI_RESPONSE, pki_body(cmc.OID_STATUS_INFO_V2, nest(0x30, 5000), request=False)),
+            signed_data(OID_PKI_RESPONSE, pki_body(OID_STATUS_INFO_V2, nest(0x30, 5000), request=False)),
         ),
         (
             "regInfo of nested OCTET STRINGs",
-            signed_data(cmc.OID_PKI_DATA, pki_body(cmc.OID_REG_INFO, nest(0x24, 5000, b"\x04\x01a"), request=True)),
+            signed_data(OID_PKI_DATA, pki_body(OID_REG_INFO, nest(0x24, 5000, b"\x04\x01a"), request=True)),
         ),
         (
             "an OS version attribute nested 5,000 deep in an eContent",
@@ -428,7 +430,7 @@ def hostile(seeds: dict[str, bytes]) -> list[tuple[str, bytes]]:
         ("a PKCS7 request without SignerInfos", signed_data(OID_DATA, seeds["pkcs10-token"])),
         (
             "a CMC request without SignerInfos",
-            signed_data(cmc.OID_PKI_DATA, encapsulated(seeds["cmc-request"], "seed")[1]),
+            signed_data(OID_PKI_DATA, encapsulated(seeds["cmc-request"], "seed")[1]),
         ),
         # found: AttributeError ('int' has no lstrip) for a version asn1crypto has no name for
         (
@@ -439,7 +441,7 @@ def hostile(seeds: dict[str, bytes]) -> list[tuple[str, bytes]]:
             "a CMC request whose SignerInfo has version 9",
             replace_at(seeds["cmc-request"], [1, 0, -1, 0, 0], set_content(b"\x09")),
         ),
-        ("a signedData without eContent", signed_data(cmc.OID_PKI_RESPONSE, None)),
+        ("a signedData without eContent", signed_data(OID_PKI_RESPONSE, None)),
         ("a certs-only bag with a PKCS#10 for a certificate", signed_data(OID_DATA, b"", tlv(0x30, b"") + csr)),
         # found: x509.InvalidVersion from cryptography's CSR loader (describe, inspect_request)
         ("a PKCS#10 of version 26", replace_at(csr, [0, 0], set_content(b"\x1a"))),
@@ -673,7 +675,7 @@ def sign_target(data: bytes, seeds: Seeds) -> None:
     before = len(seeds.calls)
     form = "cmc" if hashlib.sha1(data).digest()[0] & 1 else "pkcs7"
     try:
-        seeds.agent.co_sign(data, requester=REQUESTER, format=form, template="User", what="fuzz input", yes=True)
+        co_sign(seeds.agent, data, requester=REQUESTER, format=form, template="User", what="fuzz input", yes=True)
     except TokenAgentError:
         assert len(seeds.calls) == before, "a refused request was signed"
         raise

@@ -134,6 +134,7 @@ HOSTILE = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:Attribute.s length must be:UserWarning")  # the 10 kB name, on purpose
 @pytest.mark.parametrize(("name", "common_name", "sans"), HOSTILE, ids=[h[0] for h in HOSTILE])
 def test_confirmation_and_show_show_exactly_what_is_signed(
     name: str, common_name: str, sans: list[x509.GeneralName], softhsm: SoftHSM, agent: Path, tmp_path: Path

@@ -11,13 +11,7 @@ from pkcs11 import Attribute, ObjectClass
 
 from tests.conftest import USER_PIN, SoftHSM, pkcs11_tool
 from tokenagent.token.library import find_token
-from tokenagent.token.objects import (
-    find_objects,
-    find_private_key_for,
-    key_id_for,
-    public_key_info,
-    read_attributes,
-)
+from tokenagent.token.objects import find_objects, find_private_key_for, key_id_for, public_key_info, read_attributes
 from tokenagent.token.pins import literal_pin_source
 from tokenagent.token.session import TokenSession, open_session
 

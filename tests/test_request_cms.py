@@ -30,20 +30,27 @@ from pyasn1_modules import rfc2986, rfc5280, rfc5652, rfc6402
 from tests.ca import OpenSslCA, openssl
 from tokenagent.errors import InputError, VerificationError
 from tokenagent.inf import parse_policy
-from tokenagent.request import SoftwareSigner, build_request, cmc, signature_algorithm
+from tokenagent.request import SoftwareSigner, build_request, signature_algorithm
 from tokenagent.request.algorithms import SignatureAlgorithm
-from tokenagent.request.cms import (
-    OID_DATA,
+from tokenagent.request.asn1.cmc import TaggedCertificationRequest, TaggedRequest
+from tokenagent.request.cmc import (
+    CRL_REASONS,
+    CmcControls,
+    pki_data,
+    pop_link_witness_attribute,
+    reg_info_value,
+    revoke_request,
+)
+from tokenagent.request.cms_sign import (
     SignerSpec,
     append_signer,
-    encapsulated,
-    inner_certification_request,
     renewal_certificate_attribute,
     requester_name_attribute,
     sign_content,
-    verify_certification_request,
-    verify_signers,
 )
+from tokenagent.request.cms_verify import verify_certification_request, verify_signers
+from tokenagent.request.oids import OID_DATA
+from tokenagent.request.signed_data import encapsulated, inner_certification_request
 
 DOMAIN_USER = "CONTOSO\\jsmith"
 OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
@@ -163,19 +170,19 @@ def pkcs7(agents: dict[str, Agent], user: User) -> bytes:
     return sign_content(OID_DATA, user.request, [agents["rsa"].spec(requester_name_attribute(DOMAIN_USER))])
 
 
-def eobo_controls(**changes: object) -> cmc.CmcControls:
+def eobo_controls(**changes: object) -> CmcControls:
     base = {
         "transaction_id": 4711,
         "sender_nonce": b"\x01" * 16,
         "requester_name": DOMAIN_USER,
         "reg_info": (("CertificateTemplate", "User"),),
     }
-    return cmc.CmcControls(**{**base, **changes})
+    return CmcControls(**{**base, **changes})
 
 
 @pytest.fixture(scope="module")
 def cmc_eobo(agents: dict[str, Agent], user: User) -> bytes:
-    content = cmc.pki_data(user.request, eobo_controls()).dump()
+    content = pki_data(user.request, eobo_controls()).dump()
     return sign_content(OID_PKI_DATA, content, [user.spec(), agents["ec"].spec()])
 
 
@@ -403,9 +410,9 @@ def test_cmc_eobo(
 
 def test_body_part_ids_follow_the_documented_order(user: User) -> None:
     random = b"\x07" * 64
-    requester = make_user([cmc.pop_link_witness_attribute(SECRET, IDENTIFICATION, random)])
-    revoke = cmc.revoke_request(b"\x30\x00", 5, "superseded")
-    controls = cmc.CmcControls(
+    requester = make_user([pop_link_witness_attribute(SECRET, IDENTIFICATION, random)])
+    revoke = revoke_request(b"\x30\x00", 5, "superseded")
+    controls = CmcControls(
         transaction_id=1,
         sender_nonce=b"n",
         identification=IDENTIFICATION,
@@ -414,7 +421,7 @@ def test_body_part_ids_follow_the_documented_order(user: User) -> None:
         requester_name=DOMAIN_USER,
         pop_link_random=random,
     )
-    der = cmc.pki_data(requester.request, controls, revoke=revoke).dump()
+    der = pki_data(requester.request, controls, revoke=revoke).dump()
     pki, rest = decoder.decode(der, asn1Spec=rfc6402.PKIData())
     assert rest == b""
     got = [(int(c["bodyPartID"]), str(c["attrType"])) for c in pki["controlSequence"]]
@@ -436,15 +443,15 @@ def test_selfsign_cmc_with_identity_proof_and_pop_link(
 ) -> None:
     """Dogtag's selfSign: request key signs (SKI sid, no certificates); shared-secret witnesses."""
     random = bytes(range(64))
-    requester = make_user([cmc.pop_link_witness_attribute(SECRET, IDENTIFICATION, random, hash_name)])
-    controls = cmc.CmcControls(
+    requester = make_user([pop_link_witness_attribute(SECRET, IDENTIFICATION, random, hash_name)])
+    controls = CmcControls(
         transaction_id=7,
         identification=IDENTIFICATION,
         shared_secret=SECRET,
         pop_link_random=random,
         identity_proof_hash=hash_name,
     )
-    content = cmc.pki_data(requester.request, controls).dump()
+    content = pki_data(requester.request, controls).dump()
     der = sign_content(OID_PKI_DATA, content, [requester.spec()])
 
     data = signed_data(der)
@@ -489,7 +496,7 @@ def test_selfsign_cmc_with_identity_proof_and_pop_link(
 
 
 def test_identity_proof_without_identification_hashes_the_secret_alone(user: User) -> None:
-    pki = cmc.pki_data(user.request, cmc.CmcControls(shared_secret=SECRET))
+    pki = pki_data(user.request, CmcControls(shared_secret=SECRET))
     decoded, _ = decoder.decode(pki.dump(), asn1Spec=rfc6402.PKIData())
     (control,) = decoded["controlSequence"]
     assert int(control["bodyPartID"]) == 2
@@ -501,29 +508,29 @@ def test_identity_proof_without_identification_hashes_the_secret_alone(user: Use
 def test_pop_link_random_needs_the_matching_witness(user: User) -> None:
     random = b"\x42" * 64
     with pytest.raises(InputError, match="0 popLinkWitnessV2"):
-        cmc.pki_data(user.request, cmc.CmcControls(shared_secret=SECRET, pop_link_random=random))
-    linked = make_user([cmc.pop_link_witness_attribute(SECRET, IDENTIFICATION, random)])
+        pki_data(user.request, CmcControls(shared_secret=SECRET, pop_link_random=random))
+    linked = make_user([pop_link_witness_attribute(SECRET, IDENTIFICATION, random)])
     for controls in (
-        cmc.CmcControls(shared_secret=b"other", identification=IDENTIFICATION, pop_link_random=random),
-        cmc.CmcControls(shared_secret=SECRET, identification="someone", pop_link_random=random),
-        cmc.CmcControls(shared_secret=SECRET, identification=IDENTIFICATION, pop_link_random=b"\x43" * 64),
+        CmcControls(shared_secret=b"other", identification=IDENTIFICATION, pop_link_random=random),
+        CmcControls(shared_secret=SECRET, identification="someone", pop_link_random=random),
+        CmcControls(shared_secret=SECRET, identification=IDENTIFICATION, pop_link_random=b"\x43" * 64),
     ):
         with pytest.raises(InputError, match="was not made from"):
-            cmc.pki_data(linked.request, controls)
+            pki_data(linked.request, controls)
     with pytest.raises(InputError, match="needs the shared secret"):
-        cmc.pki_data(linked.request, cmc.CmcControls(pop_link_random=random))
+        pki_data(linked.request, CmcControls(pop_link_random=random))
 
 
 def test_reg_info_value(user: User) -> None:
     pairs = (("RequesterName", "CONTOSO\\jsmith"), ("SAN", "dns=a.example&upn=x@y"), ("Note", "é ü"))
-    assert cmc.reg_info_value(pairs) == (
+    assert reg_info_value(pairs) == (
         b"RequesterName=CONTOSO%5Cjsmith&SAN=dns%3Da.example%26upn%3Dx%40y&Note=%C3%A9%20%C3%BC&"
     )
     with pytest.raises(InputError):
-        cmc.reg_info_value((("", "x"),))
+        reg_info_value((("", "x"),))
     # requester_name comes first, before the other pairs
-    controls = cmc.CmcControls(reg_info=(("CertificateTemplate", "User"),), requester_name="D\\u")
-    decoded, _ = decoder.decode(cmc.pki_data(user.request, controls).dump(), asn1Spec=rfc6402.PKIData())
+    controls = CmcControls(reg_info=(("CertificateTemplate", "User"),), requester_name="D\\u")
+    decoded, _ = decoder.decode(pki_data(user.request, controls).dump(), asn1Spec=rfc6402.PKIData())
     (control,) = decoded["controlSequence"]
     value, _ = decoder.decode(bytes(control["attrValues"][0]), asn1Spec=univ.OctetString())
     assert bytes(value) == b"RequesterName=D%5Cu&CertificateTemplate=User&"
@@ -532,8 +539,8 @@ def test_reg_info_value(user: User) -> None:
 def test_revoke_request(agents: dict[str, Agent], ca: OpenSslCA, work: Path) -> None:
     issuer = x509.load_der_x509_certificate(ca.sub_der).subject.public_bytes()
     when = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=timezone(timedelta(hours=2)))
-    revoke = cmc.revoke_request(issuer, 0x1234ABCD, "keyCompromise", when, "lost the card")
-    content = cmc.pki_data(None, cmc.CmcControls(transaction_id=9, sender_nonce=b"nonce"), revoke=revoke).dump()
+    revoke = revoke_request(issuer, 0x1234ABCD, "keyCompromise", when, "lost the card")
+    content = pki_data(None, CmcControls(transaction_id=9, sender_nonce=b"nonce"), revoke=revoke).dump()
     der = sign_content(OID_PKI_DATA, content, [agents["pss"].spec()])
     assert cms_verify(work, der, trusted=ca) == content
     all_valid(der)
@@ -551,21 +558,21 @@ def test_revoke_request(agents: dict[str, Agent], ca: OpenSslCA, work: Path) -> 
     with pytest.raises(InputError, match="no PKCS #10"):
         inner_certification_request(der, "revocation")
 
-    by_secret = cmc.revoke_request(issuer, 2, "cacompromise", passphrase=b"secret")
+    by_secret = revoke_request(issuer, 2, "cacompromise", passphrase=b"secret")
     again, _ = decoder.decode(by_secret.dump(), asn1Spec=rfc6402.RevokeRequest())
     assert int(again["reason"]) == 2 and bytes(again["passphrase"]) == b"secret"
     assert not again["invalidityDate"].isValue and not again["comment"].isValue
-    for name, number in cmc.CRL_REASONS.items():
-        decoded, _ = decoder.decode(cmc.revoke_request(issuer, 1, name).dump(), asn1Spec=rfc6402.RevokeRequest())
+    for name, number in CRL_REASONS.items():
+        decoded, _ = decoder.decode(revoke_request(issuer, 1, name).dump(), asn1Spec=rfc6402.RevokeRequest())
         assert int(decoded["reason"]) == number
     with pytest.raises(InputError, match="unknown revocation reason"):
-        cmc.revoke_request(issuer, 1, "lostIt")
+        revoke_request(issuer, 1, "lostIt")
     with pytest.raises(InputError, match="time zone"):
-        cmc.revoke_request(issuer, 1, "superseded", datetime(2030, 1, 1))
+        revoke_request(issuer, 1, "superseded", datetime(2030, 1, 1))
     with pytest.raises(InputError, match="issuer name"):
-        cmc.revoke_request(b"\x04\x01x", 1, "superseded")
+        revoke_request(b"\x04\x01x", 1, "superseded")
     with pytest.raises(InputError, match="needs a certification request or a revocation"):
-        cmc.pki_data(None, cmc.CmcControls())
+        pki_data(None, CmcControls())
 
 
 # -- more signatures (wire-formats.md 1c) ------------------------------------------------------------------
@@ -728,7 +735,7 @@ def test_every_truncation_is_an_input_error(pkcs7: bytes, cmc_eobo: bytes) -> No
 
 
 def test_every_truncation_of_the_inner_pki_data_is_an_input_error(agents: dict[str, Agent], user: User) -> None:
-    content = cmc.pki_data(user.request, eobo_controls()).dump()
+    content = pki_data(user.request, eobo_controls()).dump()
     for length in range(0, len(content), 7):
         der = sign_content(OID_PKI_DATA, content[:length], [agents["ec"].spec()])
         with pytest.raises(InputError, match="request"):
@@ -788,10 +795,10 @@ def test_other_der_is_named(user: User, agents: dict[str, Agent], ca: OpenSslCA,
 
 def test_two_requests_in_cmc_are_refused(agents: dict[str, Agent], user: User) -> None:
     other = make_user()
-    pki = cmc.pki_data(user.request, cmc.CmcControls())
+    pki = pki_data(user.request, CmcControls())
     request = asn1_csr.CertificationRequest.load(other.request)
-    tcr = cmc.TaggedCertificationRequest({"body_part_id": 9, "certification_request": request})
-    second = cmc.TaggedRequest(name="tcr", value=tcr)
+    tcr = TaggedCertificationRequest({"body_part_id": 9, "certification_request": request})
+    second = TaggedRequest(name="tcr", value=tcr)
     pki["req_sequence"].append(second)
     der = sign_content(OID_PKI_DATA, pki.dump(), [agents["ec"].spec()])
     with pytest.raises(InputError, match="2 PKCS #10 requests"):

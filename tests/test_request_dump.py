@@ -13,17 +13,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tests.ca import OpenSslCA, openssl, pem_to_der
 from tests.test_request_cms import DOMAIN_USER, IDENTIFICATION, SECRET, Agent, User, _agent, eobo_controls, make_user
 from tokenagent.errors import InputError
-from tokenagent.request import cmc
 from tokenagent.request.algorithms import SignatureAlgorithm
 from tokenagent.request.armor import armor
-from tokenagent.request.cms import (
-    OID_DATA,
-    SignerSpec,
-    append_signer,
-    requester_name_attribute,
-    sign_content,
-)
+from tokenagent.request.cmc import CmcControls, pki_data, pop_link_witness_attribute, revoke_request
+from tokenagent.request.cms_sign import SignerSpec, append_signer, requester_name_attribute, sign_content
 from tokenagent.request.dump import describe, render
+from tokenagent.request.oids import OID_DATA
 
 OID_PKI_DATA = "1.3.6.1.5.5.7.12.2"
 
@@ -55,7 +50,7 @@ def pkcs7(agent: Agent, user: User) -> bytes:
 
 @pytest.fixture(scope="module")
 def cmc_eobo(agent: Agent, user: User) -> bytes:
-    content = cmc.pki_data(user.request, eobo_controls()).dump()
+    content = pki_data(user.request, eobo_controls()).dump()
     return sign_content(OID_PKI_DATA, content, [user.spec(), agent.spec()])
 
 
@@ -123,9 +118,9 @@ def test_cmc_eobo_and_more_signers(cmc_eobo: bytes, agent: Agent, ca: OpenSslCA,
 
 def test_selfsign_and_revoke_controls(agent: Agent, ca: OpenSslCA) -> None:
     random = b"\x05" * 64
-    requester = make_user([cmc.pop_link_witness_attribute(SECRET, IDENTIFICATION, random)])
-    controls = cmc.CmcControls(identification=IDENTIFICATION, shared_secret=SECRET, pop_link_random=random)
-    content = cmc.pki_data(requester.request, controls).dump()
+    requester = make_user([pop_link_witness_attribute(SECRET, IDENTIFICATION, random)])
+    controls = CmcControls(identification=IDENTIFICATION, shared_secret=SECRET, pop_link_random=random)
+    content = pki_data(requester.request, controls).dump()
     d, _ = shown(sign_content(OID_PKI_DATA, content, [requester.spec()]))
     assert [c["name"] for c in d["controls"]] == ["identification", "popLinkRandom", "identityProofV2"]
     assert d["controls"][2]["values"][0].startswith("sha256, HMAC sha256 (1.2.840.113549.2.9), witness ")
@@ -134,8 +129,8 @@ def test_selfsign_and_revoke_controls(agent: Agent, ca: OpenSslCA) -> None:
     assert d["signers"][0]["status"] == "valid" and d["certificates"] == []
 
     issuer = x509.load_der_x509_certificate(ca.sub_der).subject
-    revoke = cmc.revoke_request(issuer.public_bytes(), 0xABC, "cessationOfOperation", comment="left")
-    der = sign_content(OID_PKI_DATA, cmc.pki_data(None, cmc.CmcControls(), revoke=revoke).dump(), [agent.spec()])
+    revoke = revoke_request(issuer.public_bytes(), 0xABC, "cessationOfOperation", comment="left")
+    der = sign_content(OID_PKI_DATA, pki_data(None, CmcControls(), revoke=revoke).dump(), [agent.spec()])
     d, _ = shown(der)
     (control,) = d["controls"]
     assert control["name"] == "revokeRequest" and control["body_part_id"] == 2
@@ -153,7 +148,7 @@ def test_selfsign_and_revoke_controls(agent: Agent, ca: OpenSslCA) -> None:
 
 
 def test_bare_pki_data(user: User) -> None:
-    d, lines = shown(cmc.pki_data(user.request, eobo_controls()).dump())
+    d, lines = shown(pki_data(user.request, eobo_controls()).dump())
     assert d["kind"] == "cmc-request" and d["signed"] is False and d["signers"] == []
     assert lines[1].strip() == "Unsigned PKIData (no CMS SignedData around it)"
 

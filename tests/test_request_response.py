@@ -21,7 +21,40 @@ from pyasn1_modules import rfc4211, rfc5280, rfc5652, rfc6402
 
 from tests.ca import OpenSslCA, openssl, pem_to_der, pki_response
 from tokenagent.errors import CAError, InputError, RequestPendingError
-from tokenagent.request import cmc
+from tokenagent.request.asn1.cmc import (
+    BODY_PART_ID_MAX,
+    CONTROL_VALUES,
+    AddExtensions,
+    BodyPartID,
+    BodyPartList,
+    BodyPartPath,
+    BodyPartReference,
+    CertReqMsg,
+    CMCFailInfo,
+    CMCStatus,
+    CMCStatusInfo,
+    CMCStatusInfoV2,
+    GetCert,
+    IdentifyProofV2,
+    OtherMsg,
+    PKIData,
+    PKIResponse,
+    PopLinkWitnessV2,
+    RevokeRequest,
+    TaggedAttribute,
+    TaggedContentInfo,
+    TaggedRequest,
+    register_content_types,
+)
+from tokenagent.request.cmc import CONTROL_NAMES, control, control_values
+from tokenagent.request.oids import (
+    OID_IDENTIFICATION,
+    OID_PKI_DATA,
+    OID_PKI_RESPONSE,
+    OID_SENDER_NONCE,
+    OID_STATUS_INFO_V2,
+    OID_TRANSACTION_ID,
+)
 from tokenagent.request.response import CertificateResponse, CmcStatus, read_response
 
 PEND_TIME = datetime(2030, 5, 17, 8, 30, 15, tzinfo=UTC)
@@ -118,32 +151,32 @@ def both_ways(ours: core.Asn1Value, theirs: object, spec: object) -> core.Asn1Va
 
 
 def test_body_part_ids_round_trip() -> None:
-    theirs = rfc6402.BodyPartID(cmc.BODY_PART_ID_MAX)
-    assert both_ways(cmc.BodyPartID(cmc.BODY_PART_ID_MAX), theirs, rfc6402.BodyPartID()).native == 4294967295
+    theirs = rfc6402.BodyPartID(BODY_PART_ID_MAX)
+    assert both_ways(BodyPartID(BODY_PART_ID_MAX), theirs, rfc6402.BodyPartID()).native == 4294967295
     path = rfc6402.BodyPartPath()
     path.extend([rfc6402.BodyPartID(1), rfc6402.BodyPartID(300)])
-    assert both_ways(cmc.BodyPartPath([1, 300]), path, rfc6402.BodyPartPath()).native == [1, 300]
+    assert both_ways(BodyPartPath([1, 300]), path, rfc6402.BodyPartPath()).native == [1, 300]
     for name, value, theirs_name, theirs_value in [
         ("body_part_id", 7, "bodyPartID", rfc6402.BodyPartID(7)),
         ("body_part_path", [1, 300], "bodyPartPath", path),
     ]:
         reference = rfc6402.BodyPartReference()
         reference[theirs_name] = theirs_value
-        again = both_ways(cmc.BodyPartReference(name=name, value=value), reference, rfc6402.BodyPartReference())
+        again = both_ways(BodyPartReference(name=name, value=value), reference, rfc6402.BodyPartReference())
         assert again.name == name
     batch = rfc6402.BodyPartList()
     batch.extend([rfc6402.BodyPartID(2), rfc6402.BodyPartID(3)])
-    assert both_ways(cmc.BodyPartList([2, 3]), batch, rfc6402.BodyPartList()).native == [2, 3]
+    assert both_ways(BodyPartList([2, 3]), batch, rfc6402.BodyPartList()).native == [2, 3]
 
 
-@pytest.mark.parametrize("value", [-1, cmc.BODY_PART_ID_MAX + 1])
+@pytest.mark.parametrize("value", [-1, BODY_PART_ID_MAX + 1])
 def test_body_part_id_range_is_checked_when_building(value: int) -> None:
     with pytest.raises(ValueError, match="BodyPartID"):
-        cmc.BodyPartID(value)
+        BodyPartID(value)
 
 
 def test_tagged_attribute_round_trip_and_open_type() -> None:
-    ours = cmc.control(9, cmc.OID_TRANSACTION_ID, core.Integer(4242))
+    ours = control(9, OID_TRANSACTION_ID, core.Integer(4242))
     theirs = rfc6402.TaggedAttribute()
     theirs["bodyPartID"] = 9
     theirs["attrType"] = rfc6402.id_cmc_transactionId
@@ -152,19 +185,19 @@ def test_tagged_attribute_round_trip_and_open_type() -> None:
     # pyasn1 resolves the open type through its own control map
     decoded, _ = decoder.decode(ours.dump(), asn1Spec=rfc6402.TaggedAttribute(), decodeOpenTypes=True)
     assert int(decoded["attrValues"][0]) == 4242
-    assert [v.native for v in cmc.control_values(cmc.TaggedAttribute.load(ours.dump()))] == [4242]
+    assert [v.native for v in control_values(TaggedAttribute.load(ours.dump()))] == [4242]
 
 
 def test_control_oids_names_and_value_classes_match_rfc6402() -> None:
-    assert cmc.CONTROL_NAMES.keys() == cmc.CONTROL_VALUES.keys()
-    for oid, name in cmc.CONTROL_NAMES.items():
+    assert CONTROL_NAMES.keys() == CONTROL_VALUES.keys()
+    for oid, name in CONTROL_NAMES.items():
         assert str(getattr(rfc6402, f"id_cmc_{name}")) == oid, name
         theirs = rfc6402.cmcControlAttributesMap[univ.ObjectIdentifier(oid)]
-        ours = cmc.CONTROL_VALUES[oid]
+        ours = CONTROL_VALUES[oid]
         (tag,) = theirs.tagSet  # pyasn1's baseTag of a string type is OCTET STRING's: use the tag itself
         assert (ours.class_, ours.tag) == (tag.tagClass >> 6, tag.tagId), name
-    assert str(rfc6402.id_cct_PKIData) == cmc.OID_PKI_DATA
-    assert str(rfc6402.id_cct_PKIResponse) == cmc.OID_PKI_RESPONSE
+    assert str(rfc6402.id_cct_PKIData) == OID_PKI_DATA
+    assert str(rfc6402.id_cct_PKIResponse) == OID_PKI_RESPONSE
 
 
 def test_tagged_requests_round_trip(csr: Path) -> None:
@@ -174,7 +207,7 @@ def test_tagged_requests_round_trip(csr: Path) -> None:
     tcr = rfc6402.TaggedRequest()
     tcr["tcr"]["bodyPartID"] = 1
     tcr["tcr"]["certificationRequest"] = theirs_csr
-    ours_tcr = cmc.TaggedRequest(
+    ours_tcr = TaggedRequest(
         name="tcr", value={"body_part_id": 1, "certification_request": asn1_csr.CertificationRequest.load(csr_der)}
     )
     again = both_ways(ours_tcr, tcr, rfc6402.TaggedRequest())
@@ -189,16 +222,16 @@ def test_tagged_requests_round_trip(csr: Path) -> None:
     certificate_request_message(message)
     crm = rfc6402.TaggedRequest()
     certificate_request_message(crm["crm"])
-    ours_crm = cmc.TaggedRequest(name="crm", value=cmc.CertReqMsg.load(encoder.encode(message)))
+    ours_crm = TaggedRequest(name="crm", value=CertReqMsg.load(encoder.encode(message)))
     again = both_ways(ours_crm, crm, rfc6402.TaggedRequest())
     assert again.name == "crm"
-    assert cmc.CertReqMsg(contents=again.chosen.native).dump() == encoder.encode(message)  # [1] back to SEQUENCE
+    assert CertReqMsg(contents=again.chosen.native).dump() == encoder.encode(message)  # [1] back to SEQUENCE
 
     orm = rfc6402.TaggedRequest()
     orm["orm"]["bodyPartID"] = 3
     orm["orm"]["requestMessageType"] = univ.ObjectIdentifier("1.2.3.4.5")
     orm["orm"]["requestMessageValue"] = encoder.encode(univ.OctetString(b"other"))
-    ours_orm = cmc.TaggedRequest(
+    ours_orm = TaggedRequest(
         name="orm",
         value={
             "body_part_id": 3,
@@ -211,26 +244,26 @@ def test_tagged_requests_round_trip(csr: Path) -> None:
 
 def test_pki_data_round_trip(csr: Path) -> None:
     csr_der = openssl("req", "-in", csr, "-outform", "DER")
-    ours = cmc.PKIData(
+    ours = PKIData(
         {
             "control_sequence": [
-                cmc.control(1, cmc.OID_TRANSACTION_ID, core.Integer(77)),
-                cmc.control(2, cmc.OID_SENDER_NONCE, core.OctetString(b"nonce")),
-                cmc.control(3, cmc.OID_IDENTIFICATION, core.UTF8String("alice")),
+                control(1, OID_TRANSACTION_ID, core.Integer(77)),
+                control(2, OID_SENDER_NONCE, core.OctetString(b"nonce")),
+                control(3, OID_IDENTIFICATION, core.UTF8String("alice")),
             ],
             "req_sequence": [
-                cmc.TaggedRequest(
+                TaggedRequest(
                     name="tcr",
                     value={"body_part_id": 4, "certification_request": asn1_csr.CertificationRequest.load(csr_der)},
                 )
             ],
             "cms_sequence": [
-                cmc.TaggedContentInfo(
+                TaggedContentInfo(
                     {"body_part_id": 5, "content_info": {"content_type": "data", "content": core.OctetString(b"hi")}}
                 )
             ],
             "other_msg_sequence": [
-                cmc.OtherMsg({"body_part_id": 6, "other_msg_type": "1.2.3.4", "other_msg_value": core.Null()})
+                OtherMsg({"body_part_id": 6, "other_msg_type": "1.2.3.4", "other_msg_value": core.Null()})
             ],
         }
     )
@@ -262,22 +295,22 @@ def test_pki_data_round_trip(csr: Path) -> None:
     again = both_ways(ours, theirs, rfc6402.PKIData())
     decoded, _ = decoder.decode(ours.dump(), asn1Spec=rfc6402.PKIData(), decodeOpenTypes=True)
     assert [str(a["attrType"]) for a in decoded["controlSequence"]] == [
-        cmc.OID_TRANSACTION_ID,
-        cmc.OID_SENDER_NONCE,
-        cmc.OID_IDENTIFICATION,
+        OID_TRANSACTION_ID,
+        OID_SENDER_NONCE,
+        OID_IDENTIFICATION,
     ]
     assert str(decoded["controlSequence"][2]["attrValues"][0]) == "alice"
     assert again["cms_sequence"][0]["content_info"]["content"].native == b"hi"
-    assert [cmc.control_values(a)[0].native for a in again["control_sequence"]] == [77, b"nonce", "alice"]
+    assert [control_values(a)[0].native for a in again["control_sequence"]] == [77, b"nonce", "alice"]
 
 
 def test_empty_pki_data_and_response_are_four_and_three_empty_sequences() -> None:
-    data = cmc.PKIData({"control_sequence": [], "req_sequence": [], "cms_sequence": [], "other_msg_sequence": []})
+    data = PKIData({"control_sequence": [], "req_sequence": [], "cms_sequence": [], "other_msg_sequence": []})
     theirs = rfc6402.PKIData()
     for name in ("controlSequence", "reqSequence", "cmsSequence", "otherMsgSequence"):
         theirs[name].clear()
     both_ways(data, theirs, rfc6402.PKIData())
-    response = cmc.PKIResponse({"control_sequence": [], "cms_sequence": [], "other_msg_sequence": []})
+    response = PKIResponse({"control_sequence": [], "cms_sequence": [], "other_msg_sequence": []})
     theirs = rfc6402.PKIResponse()
     for name in ("controlSequence", "cmsSequence", "otherMsgSequence"):
         theirs[name].clear()
@@ -302,11 +335,11 @@ class ExtendedFailInfo(univ.Sequence):
     )
 
 
-def status_v2_pair(other: str | None) -> tuple[cmc.CMCStatusInfoV2, LenientStatusInfoV2]:
+def status_v2_pair(other: str | None) -> tuple[CMCStatusInfoV2, LenientStatusInfoV2]:
     """The same CMCStatusInfoV2 built by tokenagent and by pyasn1 (read back with the lenient spec)."""
     references = [
-        cmc.BodyPartReference(name="body_part_id", value=1),
-        cmc.BodyPartReference(name="body_part_path", value=[1, 2]),
+        BodyPartReference(name="body_part_id", value=1),
+        BodyPartReference(name="body_part_path", value=[1, 2]),
     ]
     value: dict[str, object] = {"cmc_status": "failed", "body_list": references, "status_string": "why"}
     fail_info: int | None = None
@@ -332,7 +365,7 @@ def status_v2_pair(other: str | None) -> tuple[cmc.CMCStatusInfoV2, LenientStatu
         extended_fail_info=extended_oid,
     )
     value_der = theirs["controlSequence"][0]["attrValues"][0].asOctets()
-    return cmc.CMCStatusInfoV2(value), decoder.decode(value_der, asn1Spec=LenientStatusInfoV2())[0]
+    return CMCStatusInfoV2(value), decoder.decode(value_der, asn1Spec=LenientStatusInfoV2())[0]
 
 
 @pytest.mark.parametrize("other", [None, "fail_info", "pend_info", "extended_fail_info"])
@@ -373,15 +406,15 @@ def test_status_info_v1_round_trip(other: str | None) -> None:
         theirs["otherInfo"]["pendInfo"]["pendToken"] = b"t"
         theirs["otherInfo"]["pendInfo"]["pendTime"] = useful.GeneralizedTime(PEND_TIME.strftime("%Y%m%d%H%M%SZ"))
         value["other_info"] = ("pend_info", {"pend_token": b"t", "pend_time": PEND_TIME})
-    again = both_ways(cmc.CMCStatusInfo(value), theirs, rfc6402.CMCStatusInfo())
+    again = both_ways(CMCStatusInfo(value), theirs, rfc6402.CMCStatusInfo())
     assert again["body_list"].native == [1, 2]
     if other is not None:
         assert again["other_info"].name == other
 
 
 def test_status_and_fail_info_names_match_rfc6402() -> None:
-    assert cmc.CMCStatus._map == {v: k for k, v in rfc6402.CMCStatus.namedValues.items()}
-    assert cmc.CMCFailInfo._map == {v: k for k, v in rfc6402.CMCFailInfo.namedValues.items()}
+    assert CMCStatus._map == {v: k for k, v in rfc6402.CMCStatus.namedValues.items()}
+    assert CMCFailInfo._map == {v: k for k, v in rfc6402.CMCFailInfo.namedValues.items()}
 
 
 def algorithm(oid: str, null: bool) -> rfc5280.AlgorithmIdentifier:
@@ -393,8 +426,8 @@ def algorithm(oid: str, null: bool) -> rfc5280.AlgorithmIdentifier:
 
 
 @pytest.mark.parametrize(("ours_class", "theirs_class"), [
-    (cmc.IdentifyProofV2, rfc6402.IdentifyProofV2),
-    (cmc.PopLinkWitnessV2, rfc6402.PopLinkWitnessV2),
+    (IdentifyProofV2, rfc6402.IdentifyProofV2),
+    (PopLinkWitnessV2, rfc6402.PopLinkWitnessV2),
 ])  # fmt: skip
 def test_witness_values_round_trip(ours_class: type[core.Sequence], theirs_class: type) -> None:
     names = [name for name, *_ in ours_class._fields]
@@ -417,7 +450,7 @@ def test_witness_values_round_trip(ours_class: type[core.Sequence], theirs_class
 
 def test_revoke_request_round_trip(ca: OpenSslCA) -> None:
     name_der = x509.Certificate.load(ca.sub_der).subject.dump()
-    ours = cmc.RevokeRequest(
+    ours = RevokeRequest(
         {
             "issuer_name": x509.Name.load(name_der),
             "serial_number": 0x1234567890,
@@ -436,7 +469,7 @@ def test_revoke_request_round_trip(ca: OpenSslCA) -> None:
     theirs["comment"] = "lost the token"
     again = both_ways(ours, theirs, rfc6402.RevokeRequest())
     assert again["reason"].native == "key_compromise" and again["comment"].native == "lost the token"
-    minimal = cmc.RevokeRequest({"issuer_name": x509.Name.load(name_der), "serial_number": 2, "reason": "superseded"})
+    minimal = RevokeRequest({"issuer_name": x509.Name.load(name_der), "serial_number": 2, "reason": "superseded"})
     theirs = rfc6402.RevokeRequest()
     theirs["issuerName"] = decoder.decode(name_der, asn1Spec=rfc5280.Name())[0]
     theirs["serialNumber"] = 2
@@ -451,7 +484,7 @@ def test_get_cert_and_add_extensions_round_trip(ca: OpenSslCA) -> None:
         "rdnSequence"
     ]
     theirs["serialNumber"] = 99
-    ours = cmc.GetCert(
+    ours = GetCert(
         {"issuer_name": x509.GeneralName(name="directory_name", value=x509.Name.load(name_der)), "serial_number": 99}
     )
     both_ways(ours, theirs, rfc6402.GetCert())
@@ -465,7 +498,7 @@ def test_get_cert_and_add_extensions_round_trip(ca: OpenSslCA) -> None:
     theirs["pkiDataReference"] = 0
     theirs["certReferences"].extend([rfc6402.BodyPartID(4)])
     theirs["extensions"].append(extension)
-    ours = cmc.AddExtensions(
+    ours = AddExtensions(
         {
             "pki_data_reference": 0,
             "cert_references": [4],
@@ -477,17 +510,13 @@ def test_get_cert_and_add_extensions_round_trip(ca: OpenSslCA) -> None:
 
 
 def test_pki_response_round_trip_with_nested_content_info() -> None:
-    status = cmc.CMCStatusInfoV2(
-        {"cmc_status": "success", "body_list": [cmc.BodyPartReference(name="body_part_id", value=1)]}
-    )
-    nested = cmc.PKIData({"control_sequence": [], "req_sequence": [], "cms_sequence": [], "other_msg_sequence": []})
-    ours = cmc.PKIResponse(
+    status = CMCStatusInfoV2({"cmc_status": "success", "body_list": [BodyPartReference(name="body_part_id", value=1)]})
+    nested = PKIData({"control_sequence": [], "req_sequence": [], "cms_sequence": [], "other_msg_sequence": []})
+    ours = PKIResponse(
         {
-            "control_sequence": [cmc.control(100, cmc.OID_STATUS_INFO_V2, status)],
+            "control_sequence": [control(100, OID_STATUS_INFO_V2, status)],
             "cms_sequence": [
-                cmc.TaggedContentInfo(
-                    {"body_part_id": 7, "content_info": {"content_type": "pki_data", "content": nested}}
-                )
+                TaggedContentInfo({"body_part_id": 7, "content_info": {"content_type": "pki_data", "content": nested}})
             ],
             "other_msg_sequence": [],
         }
@@ -500,9 +529,9 @@ def test_pki_response_round_trip_with_nested_content_info() -> None:
     theirs["cmsSequence"].append(content)
     again = both_ways(ours, theirs, rfc6402.PKIResponse())
     inner = again["cms_sequence"][0]["content_info"]
-    assert inner["content_type"].native == "pki_data" and isinstance(inner["content"], cmc.PKIData)
+    assert inner["content_type"].native == "pki_data" and isinstance(inner["content"], PKIData)
     decoded, _ = decoder.decode(ours.dump(), asn1Spec=rfc6402.PKIResponse(), decodeOpenTypes=True)
-    assert str(decoded["cmsSequence"][0]["contentInfo"]["contentType"]) == cmc.OID_PKI_DATA
+    assert str(decoded["cmsSequence"][0]["contentInfo"]["contentType"]) == OID_PKI_DATA
 
 
 def nested_pyasn1_pki_data() -> rfc6402.PKIData:
@@ -513,14 +542,14 @@ def nested_pyasn1_pki_data() -> rfc6402.PKIData:
 
 
 def test_registration_is_idempotent_and_reaches_encapsulated_content_info() -> None:
-    cmc.register_content_types()
-    cmc.register_content_types()
-    assert cms.ContentType._map[cmc.OID_PKI_RESPONSE] == "pki_response"
-    assert cms.ContentType("pki_data").dotted == cmc.OID_PKI_DATA  # the lazily built reverse map knows it
-    response = cmc.PKIResponse({"control_sequence": [], "cms_sequence": [], "other_msg_sequence": []})
+    register_content_types()
+    register_content_types()
+    assert cms.ContentType._map[OID_PKI_RESPONSE] == "pki_response"
+    assert cms.ContentType("pki_data").dotted == OID_PKI_DATA  # the lazily built reverse map knows it
+    response = PKIResponse({"control_sequence": [], "cms_sequence": [], "other_msg_sequence": []})
     encapsulated = cms.EncapsulatedContentInfo({"content_type": "pki_response", "content": response})
     loaded = cms.EncapsulatedContentInfo.load(encapsulated.dump())
-    assert isinstance(loaded["content"].parsed, cmc.PKIResponse)
+    assert isinstance(loaded["content"].parsed, PKIResponse)
     theirs = rfc5652.EncapsulatedContentInfo()
     theirs["eContentType"] = rfc6402.id_cct_PKIResponse
     theirs["eContent"] = encoder.encode(
@@ -724,7 +753,7 @@ def test_a_refusal_wins_over_pending(ca: OpenSslCA, work: Path) -> None:
     content = work / "two.content"
     content.write_bytes(encoder.encode(first))
     openssl(
-        "cms", "-sign", "-binary", "-nodetach", "-nosmimecap", "-econtent_type", cmc.OID_PKI_RESPONSE,
+        "cms", "-sign", "-binary", "-nodetach", "-nosmimecap", "-econtent_type", OID_PKI_RESPONSE,
         "-in", content, "-signer", ca.sub_cert, "-inkey", ca.sub_key, "-outform", "DER", "-out", work / "two.rsp",
     )  # fmt: skip
     response = read_response((work / "two.rsp").read_bytes())
@@ -795,7 +824,7 @@ def test_signer_found_by_subject_key_identifier(ca: OpenSslCA, work: Path, chain
     bundle = work / "ski-certs.pem"
     bundle.write_bytes((work / "leaf.pem").read_bytes() + ca.root_cert.read_bytes())
     openssl(
-        "cms", "-sign", "-binary", "-nodetach", "-nosmimecap", "-keyid", "-econtent_type", cmc.OID_PKI_RESPONSE,
+        "cms", "-sign", "-binary", "-nodetach", "-nosmimecap", "-keyid", "-econtent_type", OID_PKI_RESPONSE,
         "-in", content, "-signer", ca.sub_cert, "-inkey", ca.sub_key, "-certfile", bundle,
         "-outform", "DER", "-out", work / "ski.rsp",
     )  # fmt: skip
@@ -809,7 +838,7 @@ def test_without_signed_attributes(ca: OpenSslCA, work: Path, chain: list[bytes]
     content = work / "noattr.content"
     content.write_bytes(encoder.encode(pki_response(0)))
     openssl(
-        "cms", "-sign", "-binary", "-nodetach", "-noattr", "-econtent_type", cmc.OID_PKI_RESPONSE,
+        "cms", "-sign", "-binary", "-nodetach", "-noattr", "-econtent_type", OID_PKI_RESPONSE,
         "-in", content, "-signer", ca.sub_cert, "-inkey", ca.sub_key, "-outform", "DER", "-out", work / "noattr.rsp",
     )  # fmt: skip
     data = (work / "noattr.rsp").read_bytes()
@@ -858,7 +887,7 @@ def test_other_cms_content_is_named(ca: OpenSslCA, work: Path) -> None:
     request = work / "pkidata.content"
     request.write_bytes(encoder.encode(nested_pyasn1_pki_data()))
     pki_data = openssl(
-        "cms", "-sign", "-binary", "-nodetach", "-econtent_type", cmc.OID_PKI_DATA, "-in", request,
+        "cms", "-sign", "-binary", "-nodetach", "-econtent_type", OID_PKI_DATA, "-in", request,
         "-signer", ca.sub_cert, "-inkey", ca.sub_key, "-outform", "DER",
     )  # fmt: skip
     assert input_error(pki_data) == "response: a CMC request (PKIData), not a CA response"

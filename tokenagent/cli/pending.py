@@ -7,14 +7,7 @@ from pathlib import Path
 
 import click
 
-from tokenagent.cli.options import (
-    json_option,
-    module_option,
-    pin_options,
-    resolve_pin_source,
-    token_option,
-    yes_option,
-)
+from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option, yes_option
 from tokenagent.cli.output import confirm, echo, emit_json, shown, warn
 
 

@@ -74,9 +74,9 @@ def revoke_request(
 ) -> None:
     """Write a CMC revocation request for a certificate (--cert FILE, or --serial and --issuer),
     signed with --agent's key on its token."""
+    from tokenagent.enroll.agent import open_agent
     from tokenagent.enroll.files import check_output
     from tokenagent.enroll.revoke import build_revoke_request, target_from_certificate, target_from_text
-    from tokenagent.enroll.sign import open_agent
     from tokenagent.errors import UsageError
 
     if agent_key is None:

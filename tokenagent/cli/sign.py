@@ -88,7 +88,7 @@ def agent_from_options(
     strict: bool,
 ) -> Any:
     """The `AgentOptions` the --agent* options describe (sign, revoke-request and new share them)."""
-    from tokenagent.enroll.sign import AgentOptions
+    from tokenagent.enroll.agent import AgentOptions
 
     return AgentOptions(
         key=agent_key,
@@ -174,8 +174,9 @@ def sign(
 ) -> None:
     """Co-sign REQUEST (a PKCS#10, or a PKCS7/CMC request to add a signature to) with the
     enrollment agent's key on its token, on behalf of --requester. Writes OUT (default: stdout)."""
+    from tokenagent.enroll.agent import open_agent
     from tokenagent.enroll.files import check_output
-    from tokenagent.enroll.sign import open_agent
+    from tokenagent.enroll.sign import co_sign
     from tokenagent.errors import UsageError
     from tokenagent.inputs import read_input
 
@@ -198,7 +199,8 @@ def sign(
     controls = cmc_controls(transaction_id, identification, shared_secret_source, reg_info) if form == "cmc" else None
     interactive = sys.stdin.isatty() and not as_json
     with open_agent(options, on_warning=warn) as agent:
-        result = agent.co_sign(
+        result = co_sign(
+            agent,
             data,
             requester=requester,
             format=form,

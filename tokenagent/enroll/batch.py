@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
+from tokenagent.enroll.agent import Agent, AgentOptions, open_agent
 from tokenagent.enroll.new import (
     NewOptions,
     NewResult,
@@ -48,7 +49,6 @@ from tokenagent.enroll.new import (
     prepare,
 )
 from tokenagent.enroll.recovery import recover_interrupted
-from tokenagent.enroll.sign import Agent, AgentOptions, open_agent
 from tokenagent.providers.registry import ProviderRegistry, load_registry
 from tokenagent.token.facts import TokenFacts
 from tokenagent.token.keys import gather_facts

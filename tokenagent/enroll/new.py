@@ -67,7 +67,7 @@ from tokenagent.token.session import TokenSession, open_session
 from tokenagent.token.uri import Pkcs11Uri
 
 if TYPE_CHECKING:  # the agent and CMS/CMC rooms are imported only by the requests that use them
-    from tokenagent.enroll.sign import Agent, AgentOptions
+    from tokenagent.enroll.agent import Agent, AgentOptions
     from tokenagent.request.cmc import CmcControls
 
 log = logging.getLogger("tokenagent")
@@ -187,7 +187,7 @@ def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewRe
             stack.enter_context(lock_token(prepared, handle, warn))
         agent = None
         if options.agent is not None and not options.dry_run:
-            from tokenagent.enroll.sign import open_agent
+            from tokenagent.enroll.agent import open_agent
 
             # the agent's login, key and certificate are checked before the user's key exists
             agent = stack.enter_context(open_agent(options.agent, on_warning=warn))
@@ -391,8 +391,8 @@ class _Transaction:
         popLinkWitnessV2 attribute (CMC) or the renewal certificate attribute (PKCS7 renewal)."""
         policy = self.result.policy
         if policy.request_type == RequestType.PKCS7 and self.agent is None and policy.renewal_cert is not None:
-            from tokenagent.enroll.sign import token_signer
-            from tokenagent.request.cms import renewal_certificate_attribute
+            from tokenagent.enroll.signer import token_signer
+            from tokenagent.request.cms_sign import renewal_certificate_attribute
 
             # certreq's PKCS#7 renewal: the renewed certificate's key signs the CMS around the new request
             old, certificate = find_key_pair_by_certificate(self.session, policy.renewal_cert)
@@ -423,8 +423,11 @@ class _Transaction:
         policy = self.result.policy
         if policy.request_type not in (RequestType.CMC, RequestType.PKCS7):
             return der
-        from tokenagent.request.cmc import OID_PKI_DATA, pki_data
-        from tokenagent.request.cms import OID_DATA, SignerSpec, sign_content, verify_signers
+        from tokenagent.enroll.sign import co_sign
+        from tokenagent.request.cmc import pki_data
+        from tokenagent.request.cms_sign import SignerSpec, sign_content
+        from tokenagent.request.cms_verify import verify_signers
+        from tokenagent.request.oids import OID_DATA, OID_PKI_DATA
 
         if policy.request_type == RequestType.CMC:
             assert controls is not None
@@ -435,7 +438,7 @@ class _Transaction:
                 certificates.append(self.agent.certificate)
             wrapped = sign_content(OID_PKI_DATA, pki_data(der, controls).dump(), specs, certificates)
         elif policy.request_type == RequestType.PKCS7 and self.agent is not None:
-            wrapped = self.agent.co_sign(der, requester=policy.requester_name, format="pkcs7", yes=True).der
+            wrapped = co_sign(self.agent, der, requester=policy.requester_name, format="pkcs7", yes=True).der
         elif policy.request_type == RequestType.PKCS7:
             assert self.renewal_certificate is not None and self.renewal_signer is not None
             spec = SignerSpec(self.renewal_signer, certificate=self.renewal_certificate)

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from tokenagent.enroll.sign import Agent
+from tokenagent.enroll.agent import Agent
 from tokenagent.errors import InputError, UsageError
 from tokenagent.inputs import read_input
-from tokenagent.request import cms as cms_room
-from tokenagent.request.cmc import OID_PKI_DATA, CmcControls, pki_data, revoke_request
+from tokenagent.request.cmc import CmcControls, pki_data, revoke_request
+from tokenagent.request.cms_sign import sign_content
+from tokenagent.request.der import PARSE_ERRORS, reason_of
+from tokenagent.request.oids import OID_PKI_DATA
 from tokenagent.request.response import read_response
 
 
@@ -35,10 +37,10 @@ def target_from_certificate(path: Path) -> RevokeTarget:
     cert = x509.Certificate.load(leaves[0])
     try:
         return RevokeTarget(cert.issuer.dump(), cert.serial_number, cert.issuer.human_friendly)
-    except cms_room.PARSE_ERRORS as exc:
+    except PARSE_ERRORS as exc:
         # cryptography read the certificate (read_response), but asn1crypto types name values by
         # their attribute type and refuses e.g. a CN that is not a DirectoryString
-        raise InputError(f"cannot read the issuer or serial number in {path}: {cms_room.reason_of(exc)}") from None
+        raise InputError(f"cannot read the issuer or serial number in {path}: {reason_of(exc)}") from None
 
 
 def target_from_text(issuer: str, serial: str) -> RevokeTarget:
@@ -70,4 +72,4 @@ def build_revoke_request(
     """PKIData { controlSequence { ..., revokeRequest }, reqSequence {} } signed by `agent`'s key."""
     control = revoke_request(target.issuer, target.serial, reason, invalidity, comment)
     content = pki_data(None, controls, revoke=control).dump()
-    return cms_room.sign_content(OID_PKI_DATA, content, [agent.spec()], [agent.certificate])
+    return sign_content(OID_PKI_DATA, content, [agent.spec()], [agent.certificate])

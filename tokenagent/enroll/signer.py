@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenagent.errors import CapacityError, UsageError
+from tokenagent.providers.plan import sign_mechanisms
 from tokenagent.request.algorithms import SignatureAlgorithm, digest, digest_info, ecdsa_der_signature
 from tokenagent.token.facts import SignMechanism
-from tokenagent.token.keys import always_authenticate, sign_raw
+from tokenagent.token.keys import always_authenticate, mechanism_names, sign_raw
 from tokenagent.token.session import TokenSession
 
 
@@ -41,3 +43,29 @@ class TokenSigner:
         raw = sign_raw(self._session, self._key, how, payload, context_login=self._context_login)
         self.signatures += 1
         return ecdsa_der_signature(raw) if how.ecdsa else raw
+
+
+def token_signer(
+    session: TokenSession, key: Any, spki: bytes, *, hash_name: str = "sha256", pss: bool = False
+) -> TokenSigner:
+    """A signer for a key on the token whose algorithm follows the key (RSA: PKCS#1 v1.5 or, with
+    ``pss``, PSS; EC: ECDSA) and whose mechanism is one the token offers."""
+    from asn1crypto import keys
+
+    algorithm_name = keys.PublicKeyInfo.load(spki).algorithm
+    if algorithm_name == "rsa":
+        algorithm = SignatureAlgorithm(hash_name, "pss" if pss else "pkcs1v15")
+    elif algorithm_name == "ec":
+        if pss:
+            raise UsageError("--pss is for RSA agent keys; this agent key is EC")
+        algorithm = SignatureAlgorithm(hash_name, "ecdsa")
+    else:
+        raise CapacityError(f"the agent key is {algorithm_name}; tokenagent signs with RSA or EC keys")
+    available = mechanism_names(session)
+    for how in sign_mechanisms(algorithm.padding, algorithm.hash):
+        if how.mechanism in available:
+            return TokenSigner(session, key, how, algorithm)
+    raise CapacityError(
+        f"token '{session.handle.label}' offers none of "
+        + ", ".join(m.mechanism for m in sign_mechanisms(algorithm.padding, algorithm.hash))
+    )

@@ -5,57 +5,18 @@ Each attribute is built with the classes below and handed back as asn1crypto's `
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from asn1crypto import core, csr, x509
 
 from tokenagent.display import has_hidden
 from tokenagent.inf.values import ValueProblem
-
-OID_EXTENSION_REQUEST = "1.2.840.113549.1.9.14"  # PKCS #9 extensionRequest
-OID_ENROLLMENT_NAME_VALUE_PAIR = "1.3.6.1.4.1.311.13.2.1"  # szOID_ENROLLMENT_NAME_VALUE_PAIR
-OID_ENROLLMENT_CSP_PROVIDER = "1.3.6.1.4.1.311.13.2.2"  # szOID_ENROLLMENT_CSP_PROVIDER
+from tokenagent.request.asn1.attributes import Attribute, CspProvider, EnrollmentNameValuePair
+from tokenagent.request.oids import OID_ENROLLMENT_CSP_PROVIDER, OID_ENROLLMENT_NAME_VALUE_PAIR, OID_EXTENSION_REQUEST
 
 ATTRIBUTE_NAMES = {
     OID_EXTENSION_REQUEST: "Extension Request",
     OID_ENROLLMENT_NAME_VALUE_PAIR: "Enrollment Name-Value Pair",
     OID_ENROLLMENT_CSP_PROVIDER: "Enrollment CSP Provider",
 }
-
-
-# -- ASN.1 ---------------------------------------------------------------------------------------
-
-
-class AttributeValues(core.SetOf):
-    _child_spec = core.Any
-
-
-class Attribute(core.Sequence):
-    """RFC 2986: Attribute { type OBJECT IDENTIFIER, values SET SIZE(1..MAX) OF ANY DEFINED BY type }."""
-
-    _fields: ClassVar[list] = [
-        ("type", core.ObjectIdentifier),
-        ("values", AttributeValues),
-    ]
-
-
-class EnrollmentNameValuePair(core.Sequence):
-    """MS-WCCE 2.2.2.7.10: one [RequestAttributes] line."""
-
-    _fields: ClassVar[list] = [
-        ("name", core.BMPString),
-        ("value", core.BMPString),
-    ]
-
-
-class CspProvider(core.Sequence):
-    """MS-WCCE 2.2.2.7.5 (CSPProvider): the key's KeySpec and provider name; the signature stays empty."""
-
-    _fields: ClassVar[list] = [
-        ("key_spec", core.Integer),
-        ("csp_name", core.BMPString),
-        ("signature", core.BitString),
-    ]
 
 
 # -- builders -------------------------------------------------------------------------------------

@@ -29,9 +29,9 @@ from cryptography import x509
 from tokenagent.display import HIDDEN_NOTE, escape_tree, has_hidden_anywhere
 from tokenagent.errors import InputError
 from tokenagent.inf.extensions import OID_DS_GUID, OID_UPN
-from tokenagent.request import cmc
-from tokenagent.request import cms as cms_room
 from tokenagent.request.armor import read_der
+from tokenagent.request.asn1.cmc import ControlSequence, PKIData, PKIResponse, PopLinkWitnessV2
+from tokenagent.request.asn1.cms import SignedData
 from tokenagent.request.attributes import (
     ATTRIBUTE_NAMES,
     OID_ENROLLMENT_CSP_PROVIDER,
@@ -41,6 +41,9 @@ from tokenagent.request.attributes import (
     CspProvider,
     EnrollmentNameValuePair,
 )
+from tokenagent.request.cmc import CONTROL_NAMES, CRL_REASONS, control_values
+from tokenagent.request.cms_verify import SignerCheck, check_signed_data, verify_certification_request
+from tokenagent.request.der import LOAD_ERRORS, PARSE_ERRORS, kind_of, parse_all, reason_of
 from tokenagent.request.extensions import (
     KEY_PURPOSE_NAMES,
     OID_AUTHORITY_KEY_IDENTIFIER,
@@ -58,6 +61,39 @@ from tokenagent.request.extensions import (
     extension_name,
     key_identifier,
 )
+from tokenagent.request.names import name_text
+from tokenagent.request.oids import (
+    OID_BATCH_REQUESTS,
+    OID_CONTENT_TYPE,
+    OID_DATA,
+    OID_IDENTIFICATION,
+    OID_IDENTITY_PROOF,
+    OID_IDENTITY_PROOF_V2,
+    OID_MESSAGE_DIGEST,
+    OID_PKI_DATA,
+    OID_PKI_RESPONSE,
+    OID_POP_LINK_RANDOM,
+    OID_POP_LINK_WITNESS_V2,
+    OID_RECIPIENT_NONCE,
+    OID_REG_INFO,
+    OID_RENEWAL_CERTIFICATE,
+    OID_REVOKE_REQUEST,
+    OID_SENDER_NONCE,
+    OID_SIGNING_TIME,
+    OID_STATUS_INFO,
+    OID_STATUS_INFO_V2,
+    OID_TRANSACTION_ID,
+    REQUESTER_NAME,
+)
+from tokenagent.request.signed_data import (
+    CONTENT_TYPE_NAMES,
+    SIGNED_ATTRIBUTE_NAMES,
+    certificates_of,
+    check_inner_der,
+    load_certification_request,
+    load_pki_data,
+    load_signed_data,
+)
 
 Description = dict[str, Any]
 
@@ -71,10 +107,9 @@ _ATTRIBUTE_NAMES = {
     OID_CHALLENGE_PASSWORD: "Challenge Password",
     OID_OS_VERSION: "OS Version",
     OID_CLIENT_INFO: "Client Information",
-    cmc.OID_POP_LINK_WITNESS_V2: "popLinkWitnessV2",
-    cms_room.OID_RENEWAL_CERTIFICATE: "Renewal Certificate",
+    OID_POP_LINK_WITNESS_V2: "popLinkWitnessV2",
+    OID_RENEWAL_CERTIFICATE: "Renewal Certificate",
 }
-_CONTENT_TYPE_NAMES = cms_room.CONTENT_TYPE_NAMES
 _SIGNATURE_NAMES = {
     "1.2.840.113549.1.1.1": "rsaEncryption",
     "1.2.840.113549.1.1.5": "sha1WithRSAEncryption",
@@ -88,7 +123,7 @@ _SIGNATURE_NAMES = {
     "1.3.101.112": "Ed25519",
 }
 _CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
-_REASON_NAMES = {value: name for name, value in cmc.CRL_REASONS.items()}
+_REASON_NAMES = {value: name for name, value in CRL_REASONS.items()}
 
 
 # -- entry points ------------------------------------------------------------------------------------
@@ -99,28 +134,20 @@ def describe(data: bytes | str, what: str, *, extra_public_keys: Sequence[bytes]
     der = read_der(data, what)
     try:
         return _describe(der, what, extra_public_keys)
-    except cms_room.PARSE_ERRORS as exc:
-        raise InputError(f"cannot read {what}: damaged DER ({cms_room.reason_of(exc)})") from None
+    except PARSE_ERRORS as exc:
+        raise InputError(f"cannot read {what}: damaged DER ({reason_of(exc)})") from None
 
 
 def _describe(der: bytes, what: str, extra_public_keys: Sequence[bytes]) -> Description:
-    header = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
-    if der[header : header + 1] == b"\x06":  # ContentInfo ::= SEQUENCE { contentType OID, ... }
+    kind = kind_of(der)
+    if kind == "content-info":
         return _describe_cms(der, what, extra_public_keys)
-    try:
-        x509.load_der_x509_certificate(der)
-    except (ValueError, x509.InvalidVersion):
-        pass
-    else:
+    if kind == "certificate":
         return describe_certificate(der, what)
-    try:
-        x509.load_der_x509_csr(der)
-    except cms_room.LOAD_ERRORS:
-        pass
-    else:
+    if kind == "certification-request":
         return describe_request(der, what)
     try:
-        pki_data = cms_room.load_pki_data(der, what)
+        pki_data = load_pki_data(der, what)
     except InputError:
         raise InputError(
             f"{what} is neither a certificate, a PKCS #10 request, a CMS message nor a CMC PKIData"
@@ -174,7 +201,7 @@ def _general_name(name: core.Asn1Value) -> str:
         type_id = value["type_id"].dotted
         try:
             inner: core.Asn1Value | None = value["value"].parse()  # the [0] EXPLICIT value
-        except cms_room.PARSE_ERRORS:
+        except PARSE_ERRORS:
             inner = None
         if type_id == OID_UPN and isinstance(inner, core.UTF8String):
             return f"UPN:{inner.native}"
@@ -193,7 +220,7 @@ def _general_name(name: core.Asn1Value) -> str:
         raw = value.native
         return f"IP:{ipaddress.ip_address(raw)}" if len(raw) in (4, 16) else f"IP:{raw.hex()}"
     if kind == "directory_name":
-        return f"DirName:{cms_room.name_text(value)}"
+        return f"DirName:{name_text(value)}"
     return f"{kind}:{_hex(value.dump())}"
 
 
@@ -256,7 +283,7 @@ def _extensions(extensions: Sequence[asn1_x509.Extension]) -> tuple[list[Descrip
             value = _extension_value(oid, raw)
             if oid == OID_SUBJECT_ALT_NAME:
                 sans = _general_names(raw)
-        except cms_room.PARSE_ERRORS:
+        except PARSE_ERRORS:
             value = f"unreadable: {_raw(raw)}"
         described.append(
             {"oid": oid, "name": extension_name(oid), "critical": bool(extension["critical"].native), "value": value}
@@ -270,8 +297,8 @@ def _extensions(extensions: Sequence[asn1_x509.Extension]) -> tuple[list[Descrip
 def _certificate_summary(der: bytes) -> Description:
     certificate = asn1_x509.Certificate.load(der)
     return {
-        "subject": cms_room.name_text(certificate.subject),
-        "issuer": cms_room.name_text(certificate.issuer),
+        "subject": name_text(certificate.subject),
+        "issuer": name_text(certificate.issuer),
         "serial": f"0x{certificate.serial_number:x}",
         "not_after": _time(certificate["tbs_certificate"]["validity"]["not_after"].native),
     }
@@ -279,14 +306,14 @@ def _certificate_summary(der: bytes) -> Description:
 
 def describe_certificate(der: bytes, what: str = "certificate") -> Description:
     certificate = asn1_x509.Certificate.load(der, strict=True)
-    cms_room.parse_all(certificate)
+    parse_all(certificate)
     tbs = certificate["tbs_certificate"]
     extensions, sans = _extensions(list(tbs["extensions"]) if not isinstance(tbs["extensions"], core.Void) else [])
 
     return {
         "kind": "certificate",
-        "subject": cms_room.name_text(certificate.subject),
-        "issuer": cms_room.name_text(certificate.issuer),
+        "subject": name_text(certificate.subject),
+        "issuer": name_text(certificate.issuer),
         "serial": f"0x{certificate.serial_number:x}",
         "not_before": _time(tbs["validity"]["not_before"].native),
         "not_after": _time(tbs["validity"]["not_after"].native),
@@ -307,7 +334,7 @@ def _attribute_values(oid: str, values: list[bytes]) -> list[str]:
     for raw in values:
         try:
             texts.append(_attribute_value(oid, raw))
-        except cms_room.PARSE_ERRORS:
+        except PARSE_ERRORS:
             texts.append(f"unreadable: {_raw(raw)}")
     return texts
 
@@ -323,9 +350,9 @@ def _attribute_value(oid: str, raw: bytes) -> str:
         return "(present, not shown)"
     if oid == OID_OS_VERSION:
         return str(core.load(raw).native)
-    if oid == cmc.OID_POP_LINK_WITNESS_V2:
-        return _witness_text(cmc.PopLinkWitnessV2.load(raw, strict=True))
-    if oid == cms_room.OID_RENEWAL_CERTIFICATE:
+    if oid == OID_POP_LINK_WITNESS_V2:
+        return _witness_text(PopLinkWitnessV2.load(raw, strict=True))
+    if oid == OID_RENEWAL_CERTIFICATE:
         summary = _certificate_summary(raw)
         return f"{summary['subject']} (issuer {summary['issuer']}, serial {summary['serial']})"
     if oid == OID_EXTENSION_REQUEST:
@@ -342,7 +369,7 @@ def _witness_text(value: core.Sequence) -> str:
 
 def describe_request(der: bytes, what: str = "certification request") -> Description:
     """A PKCS #10: subject, key, SANs, extensions, attributes, template and its signature status."""
-    request = cms_room.load_certification_request(der, what)
+    request = load_certification_request(der, what)
     info = request["certification_request_info"]
     extensions: list[asn1_x509.Extension] = []
     attributes: list[Description] = []
@@ -364,10 +391,10 @@ def describe_request(der: bytes, what: str = "certification request") -> Descrip
     template = next((e["value"] for e in described if e["oid"] in (OID_TEMPLATE_NAME, OID_TEMPLATE_INFO)), None)
     if template is None:
         template = next((value for name, value in pairs if name.lower() == "certificatetemplate"), None)
-    ok, reason = cms_room.verify_certification_request(der, what)
+    ok, reason = verify_certification_request(der, what)
     return {
         "kind": "pkcs10",
-        "subject": cms_room.name_text(info["subject"]),
+        "subject": name_text(info["subject"]),
         "public_key": _public_key(info["subject_pk_info"]),
         "signature_algorithm": signature_algorithm_text(request["signature_algorithm"]),
         "signature": {"ok": ok, "reason": reason},
@@ -388,18 +415,18 @@ def _signed_attribute(attribute: cms.CMSAttribute) -> Description:
     for value in attribute["values"]:
         raw = value.dump()
         try:
-            if oid == cms_room.OID_CONTENT_TYPE:
+            if oid == OID_CONTENT_TYPE:
                 dotted = core.ObjectIdentifier.load(raw).dotted
-                values.append(f"{_CONTENT_TYPE_NAMES.get(dotted, dotted)} ({dotted})")
-            elif oid == cms_room.OID_MESSAGE_DIGEST:
+                values.append(f"{CONTENT_TYPE_NAMES.get(dotted, dotted)} ({dotted})")
+            elif oid == OID_MESSAGE_DIGEST:
                 values.append(_hex(core.OctetString.load(raw).native))
-            elif oid == cms_room.OID_SIGNING_TIME:
+            elif oid == OID_SIGNING_TIME:
                 values.append(_time(cms.Time.load(raw).native))
             else:
                 values.append(_attribute_value(oid, raw))
-        except cms_room.PARSE_ERRORS:
+        except PARSE_ERRORS:
             values.append(f"unreadable: {_raw(raw)}")
-    name = cms_room.SIGNED_ATTRIBUTE_NAMES.get(oid, _ATTRIBUTE_NAMES.get(oid, oid))
+    name = SIGNED_ATTRIBUTE_NAMES.get(oid, _ATTRIBUTE_NAMES.get(oid, oid))
     return {"oid": oid, "name": name, "values": values}
 
 
@@ -409,12 +436,12 @@ def _requester_name(attributes: list[Description]) -> str | None:
             continue
         for value in attribute["values"]:
             name, _, text = value.partition("=")
-            if name.lower() == cms_room.REQUESTER_NAME.lower():
+            if name.lower() == REQUESTER_NAME.lower():
                 return text
     return None
 
 
-def _signers(signed: cms_room.SignedData, checks: list[cms_room.SignerCheck]) -> list[Description]:
+def _signers(signed: SignedData, checks: list[SignerCheck]) -> list[Description]:
     described: list[Description] = []
     for info, check in zip(signed["signer_infos"], checks, strict=True):
         attributes = info["signed_attrs"]
@@ -470,55 +497,55 @@ def _status_value(value: core.Sequence) -> Description:
 
 
 def _control_value(oid: str, value: core.Asn1Value) -> object:
-    if oid in (cmc.OID_TRANSACTION_ID, cmc.OID_IDENTIFICATION):
+    if oid in (OID_TRANSACTION_ID, OID_IDENTIFICATION):
         return value.native
-    if oid in (cmc.OID_SENDER_NONCE, cmc.OID_RECIPIENT_NONCE, cmc.OID_POP_LINK_RANDOM, cmc.OID_IDENTITY_PROOF):
+    if oid in (OID_SENDER_NONCE, OID_RECIPIENT_NONCE, OID_POP_LINK_RANDOM, OID_IDENTITY_PROOF):
         return _hex(value.native)
-    if oid == cmc.OID_REG_INFO:
+    if oid == OID_REG_INFO:
         return _reg_info(value.native)
-    if oid in (cmc.OID_STATUS_INFO, cmc.OID_STATUS_INFO_V2):
+    if oid in (OID_STATUS_INFO, OID_STATUS_INFO_V2):
         return _status_value(value)
-    if oid == cmc.OID_REVOKE_REQUEST:
+    if oid == OID_REVOKE_REQUEST:
         reason = int.from_bytes(value["reason"].contents, "big", signed=True)
         invalidity = value["invalidity_date"].native
         return {
-            "issuer": cms_room.name_text(value["issuer_name"]),
+            "issuer": name_text(value["issuer_name"]),
             "serial": f"0x{value['serial_number'].native:x}",
             "reason": _REASON_NAMES.get(reason, str(reason)),
             "invalidity_date": _time(invalidity) if invalidity is not None else None,
             "passphrase": None if isinstance(value["passphrase"], core.Void) else "(present, not shown)",
             "comment": value["comment"].native,
         }
-    if oid in (cmc.OID_IDENTITY_PROOF_V2, cmc.OID_POP_LINK_WITNESS_V2):
+    if oid in (OID_IDENTITY_PROOF_V2, OID_POP_LINK_WITNESS_V2):
         return _witness_text(value)
-    if oid == cmc.OID_BATCH_REQUESTS:
+    if oid == OID_BATCH_REQUESTS:
         return value.native
     return _raw(value.dump())
 
 
-def _controls(sequence: cmc.ControlSequence) -> list[Description]:
+def _controls(sequence: ControlSequence) -> list[Description]:
     controls: list[Description] = []
     for attribute in sequence:
         oid = attribute["attr_type"].dotted
         try:
-            values = [_control_value(oid, value) for value in cmc.control_values(attribute)]
-        except cms_room.PARSE_ERRORS:
+            values = [_control_value(oid, value) for value in control_values(attribute)]
+        except PARSE_ERRORS:
             values = [f"unreadable: {_raw(value.dump())}" for value in attribute["attr_values"]]
         controls.append(
             {
                 "body_part_id": attribute["body_part_id"].native,
                 "oid": oid,
-                "name": cmc.CONTROL_NAMES.get(oid, oid),
+                "name": CONTROL_NAMES.get(oid, oid),
                 "values": values,
             }
         )
     return controls
 
 
-def _pki_data(pki_data: cmc.PKIData | cmc.PKIResponse, what: str) -> Description:
+def _pki_data(pki_data: PKIData | PKIResponse, what: str) -> Description:
     ids: list[int] = [attribute["body_part_id"].native for attribute in pki_data["control_sequence"]]
     requests: list[Description] = []
-    if isinstance(pki_data, cmc.PKIData):
+    if isinstance(pki_data, PKIData):
         for tagged in pki_data["req_sequence"]:
             body_part_id = tagged.chosen["body_part_id"].native if tagged.name != "crm" else None
             request = None
@@ -539,18 +566,18 @@ def _pki_data(pki_data: cmc.PKIData | cmc.PKIResponse, what: str) -> Description
 
 
 def _describe_cms(der: bytes, what: str, extra_public_keys: Sequence[bytes]) -> Description:
-    signed = cms_room.load_signed_data(der, what)
+    signed = load_signed_data(der, what)
     encapsulated = signed["encap_content_info"]
     content_type = encapsulated["content_type"].dotted
     content = None if isinstance(encapsulated["content"], core.Void) else encapsulated["content"].native
-    certificates = [_certificate_summary(c) for c in cms_room.certificates_of(signed)]
-    has_content = bool(content) or (content is not None and content_type != cms_room.OID_DATA)
-    checks = cms_room.check_signed_data(signed, extra_public_keys, what=what) if has_content else []
+    certificates = [_certificate_summary(c) for c in certificates_of(signed)]
+    has_content = bool(content) or (content is not None and content_type != OID_DATA)
+    checks = check_signed_data(signed, extra_public_keys, what=what) if has_content else []
     description: Description = {
         "kind": "",
         "signed": True,
         "content_type": content_type,
-        "content_type_name": _CONTENT_TYPE_NAMES.get(content_type),
+        "content_type_name": CONTENT_TYPE_NAMES.get(content_type),
         "version": int(signed["version"]),
         "digest_algorithms": [a["algorithm"].native for a in signed["digest_algorithms"]],
         "certificates": certificates,
@@ -560,25 +587,25 @@ def _describe_cms(der: bytes, what: str, extra_public_keys: Sequence[bytes]) -> 
         description["kind"] = "pkcs7-certs"
         return description
     assert content is not None
-    if content_type == cmc.OID_PKI_DATA:
+    if content_type == OID_PKI_DATA:
         description["kind"] = "cmc-request"
-        description.update(_pki_data(cms_room.load_pki_data(content, what), what))
-    elif content_type == cmc.OID_PKI_RESPONSE:
-        cms_room.check_inner_der(content, what, "CMC PKIResponse")
+        description.update(_pki_data(load_pki_data(content, what), what))
+    elif content_type == OID_PKI_RESPONSE:
+        check_inner_der(content, what, "CMC PKIResponse")
         try:
-            response = cmc.PKIResponse.load(content, strict=True)
-            cms_room.parse_all(response)
-        except cms_room.PARSE_ERRORS as exc:
-            raise InputError(f"cannot read {what}: damaged CMC PKIResponse ({cms_room.reason_of(exc)})") from None
+            response = PKIResponse.load(content, strict=True)
+            parse_all(response)
+        except PARSE_ERRORS as exc:
+            raise InputError(f"cannot read {what}: damaged CMC PKIResponse ({reason_of(exc)})") from None
         description["kind"] = "cmc-response"
         description.update(_pki_data(response, what))
     else:
         description["kind"] = "cms-pkcs7"
         request = None
-        if content_type == cms_room.OID_DATA:
+        if content_type == OID_DATA:
             try:
                 x509.load_der_x509_csr(content)
-            except cms_room.LOAD_ERRORS:
+            except LOAD_ERRORS:
                 request = None
             else:
                 request = describe_request(content, what)

@@ -9,26 +9,28 @@ caller knows which INF line the value came from).
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from asn1crypto import core, keys, x509
 
-from tokenagent.inf.extensions import OID_DS_GUID, OID_UPN, ExtensionSpec, GeneralNameSpec
+from tokenagent.inf.extensions import ExtensionSpec, GeneralNameSpec
 from tokenagent.inf.names import OID_PATTERN
 from tokenagent.inf.policy import KEY_USAGE_NAMES
 from tokenagent.inf.values import ValueProblem
 from tokenagent.request.algorithms import digest
+from tokenagent.request.asn1.extensions import CertificateTemplate, GeneralName, GeneralNames, SMIMECapabilities
 from tokenagent.request.names import x509_name
-
-OID_KEY_USAGE = "2.5.29.15"
-OID_SUBJECT_KEY_IDENTIFIER = "2.5.29.14"
-OID_SUBJECT_ALT_NAME = "2.5.29.17"
-OID_BASIC_CONSTRAINTS = "2.5.29.19"
-OID_AUTHORITY_KEY_IDENTIFIER = "2.5.29.35"
-OID_EXTENDED_KEY_USAGE = "2.5.29.37"
-OID_SMIME_CAPABILITIES = "1.2.840.113549.1.9.15"  # RFC 4262
-OID_TEMPLATE_NAME = "1.3.6.1.4.1.311.20.2"  # szOID_ENROLL_CERTTYPE_EXTENSION
-OID_TEMPLATE_INFO = "1.3.6.1.4.1.311.21.7"  # szOID_CERTIFICATE_TEMPLATE
+from tokenagent.request.oids import (
+    OID_AUTHORITY_KEY_IDENTIFIER,
+    OID_BASIC_CONSTRAINTS,
+    OID_DS_GUID,
+    OID_EXTENDED_KEY_USAGE,
+    OID_KEY_USAGE,
+    OID_SMIME_CAPABILITIES,
+    OID_SUBJECT_ALT_NAME,
+    OID_SUBJECT_KEY_IDENTIFIER,
+    OID_TEMPLATE_INFO,
+    OID_TEMPLATE_NAME,
+    OID_UPN,
+)
 
 EXTENSION_NAMES = {
     OID_KEY_USAGE: "Key Usage",
@@ -87,55 +89,6 @@ _CIPHERS = {
     "rc2": ("1.2.840.113549.3.2", "rc2-cbc", True),
     "rc4": ("1.2.840.113549.3.4", "rc4", True),
 }
-
-
-# -- ASN.1 (RFC 5280 4.2.1.6, RFC 4262, MS-WCCE 2.2.2.7.7) ---------------------------------------
-
-
-class OtherName(core.Sequence):
-    _fields: ClassVar[list] = [
-        ("type_id", core.ObjectIdentifier),
-        ("value", core.Any, {"explicit": 0}),
-    ]
-
-
-class GeneralName(core.Choice):
-    """RFC 5280 GeneralName, the alternatives certreq writes, each as its underlying string type."""
-
-    _alternatives: ClassVar[list] = [
-        ("other_name", OtherName, {"implicit": 0}),
-        ("rfc822_name", core.IA5String, {"implicit": 1}),
-        ("dns_name", core.IA5String, {"implicit": 2}),
-        ("directory_name", x509.Name, {"explicit": 4}),
-        ("uniform_resource_identifier", core.IA5String, {"implicit": 6}),
-        ("ip_address", core.OctetString, {"implicit": 7}),
-        ("registered_id", core.ObjectIdentifier, {"implicit": 8}),
-    ]
-
-
-class GeneralNames(core.SequenceOf):
-    _child_spec = GeneralName
-
-
-class SMIMECapability(core.Sequence):
-    _fields: ClassVar[list] = [
-        ("capability_id", core.ObjectIdentifier),
-        ("parameters", core.Any, {"optional": True}),
-    ]
-
-
-class SMIMECapabilities(core.SequenceOf):
-    _child_spec = SMIMECapability
-
-
-class CertificateTemplate(core.Sequence):
-    """szOID_CERTIFICATE_TEMPLATE (MS-WCCE 2.2.2.7.7.2)."""
-
-    _fields: ClassVar[list] = [
-        ("template_id", core.ObjectIdentifier),
-        ("major_version", core.Integer, {"optional": True}),
-        ("minor_version", core.Integer, {"optional": True}),
-    ]
 
 
 # -- builders -------------------------------------------------------------------------------------

@@ -18,47 +18,25 @@ overrides them: UTF8String.
 from __future__ import annotations
 
 import re
-from typing import ClassVar
 
 from asn1crypto import core, x509
 
 from tokenagent.inf.names import DistinguishedName, NameAttribute
 from tokenagent.inf.policy import X500_NAME_FLAGS
 from tokenagent.inf.values import ValueProblem
+from tokenagent.request.asn1.names import LatinT61String, RDNSequence
+from tokenagent.request.der import PARSE_ERRORS
+from tokenagent.request.oids import OID_COUNTRY
 
 ENABLE_T61_UNICODE_FLAG = X500_NAME_FLAGS["CERT_NAME_STR_ENABLE_T61_UNICODE_FLAG"]
 ENABLE_UTF8_UNICODE_FLAG = X500_NAME_FLAGS["CERT_NAME_STR_ENABLE_UTF8_UNICODE_FLAG"]
 FORCE_UTF8_DIR_STR_FLAG = X500_NAME_FLAGS["CERT_NAME_STR_FORCE_UTF8_DIR_STR_FLAG"]
 DISABLE_UTF8_DIR_STR_FLAG = X500_NAME_FLAGS["CERT_NAME_STR_DISABLE_UTF8_DIR_STR_FLAG"]
 
-OID_COUNTRY = "2.5.4.6"
 _PRINTABLE_SYNTAX = {"2.5.4.5", "2.5.4.46", "2.5.4.20"}  # serialNumber, dnQualifier, telephoneNumber
 _IA5_SYNTAX = {"1.2.840.113549.1.9.1", "0.9.2342.19200300.100.1.25"}  # emailAddress (PKCS #9), DC (RFC 4519)
 _NUMERIC_SYNTAX = {"2.5.4.24"}  # x121Address
 _PRINTABLE = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]+")  # X.680 41.4
-
-
-# RFC 5280 4.1.2.4; the value is ANY because its type depends on the attribute
-class AttributeTypeAndValue(core.Sequence):
-    _fields: ClassVar[list] = [
-        ("type", core.ObjectIdentifier),
-        ("value", core.Any),
-    ]
-
-
-class RelativeDistinguishedName(core.SetOf):
-    _child_spec = AttributeTypeAndValue
-
-
-class RDNSequence(core.SequenceOf):
-    _child_spec = RelativeDistinguishedName
-
-
-class LatinT61String(core.AbstractString):
-    """T61String as Windows writes it: Latin-1 bytes (asn1crypto's own codec is strict T.61)."""
-
-    tag = 20
-    _encoding = "latin1"
 
 
 def is_printable(text: str) -> bool:
@@ -117,3 +95,47 @@ def _directory_string(name: str, value: str, flags: int) -> core.Asn1Value:
             "(add CERT_NAME_STR_ENABLE_UTF8_UNICODE_FLAG to X500NameFlags)"
         )
     return core.BMPString(value)
+
+
+# -- names as text (RFC 4514) ---------------------------------------------------------------------
+
+# The short names cryptography's rfc4514_string uses; other attributes are written as dotted OIDs.
+_NAME_KEYS = {
+    "2.5.4.3": "CN",
+    "2.5.4.6": "C",
+    "2.5.4.7": "L",
+    "2.5.4.8": "ST",
+    "2.5.4.9": "STREET",
+    "2.5.4.10": "O",
+    "2.5.4.11": "OU",
+    "0.9.2342.19200300.100.1.1": "UID",
+    "0.9.2342.19200300.100.1.25": "DC",
+}
+
+
+def _escape(text: str) -> str:
+    """RFC 4514 2.4 escaping of an attribute value."""
+    escaped = "".join("\\" + c if c in '"+,;<>\\' else "\\00" if c == "\0" else c for c in text)
+    if escaped.startswith(("#", " ")):
+        escaped = "\\" + escaped
+    if escaped.endswith(" ") and not escaped.endswith("\\ "):
+        escaped = escaped[:-1] + "\\ "
+    return escaped
+
+
+def name_text(name: x509.Name) -> str:
+    """A Name as RFC 4514 text, most specific RDN first, the way cryptography writes subjects."""
+    rdns: list[str] = []
+    for rdn in reversed(list(name.chosen)):
+        parts: list[str] = []
+        for pair in rdn:
+            oid = pair["type"].dotted
+            value = pair["value"]
+            try:
+                native = value.native
+            except PARSE_ERRORS:
+                native = None
+            text = _escape(native) if isinstance(native, str) else "#" + value.dump().hex()
+            parts.append(f"{_NAME_KEYS.get(oid, oid)}={text}")
+        rdns.append("+".join(parts))
+    return ",".join(rdns)

@@ -11,22 +11,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import ClassVar
 
 from asn1crypto import cms, core
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
 from tokenagent.errors import CAError, InputError, RequestPendingError
-from tokenagent.request import cmc
 from tokenagent.request.armor import read_der
-from tokenagent.request.cms import OID_DATA, OID_SIGNED_DATA, check_inner_der, verify_signers
-
-# What asn1crypto raises from lazily parsed, damaged DER (it has no exception class of its own).
-_PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError)
-# cryptography's certificate loaders: InvalidVersion is not a ValueError, and neither are the two
-# errors of reading the extensions (`_check_certificate`).
-_CERTIFICATE_ERRORS = (ValueError, x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+from tokenagent.request.asn1.cmc import PKIData, PKIResponse
+from tokenagent.request.asn1.cms import EncapsulatedContentInfo
+from tokenagent.request.cmc import control_values
+from tokenagent.request.cms_verify import verify_signers
+from tokenagent.request.der import CERTIFICATE_ERRORS, PARSE_ERRORS, kind_of, parse_native, reason_of
+from tokenagent.request.oids import (
+    OID_DATA,
+    OID_PKI_DATA,
+    OID_PKI_RESPONSE,
+    OID_SIGNED_DATA,
+    OID_STATUS_INFO,
+    OID_STATUS_INFO_V2,
+)
+from tokenagent.request.signed_data import check_inner_der
 
 
 @dataclass(frozen=True)
@@ -129,19 +134,6 @@ class _NotAResponse(Exception):
     """Well-formed DER that is something else; the message says what."""
 
 
-class _EncapsulatedContent(core.Sequence):
-    """RFC 5652 EncapsulatedContentInfo read as is, whatever SignedData version announces it.
-
-    asn1crypto reads a version 1 SignedData's content as PKCS #7's [0] EXPLICIT ANY; CMS always
-    wraps eContent in an OCTET STRING, and the signature covers that OCTET STRING's contents.
-    """
-
-    _fields: ClassVar[list] = [
-        ("content_type", cms.ContentType),
-        ("content", core.OctetString, {"explicit": 0, "optional": True}),
-    ]
-
-
 def read_response(data: bytes | str, what: str = "response") -> CertificateResponse:
     """The CA's answer in ``data`` (DER, PEM, bare or UTF-16 base64); `InputError` for anything else."""
     der = read_der(data, what)
@@ -149,31 +141,20 @@ def read_response(data: bytes | str, what: str = "response") -> CertificateRespo
         return _read(der, what)
     except _NotAResponse as exc:
         raise InputError(f"{what}: {exc}") from None
-    except _PARSE_ERRORS as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot read {what}: damaged DER ({reason})") from None
-
-
-def _parse_all(value: core.Asn1Value) -> None:
-    """asn1crypto parses lazily: reading .native parses every nested value now, so damage shows here."""
-    try:
-        value.native  # noqa: B018
-    except AttributeError as exc:  # e.g. an ObjectDescriptor inside an ANY: asn1crypto has no .native for it
-        raise ValueError(f"an element asn1crypto cannot read ({exc})") from None
+    except PARSE_ERRORS as exc:
+        raise InputError(f"cannot read {what}: damaged DER ({reason_of(exc)})") from None
 
 
 def _read(der: bytes, what: str) -> CertificateResponse:
-    header = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
-    first_tag = der[header] if len(der) > header else None
-    if first_tag == 0x06:  # ContentInfo ::= SEQUENCE { contentType OBJECT IDENTIFIER, ... }
+    if kind_of(der) == "content-info":
         return _read_content_info(der, what)
     try:
         x509.load_der_x509_certificate(der)
-    except _CERTIFICATE_ERRORS:
+    except CERTIFICATE_ERRORS:
         raise _NotAResponse(_what_else(der)) from None
     try:
         _check_certificate(der)
-    except _CERTIFICATE_ERRORS as exc:
+    except CERTIFICATE_ERRORS as exc:
         raise ValueError(f"the certificate cannot be read: {exc}") from None
     return CertificateResponse("certificate", (der,), (), "unsigned", ())
 
@@ -182,19 +163,19 @@ def _what_else(der: bytes) -> str:
     """Name a well-formed DER value that is not a CA response, for the error message."""
     try:
         x509.load_der_x509_csr(der)
-    except _CERTIFICATE_ERRORS:
+    except CERTIFICATE_ERRORS:
         pass
     else:
         return "a certificate request, not a CA response"
     # PKIData first: asn1crypto keeps extra trailing elements, so PKIResponse would read a PKIData too
     bare: list[tuple[type[core.Sequence], str]] = [
-        (cmc.PKIData, "a CMC request (PKIData), not a CA response"),
-        (cmc.PKIResponse, "a bare CMC PKIResponse without its CMS SignedData"),
+        (PKIData, "a CMC request (PKIData), not a CA response"),
+        (PKIResponse, "a bare CMC PKIResponse without its CMS SignedData"),
     ]
     for spec, name in bare:
         try:
-            _parse_all(spec.load(der, strict=True))
-        except _PARSE_ERRORS:
+            parse_native(spec.load(der, strict=True))
+        except PARSE_ERRORS:
             continue
         return name
     return "not a certificate, PKCS #7 or CMC response (neither an X.509 certificate nor a CMS ContentInfo)"
@@ -208,15 +189,15 @@ def _read_content_info(der: bytes, what: str) -> CertificateResponse:
     signed = info["content"]
     if not isinstance(signed, cms.SignedData):
         raise _NotAResponse("a signedData ContentInfo without its content")
-    encapsulated = _EncapsulatedContent.load(signed["encap_content_info"].dump(), strict=True)
+    encapsulated = EncapsulatedContentInfo.load(signed["encap_content_info"].dump(), strict=True)
     econtent_type = encapsulated["content_type"].dotted
     econtent: bytes | None = encapsulated["content"].native  # None when absent
     certificates = _certificates(signed)
-    _parse_all(signed["version"])
-    _parse_all(signed["digest_algorithms"])
+    parse_native(signed["version"])
+    parse_native(signed["digest_algorithms"])
     signer_infos = list(signed["signer_infos"])
     for signer_info in signer_infos:
-        _parse_all(signer_info)
+        parse_native(signer_info)
 
     if econtent_type == OID_DATA:
         if econtent:
@@ -224,15 +205,15 @@ def _read_content_info(der: bytes, what: str) -> CertificateResponse:
         # certs-only ("degenerate") SignedData, RFC 5272 section 4.1; a SignerInfo would be detached
         signature = "unverifiable" if signer_infos else "unsigned"
         return CertificateResponse("pkcs7", certificates, (), signature, ())
-    if econtent_type == cmc.OID_PKI_DATA:
+    if econtent_type == OID_PKI_DATA:
         raise _NotAResponse("a CMC request (PKIData), not a CA response")
-    if econtent_type != cmc.OID_PKI_RESPONSE:
+    if econtent_type != OID_PKI_RESPONSE:
         raise _NotAResponse(f"signed data with content type {econtent_type}, not a CA response")
     if econtent is None:
         raise _NotAResponse("a CMC response without its PKIResponse content (detached)")
     check_inner_der(econtent, what, "CMC PKIResponse")  # before `_parse_all` recurses into it
-    response = cmc.PKIResponse.load(econtent, strict=True)
-    _parse_all(response)
+    response = PKIResponse.load(econtent, strict=True)
+    parse_native(response)
     statuses = tuple(_statuses(response))
     signature, signers = _check_signatures(der, what)
     return CertificateResponse("cmc", certificates, statuses, signature, signers)
@@ -250,20 +231,20 @@ def _certificates(signed: cms.SignedData) -> tuple[bytes, ...]:
         der = choice.chosen.dump()
         try:
             _check_certificate(der)
-        except _CERTIFICATE_ERRORS as exc:
+        except CERTIFICATE_ERRORS as exc:
             raise ValueError(f"certificate {number} of the SignedData cannot be read: {exc}") from None
         found.append(der)
     return tuple(found)
 
 
-def _statuses(response: cmc.PKIResponse) -> list[CmcStatus]:
+def _statuses(response: PKIResponse) -> list[CmcStatus]:
     statuses: list[CmcStatus] = []
     for attribute in response["control_sequence"]:
         oid = attribute["attr_type"].dotted
-        if oid not in (cmc.OID_STATUS_INFO, cmc.OID_STATUS_INFO_V2):
+        if oid not in (OID_STATUS_INFO, OID_STATUS_INFO_V2):
             continue
-        for value in cmc.control_values(attribute):
-            statuses.append(_status(value, 2 if oid == cmc.OID_STATUS_INFO_V2 else 1))
+        for value in control_values(attribute):
+            statuses.append(_status(value, 2 if oid == OID_STATUS_INFO_V2 else 1))
     return statuses
 
 
@@ -330,7 +311,7 @@ def _check_certificate(der: bytes) -> None:
 def _load(der: bytes, number: int) -> x509.Certificate:
     try:
         return x509.load_der_x509_certificate(der)
-    except _CERTIFICATE_ERRORS as exc:
+    except CERTIFICATE_ERRORS as exc:
         where = f"certificate {number}" if number else "the certificate"
         raise InputError(f"cannot read {where}: {exc}") from None
 

@@ -20,13 +20,7 @@ from pkcs11 import exceptions as p11
 
 from tokenagent.errors import CapacityError, TokenOperationError
 from tokenagent.token.keys import attribute
-from tokenagent.token.objects import (
-    KEY_USAGE,
-    find_objects,
-    key_id_for,
-    public_key_info,
-    read_attributes,
-)
+from tokenagent.token.objects import KEY_USAGE, find_objects, key_id_for, public_key_info, read_attributes
 from tokenagent.token.session import TokenSession
 
 log = logging.getLogger("tokenagent")
