@@ -16,7 +16,7 @@ from typing import TextIO
 
 import click
 
-from tokenagent import __version__
+from tokenagent import __version__, interrupts
 from tokenagent.cli.state import STATE
 from tokenagent.display import terminal_safe
 from tokenagent.errors import Interrupted, Terminated, TokenAgentError, one_line
@@ -150,15 +150,6 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
-def _terminated() -> bool:
-    """True when the run was ended by SIGTERM (see tokenagent/entry.py), not by Ctrl-C."""
-    import signal
-
-    from tokenagent import entry
-
-    return entry.received == signal.SIGTERM
-
-
 def _show_click_error(exc: click.ClickException) -> None:
     """click's own usage errors quote what was typed (a file name, a value): same display rule."""
     import io
@@ -172,7 +163,7 @@ def _show_click_error(exc: click.ClickException) -> None:
 
 
 def _fail(exc: TokenAgentError) -> None:
-    if isinstance(exc, Interrupted) and not isinstance(exc, Terminated) and _terminated():
+    if isinstance(exc, Interrupted) and not isinstance(exc, Terminated) and interrupts.terminated():
         exc = Terminated(exc.message.replace("interrupted", "terminated", 1))
     if STATE.verbose and exc.__traceback__ is not None:
         traceback.print_exception(exc)

@@ -208,7 +208,7 @@ def generate_key_pair(
         )
     except p11.DeviceMemory:
         raise CapacityError(f"token {name} is full (CKR_DEVICE_MEMORY); nothing was created") from None
-    except (p11.MechanismInvalid, p11.KeySizeRange, p11.CurveNotSupported, p11.DomainParamsInvalid) as exc:
+    except (p11.MechanismInvalid, p11.KeySizeRange, p11.DomainParamsInvalid) as exc:
         raise CapacityError(
             f"token {name} refused to generate the key ({_rv(exc)}): {generation_mechanism} with these parameters"
         ) from None
