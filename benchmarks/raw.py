@@ -39,7 +39,7 @@ def planned_templates(inf: Path) -> tuple[str, dict[Attribute, Any], dict[Attrib
     from tokenagent.inf.policy import load_policy
     from tokenagent.providers.plan import plan_key
     from tokenagent.providers.registry import load_registry
-    from tokenagent.token.keys import template
+    from tokenagent.token.names import template
 
     policy = load_policy(inf)
     provider = load_registry(()).lookup(policy.provider_name, "")

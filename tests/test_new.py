@@ -602,8 +602,8 @@ def test_seed_examples(seed: Path, tmp_path: Path, cli, softhsm: SoftHSM) -> Non
 
 def test_token_info_read_directly_matches_python_pkcs11(softhsm: SoftHSM) -> None:
     """The ctypes CK_TOKEN_INFO layout used for free memory is right: label and serial agree."""
-    from tokenagent.token.keys import read_token_info
     from tokenagent.token.library import find_token
+    from tokenagent.token.tokeninfo import read_token_info
 
     handle = find_token(TOKEN)
     info = read_token_info(handle)

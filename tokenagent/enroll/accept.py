@@ -59,10 +59,10 @@ from tokenagent.token.certs import (
     key_id_of,
     label_of,
     update_attributes,
+    write_certificate,
 )
-from tokenagent.token.keys import destroy_objects, write_certificate
 from tokenagent.token.library import TokenHandle, TokenSelector, iter_tokens, modules_for, select_token
-from tokenagent.token.objects import find_private_key_for, key_id_for
+from tokenagent.token.objects import destroy_objects, find_private_key_for, key_id_for
 from tokenagent.token.pins import PinSource
 from tokenagent.token.session import TokenSession, open_session
 

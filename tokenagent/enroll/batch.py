@@ -51,10 +51,10 @@ from tokenagent.enroll.new import (
 from tokenagent.enroll.recovery import recover_interrupted
 from tokenagent.providers.registry import ProviderRegistry, load_registry
 from tokenagent.token.facts import TokenFacts
-from tokenagent.token.keys import gather_facts
 from tokenagent.token.library import TokenHandle
 from tokenagent.token.modules import ENV_MODULE
 from tokenagent.token.session import TokenSession, open_session
+from tokenagent.token.tokeninfo import gather_facts
 
 log = logging.getLogger("tokenagent")
 

@@ -153,7 +153,8 @@ def key_test(ts: TokenSession, private: Any, spki_der: bytes, capabilities: froz
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-    from tokenagent.token.keys import always_authenticate, mechanism_names, sign_raw
+    from tokenagent.token.signing import always_authenticate, sign_raw
+    from tokenagent.token.tokeninfo import mechanism_names
 
     if "sign" not in capabilities:
         return KeyTest("skipped", "the key may not sign (CKA_SIGN is FALSE)")

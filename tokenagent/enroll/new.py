@@ -49,21 +49,16 @@ from tokenagent.store.intents import IntentStore, KeyIntent
 from tokenagent.store.locks import selection_lock, token_lock
 from tokenagent.store.paths import pending_db_path
 from tokenagent.store.pending import NewPending, PendingRequest, PendingStore
+from tokenagent.token.certs import write_certificate
 from tokenagent.token.facts import TokenFacts
-from tokenagent.token.keys import (
-    KeyPair,
-    destroy_objects,
-    find_key_pair_by_certificate,
-    find_key_pair_by_label,
-    gather_facts,
-    generate_key_pair,
-    write_certificate,
-)
+from tokenagent.token.generate import KeyPair, generate_key_pair
+from tokenagent.token.keypairs import find_key_pair_by_certificate, find_key_pair_by_label
 from tokenagent.token.library import TokenHandle, TokenSelector, modules_for, select_token
 from tokenagent.token.modules import ENV_MODULE
-from tokenagent.token.objects import key_id_for
+from tokenagent.token.objects import destroy_objects, key_id_for
 from tokenagent.token.pins import PinSource, parse_pin_source
 from tokenagent.token.session import TokenSession, open_session
+from tokenagent.token.tokeninfo import gather_facts
 from tokenagent.token.uri import Pkcs11Uri
 
 if TYPE_CHECKING:  # the agent and CMS/CMC rooms are imported only by the requests that use them

@@ -10,9 +10,9 @@ from pathlib import Path
 from tokenagent.errors import KeyMismatchError, ObjectNotFoundError, TokenOperationError, UsageError
 from tokenagent.store.paths import pending_db_path
 from tokenagent.store.pending import PendingRequest, PendingStore
-from tokenagent.token.keys import destroy_objects, key_pair_objects
+from tokenagent.token.keypairs import key_pair_objects
 from tokenagent.token.library import TokenSelector, modules_for, select_token
-from tokenagent.token.objects import public_key_info
+from tokenagent.token.objects import destroy_objects, public_key_info
 from tokenagent.token.pins import PinSource
 from tokenagent.token.session import open_session
 

@@ -21,8 +21,9 @@ from tokenagent.errors import TokenAgentError
 from tokenagent.store.intents import IntentStore, KeyIntent
 from tokenagent.store.locks import token_lock
 from tokenagent.store.pending import PendingStore
-from tokenagent.token.keys import destroy_objects, empty_key_objects, objects_with_id
+from tokenagent.token.keypairs import empty_key_objects, objects_with_id
 from tokenagent.token.library import TokenSelector, find_token, modules_for, select_token
+from tokenagent.token.objects import destroy_objects
 from tokenagent.token.pins import PinSource
 from tokenagent.token.session import TokenSession, open_session
 

@@ -13,8 +13,9 @@ from tokenagent.errors import CapacityError, UsageError
 from tokenagent.providers.plan import sign_mechanisms
 from tokenagent.request.algorithms import SignatureAlgorithm, digest, digest_info, ecdsa_der_signature
 from tokenagent.token.facts import SignMechanism
-from tokenagent.token.keys import always_authenticate, mechanism_names, sign_raw
 from tokenagent.token.session import TokenSession
+from tokenagent.token.signing import always_authenticate, sign_raw
+from tokenagent.token.tokeninfo import mechanism_names
 
 
 class TokenSigner:

@@ -15,11 +15,11 @@ from typing import Any
 
 import pkcs11
 from asn1crypto import keys, x509
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import Attribute, CertificateType, ObjectClass
 from pkcs11 import exceptions as p11
 
 from tokenagent.errors import CapacityError, TokenOperationError
-from tokenagent.token.keys import attribute
+from tokenagent.token.names import attribute, rv
 from tokenagent.token.objects import KEY_USAGE, find_objects, key_id_for, public_key_info, read_attributes
 from tokenagent.token.session import TokenSession
 
@@ -160,3 +160,36 @@ def update_attributes(ts: TokenSession, obj: pkcs11.Object, changes: Mapping[str
             log.error("token %s: the certificate now exists twice; delete one of them", name)
         raise TokenOperationError(f"token {name}: cannot replace the certificate: {type(exc).__name__}") from None
     return copy
+
+
+def write_certificate(
+    ts: TokenSession, der: bytes, *, key_id: bytes, label: str, category: int = 1, trusted: bool = False
+) -> pkcs11.Object:
+    """A CKO_CERTIFICATE token object next to its key (same CKA_ID), as OpenSC and NSS expect.
+
+    ``trusted`` sets CKA_TRUSTED, which PKCS#11 lets only a security-officer session set; it is
+    given at creation because SoftHSM 2.6.1 refuses to change it afterwards even for the SO.
+    """
+    name = f"'{ts.handle.label}'"
+    cert = x509.Certificate.load(der)
+    attrs = {
+        Attribute.CLASS: ObjectClass.CERTIFICATE,
+        Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: False,
+        Attribute.ID: key_id,
+        Attribute.LABEL: label,
+        Attribute.SUBJECT: cert.subject.dump(),
+        Attribute.ISSUER: cert.issuer.dump(),
+        Attribute.SERIAL_NUMBER: cert["tbs_certificate"]["serial_number"].dump(),
+        Attribute.VALUE: der,
+        Attribute.CERTIFICATE_CATEGORY: category,
+    }
+    if trusted:
+        attrs[Attribute.TRUSTED] = True
+    try:
+        return ts.session.create_object(attrs)
+    except p11.DeviceMemory:
+        raise CapacityError(f"token {name} is full (CKR_DEVICE_MEMORY): the certificate was not written") from None
+    except p11.PKCS11Error as exc:
+        raise TokenOperationError(f"token {name}: cannot write the certificate: {rv(exc)}") from None

@@ -8,7 +8,8 @@ failing, so a listing never crashes on a token we have not met.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,7 +20,10 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.exceptions import PKCS11Error
 
 from tokenagent.token.library import TokenHandle
+from tokenagent.token.names import rv
 from tokenagent.token.uri import Pkcs11Uri
+
+log = logging.getLogger("tokenagent")
 
 CLASS_NAMES: dict[int, str] = {
     ObjectClass.DATA: "data",
@@ -341,3 +345,16 @@ def find_private_keys(
 ) -> list[pkcs11.Object]:
     """Private keys by CKA_LABEL and/or CKA_ID (an agent key named by --agent)."""
     return find_objects(session, object_class=ObjectClass.PRIVATE_KEY, label=label, object_id=object_id)
+
+
+def destroy_objects(objects: Sequence[pkcs11.Object], *, what: str) -> list[str]:
+    """Best-effort C_DestroyObject on each; returns problems instead of raising (rollback path)."""
+    problems = []
+    for obj in objects:
+        try:
+            obj.destroy()
+        except PKCS11Error as exc:
+            problems.append(f"cannot delete an object of the {what}: {rv(exc)}")
+    for problem in problems:
+        log.error("%s", problem)
+    return problems

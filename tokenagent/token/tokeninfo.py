@@ -1,0 +1,121 @@
+"""What a token can do and holds, for the capacity check: mechanisms with their ranges, the labels
+of its private keys, its object count and free memory (CK_TOKEN_INFO)."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pkcs11
+from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import exceptions as p11
+
+from tokenagent.errors import TokenOperationError
+from tokenagent.token.facts import MechanismRange, TokenFacts
+from tokenagent.token.library import TokenHandle
+from tokenagent.token.names import rv as _rv
+from tokenagent.token.objects import find_objects, read_attributes
+from tokenagent.token.session import PinState, TokenSession
+
+_UNAVAILABLE = (1 << 64) - 1  # CK_UNAVAILABLE_INFORMATION for a 64-bit CK_ULONG
+
+
+def gather_facts(ts: TokenSession) -> TokenFacts:
+    """What the capacity check needs: flags, mechanisms with ranges, what is already stored."""
+    handle = ts.handle.refresh()
+    state = PinState.from_flags(handle.flags)
+    mechanisms: dict[str, MechanismRange] = {}
+    try:
+        available = handle.slot.get_mechanisms()
+    except p11.PKCS11Error as exc:
+        raise TokenOperationError(f"token '{handle.label}': cannot list mechanisms: {type(exc).__name__}") from None
+    for mech in available:
+        if not isinstance(mech, Mechanism):
+            continue  # vendor-defined numbers: not ours to plan with
+        try:
+            info = handle.slot.get_mechanism_info(mech)
+        except p11.PKCS11Error:
+            continue
+        flags = frozenset(flag.name for flag in MechanismFlag if flag.value and info.flags & flag and flag.name)
+        mechanisms[f"CKM_{mech.name}"] = MechanismRange(
+            int(info.min_key_length or 0), int(info.max_key_length or 0), flags
+        )
+    # only private keys need an attribute read; the rest are just counted
+    count = sum(1 for _ in ts.session.get_objects({}))
+    labels = [
+        str(read_attributes(obj, [Attribute.LABEL]).get(Attribute.LABEL) or "")
+        for obj in find_objects(ts.session, object_class=ObjectClass.PRIVATE_KEY)
+    ]
+    free_public, free_private = _free_memory(ts)
+    return TokenFacts(
+        label=handle.label,
+        serial=handle.serial,
+        model=handle.model,
+        initialized=handle.initialized,
+        write_protected=bool(handle.flags & pkcs11.TokenFlag.WRITE_PROTECTED),
+        user_pin_initialized=state.initialized,
+        user_pin_locked=state.locked,
+        mechanisms=mechanisms,
+        private_key_labels=tuple(labels),
+        object_count=count,
+        free_public_memory=free_public,
+        free_private_memory=free_private,
+        pin_pad=state.protected_authentication_path,
+    )
+
+
+def mechanism_names(ts: TokenSession) -> frozenset[str]:
+    """The CKM_* names the slot lists, without reading each mechanism's info (cheap)."""
+    try:
+        return frozenset(f"CKM_{m.name}" for m in ts.handle.slot.get_mechanisms() if isinstance(m, Mechanism))
+    except p11.PKCS11Error as exc:
+        raise TokenOperationError(f"token '{ts.handle.label}': cannot list mechanisms: {_rv(exc)}") from None
+
+
+class _TokenInfo(ctypes.Structure):
+    """CK_TOKEN_INFO (PKCS#11 v2.40 §3.2), laid out for Linux's unsigned long CK_ULONG."""
+
+    _fields_ = [
+        ("label", ctypes.c_char * 32),
+        ("manufacturerID", ctypes.c_char * 32),
+        ("model", ctypes.c_char * 16),
+        ("serialNumber", ctypes.c_char * 16),
+        ("flags", ctypes.c_ulong),
+        ("ulMaxSessionCount", ctypes.c_ulong),
+        ("ulSessionCount", ctypes.c_ulong),
+        ("ulMaxRwSessionCount", ctypes.c_ulong),
+        ("ulRwSessionCount", ctypes.c_ulong),
+        ("ulMaxPinLen", ctypes.c_ulong),
+        ("ulMinPinLen", ctypes.c_ulong),
+        ("ulTotalPublicMemory", ctypes.c_ulong),
+        ("ulFreePublicMemory", ctypes.c_ulong),
+        ("ulTotalPrivateMemory", ctypes.c_ulong),
+        ("ulFreePrivateMemory", ctypes.c_ulong),
+        ("hardwareVersion", ctypes.c_ubyte * 2),
+        ("firmwareVersion", ctypes.c_ubyte * 2),
+        ("utcTime", ctypes.c_char * 16),
+    ]
+
+
+def read_token_info(handle: TokenHandle) -> _TokenInfo | None:
+    """CK_TOKEN_INFO straight from the module's exported C_GetTokenInfo: python-pkcs11 does not
+    expose the memory fields. The library is already initialized by python-pkcs11."""
+    try:
+        lib = ctypes.CDLL(handle.module.path)
+        info = _TokenInfo()
+        if lib.C_GetTokenInfo(ctypes.c_ulong(handle.slot_id), ctypes.byref(info)) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return info
+
+
+def _free_memory(ts: TokenSession) -> tuple[int | None, int | None]:
+    info = read_token_info(ts.handle)
+    if info is None:
+        return None, None
+
+    def known(value: int) -> int | None:
+        # CK_UNAVAILABLE_INFORMATION, and CK_EFFECTIVELY_INFINITE (0) for memory, mean "no limit to check"
+        return None if value in (_UNAVAILABLE, 0) else value
+
+    return known(info.ulFreePublicMemory), known(info.ulFreePrivateMemory)
