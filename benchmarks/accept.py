@@ -52,11 +52,12 @@ def make_requests(jobs: list[list[str]]) -> dict[str, Any]:
     from tokenagent.enroll.batch import NewBatch
     from tokenagent.enroll.new import NewOptions
     from tokenagent.token.pins import literal_pin_source
+    from tokenagent.token.target import TokenTarget
 
     pins = literal_pin_source(USER_PIN)
     with NewBatch() as batch:
         for token, policy, output in jobs:
-            batch.new(NewOptions(policy=Path(policy), output=Path(output), token=token, pin_source=pins))
+            batch.new(NewOptions(policy=Path(policy), output=Path(output), target=TokenTarget(token, (), pins)))
     return {"made": len(jobs)}
 
 
@@ -64,11 +65,12 @@ def accept_all(certificates: list[str]) -> float:
     """Seconds for one `accept_certificate` per certificate (each finds its pending request)."""
     from tokenagent.enroll.accept import AcceptOptions, accept_certificate
     from tokenagent.token.pins import literal_pin_source
+    from tokenagent.token.target import TokenTarget
 
     pins = literal_pin_source(USER_PIN)
     start = time.perf_counter()
     for certificate in certificates:
-        result = accept_certificate(AcceptOptions(response=Path(certificate), pin_source=pins))
+        result = accept_certificate(AcceptOptions(response=Path(certificate), target=TokenTarget(None, (), pins)))
         if not result.written:
             raise RuntimeError(f"{certificate}: accept wrote nothing")
     return time.perf_counter() - start

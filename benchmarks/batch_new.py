@@ -27,6 +27,7 @@ def child(key: str, infs: list[str], out_dir: str, order: str, single: bool) -> 
     from tokenagent.enroll.new import NewOptions, new_request
     from tokenagent.token.library import find_token
     from tokenagent.token.pins import literal_pin_source
+    from tokenagent.token.target import TokenTarget
 
     lib = raw.load_lib()
     find_token("ta")  # module loaded and initialized before either side is timed
@@ -38,7 +39,9 @@ def child(key: str, infs: list[str], out_dir: str, order: str, single: bool) -> 
         start = time.perf_counter()
         with NewBatch() as batch:
             for policy in policies:
-                batch.new(NewOptions(policy=policy, output=outputs / f"{policy.stem}.req", token="ta", pin_source=pins))
+                batch.new(
+                    NewOptions(policy=policy, output=outputs / f"{policy.stem}.req", target=TokenTarget("ta", (), pins))
+                )
         return time.perf_counter() - start
 
     def raw_loop() -> float:
@@ -51,7 +54,9 @@ def child(key: str, infs: list[str], out_dir: str, order: str, single: bool) -> 
         start = time.perf_counter()
         for policy in policies:
             new_request(
-                NewOptions(policy=policy, output=outputs / f"{policy.stem}.single.req", token="single", pin_source=pins)
+                NewOptions(
+                    policy=policy, output=outputs / f"{policy.stem}.single.req", target=TokenTarget("single", (), pins)
+                )
             )
         figures["new_request"] = time.perf_counter() - start
     figures["written"] = len(list(outputs.glob("*.req")))

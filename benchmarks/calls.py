@@ -35,16 +35,17 @@ def child(mode: str, infs: list[str], out_dir: str) -> dict[str, int]:
     from tokenagent.enroll.batch import NewBatch
     from tokenagent.enroll.new import NewOptions, new_request
     from tokenagent.token.pins import literal_pin_source
+    from tokenagent.token.target import TokenTarget
 
     pins = literal_pin_source(USER_PIN)
     jobs = [(Path(p), Path(out_dir) / f"{Path(p).stem}.req") for p in infs]
     if mode == "batch":
         with NewBatch() as batch:
             for policy, output in jobs:
-                batch.new(NewOptions(policy=policy, output=output, token="ta", pin_source=pins))
+                batch.new(NewOptions(policy=policy, output=output, target=TokenTarget("ta", (), pins)))
     else:
         for policy, output in jobs:
-            new_request(NewOptions(policy=policy, output=output, token="ta", pin_source=pins))
+            new_request(NewOptions(policy=policy, output=output, target=TokenTarget("ta", (), pins)))
     return {"requests": len(jobs)}
 
 

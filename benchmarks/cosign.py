@@ -98,6 +98,7 @@ def child(key: str, requests: list[str], order: str) -> dict[str, float]:
     from tokenagent.enroll.agent import AgentOptions, open_agent
     from tokenagent.enroll.sign import co_sign
     from tokenagent.token.pins import literal_pin_source
+    from tokenagent.token.target import TokenTarget
 
     label = f"agent-{key}"
     ders = [Path(p).read_bytes() for p in requests]
@@ -106,7 +107,8 @@ def child(key: str, requests: list[str], order: str) -> dict[str, float]:
 
     def tokenagent_side() -> None:
         options = AgentOptions(
-            key=f"pkcs11:token=agent;object={label};type=private", pin_source=literal_pin_source(USER_PIN)
+            key=f"pkcs11:token=agent;object={label};type=private",
+            target=TokenTarget(None, (), literal_pin_source(USER_PIN)),
         )
         start = time.perf_counter()
         with open_agent(options) as agent:
@@ -144,10 +146,12 @@ def profile_child(key: str, requests: list[str], out: str) -> dict[str, Any]:
     from tokenagent.enroll.agent import AgentOptions, open_agent
     from tokenagent.enroll.sign import co_sign
     from tokenagent.token.pins import literal_pin_source
+    from tokenagent.token.target import TokenTarget
 
     ders = [Path(p).read_bytes() for p in requests]
     options = AgentOptions(
-        key=f"pkcs11:token=agent;object=agent-{key};type=private", pin_source=literal_pin_source(USER_PIN)
+        key=f"pkcs11:token=agent;object=agent-{key};type=private",
+        target=TokenTarget(None, (), literal_pin_source(USER_PIN)),
     )
     with open_agent(options) as agent:
         return profiled(

@@ -26,6 +26,7 @@ def child(side: str, infs: list[str], out_dir: str) -> dict[str, Any]:
     from tokenagent.enroll.new import NewOptions
     from tokenagent.token.library import find_token
     from tokenagent.token.pins import literal_pin_source
+    from tokenagent.token.target import TokenTarget
 
     find_token("ta")
     raw.tbs_size(Path(infs[0]))  # the raw side's first step (cryptography, asn1crypto), done on both sides
@@ -35,7 +36,7 @@ def child(side: str, infs: list[str], out_dir: str) -> dict[str, Any]:
         with NewBatch() as batch:
             for policy in map(Path, infs):
                 output = Path(out_dir) / f"{policy.stem}.req"
-                batch.new(NewOptions(policy=policy, output=output, token="ta", pin_source=pins))
+                batch.new(NewOptions(policy=policy, output=output, target=TokenTarget("ta", (), pins)))
     else:
         raw.timed_keygen("ta", Path(infs[0]), len(infs))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux

@@ -72,6 +72,7 @@ def batch_child(infs: list[str], out_dir: str, out: str) -> dict[str, Any]:
     from tokenagent.enroll.new import NewOptions
     from tokenagent.token.library import find_token
     from tokenagent.token.pins import literal_pin_source
+    from tokenagent.token.target import TokenTarget
 
     find_token("ta")
     pins = literal_pin_source(USER_PIN)
@@ -80,7 +81,9 @@ def batch_child(infs: list[str], out_dir: str, out: str) -> dict[str, Any]:
         with NewBatch() as batch:
             for policy in map(Path, infs):
                 batch.new(
-                    NewOptions(policy=policy, output=Path(out_dir) / f"{policy.stem}.req", token="ta", pin_source=pins)
+                    NewOptions(
+                        policy=policy, output=Path(out_dir) / f"{policy.stem}.req", target=TokenTarget("ta", (), pins)
+                    )
                 )
 
     return profiled(action, Path(out))
@@ -91,6 +94,7 @@ def new_request_child(infs: list[str], out_dir: str, out: str) -> dict[str, Any]
     from tokenagent.enroll.new import NewOptions, new_request
     from tokenagent.token.library import find_token
     from tokenagent.token.pins import literal_pin_source
+    from tokenagent.token.target import TokenTarget
 
     find_token("ta")
     pins = literal_pin_source(USER_PIN)
@@ -98,7 +102,9 @@ def new_request_child(infs: list[str], out_dir: str, out: str) -> dict[str, Any]
     def action() -> None:
         for policy in map(Path, infs):
             new_request(
-                NewOptions(policy=policy, output=Path(out_dir) / f"{policy.stem}.req", token="ta", pin_source=pins)
+                NewOptions(
+                    policy=policy, output=Path(out_dir) / f"{policy.stem}.req", target=TokenTarget("ta", (), pins)
+                )
             )
 
     return profiled(action, Path(out))

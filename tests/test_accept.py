@@ -516,6 +516,7 @@ def test_interrupt_while_writing_the_chain_removes_what_was_written(
     from tokenagent.enroll import accept as accept_module
     from tokenagent.errors import Interrupted
     from tokenagent.token.pins import literal_pin_source
+    from tokenagent.token.target import TokenTarget
 
     fresh = OpenSslCA.create(tmp_path / "ca")  # CA certificates no other test has put on the token
     e = enroll(softhsm, fresh, tmp_path, "interrupted")
@@ -534,7 +535,7 @@ def test_interrupt_while_writing_the_chain_removes_what_was_written(
 
     monkeypatch.setattr(accept_module, "write_certificate", write_then_interrupt)
     options = accept_module.AcceptOptions(
-        response=p7b, token=TOKEN, chain=True, pin_source=literal_pin_source(USER_PIN), run_key_test=False
+        response=p7b, target=TokenTarget(TOKEN, (), literal_pin_source(USER_PIN)), chain=True, run_key_test=False
     )
     with pytest.raises(Interrupted):
         accept_module.accept_certificate(options)

@@ -20,6 +20,7 @@ from tokenagent.enroll.batch import NewBatch
 from tokenagent.enroll.new import NewOptions
 from tokenagent.errors import KeyExistsError
 from tokenagent.token.pins import literal_pin_source
+from tokenagent.token.target import TokenTarget
 
 work, spy, pin = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 names = ["batch-a", "batch-b", "batch-c", "batch-a"]  # the last one repeats a KeyContainer
@@ -28,8 +29,8 @@ with NewBatch() as batch:
         policy = work / f"{number}.inf"
         policy.write_text(f'[NewRequest]\nSubject = "CN={name}"\nKeyAlgorithm = ECDSA_P256\nKeyContainer = {name}\n')
         options = NewOptions(
-            policy=policy, output=work / f"{number}.req", token="ta-user", modules=[spy],
-            pin_source=literal_pin_source(pin),
+            policy=policy, output=work / f"{number}.req",
+            target=TokenTarget("ta-user", (spy,), literal_pin_source(pin)),
         )
         try:
             result = batch.new(options)

@@ -70,6 +70,7 @@ def test_exit_codes_are_stable() -> None:
         "CapacityError": 8,
         "KeyExistsError": 8,
         "ObjectNotFoundError": 9,
+        "AmbiguousObjectError": 15,
         "KeyMismatchError": 9,
         "TokenOperationError": 10,
         "TokenBusyError": 10,

@@ -28,6 +28,7 @@ from tests.conftest import USER_PIN, SoftHSM, pkcs11_tool
 from tokenagent.enroll.new import NewOptions, NewResult, new_request
 from tokenagent.errors import PolicyError
 from tokenagent.token.pins import literal_pin_source
+from tokenagent.token.target import TokenTarget
 
 TOKEN = "ta-new"
 
@@ -82,7 +83,7 @@ _MADE: dict[str, Made] = {}
 
 
 def options(policy: Path, output: Path | None, **extra: object) -> NewOptions:
-    values: dict[str, object] = {"token": TOKEN, "pin_source": literal_pin_source(USER_PIN)}
+    values: dict[str, object] = {"target": TokenTarget(TOKEN, (), literal_pin_source(USER_PIN))}
     values.update(extra)
     return NewOptions(policy=policy, output=output, **values)  # type: ignore[arg-type]
 

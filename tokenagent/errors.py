@@ -129,6 +129,12 @@ class ObjectNotFoundError(TokenAgentError):
     hresult = 0x80090011
 
 
+class AmbiguousObjectError(TokenAgentError):
+    """Several keys or certificates on one token match where one was meant."""
+
+    exit_code = 15
+
+
 class KeyMismatchError(ObjectNotFoundError):
     """A certificate or request whose public key is not the key it is used with."""
 
@@ -200,6 +206,7 @@ EXIT_CODES: dict[str, int] = {
         CapacityError,
         KeyExistsError,
         ObjectNotFoundError,
+        AmbiguousObjectError,
         KeyMismatchError,
         TokenOperationError,
         TokenBusyError,

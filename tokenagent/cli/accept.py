@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
+from tokenagent.cli.options import TokenArgs, json_option, token_options
 from tokenagent.cli.output import echo, emit_json, shown, warn
 
 
@@ -27,9 +27,7 @@ from tokenagent.cli.output import echo, emit_json, shown, warn
 )
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Where the pending store lives.")
 @click.option("--no-key-test", is_flag=True, help="Skip the test signature made with the key before installing.")
-@token_option
-@module_option
-@pin_options
+@token_options
 @json_option
 def accept(
     response: Path,
@@ -39,11 +37,7 @@ def accept(
     machine: bool | None,
     state_dir: Path | None,
     no_key_test: bool,
-    token: str | None,
-    modules: tuple[str, ...],
-    pin_source: str | None,
-    literal_pin: str | None,
-    force: bool,
+    tokens: TokenArgs,
     as_json: bool,
 ) -> None:
     """Install the certificate in RESPONSE (.cer, .p7b or CMC .rsp) on the token next to its private
@@ -58,14 +52,11 @@ def accept(
         so_source = parse_pin_source(so_pin_source) if so_pin_source else default_pin_source(sys.stdin.isatty())
     options = AcceptOptions(
         response=response,
-        token=token,
-        modules=modules,
+        target=tokens.target(),
         machine=machine,
         chain=chain,
         trust=trust,
-        pin_source=resolve_pin_source(pin_source, literal_pin, token),
         so_pin_source=so_source,
-        force=force,
         state_dir=state_dir,
         run_key_test=not no_key_test,
     )

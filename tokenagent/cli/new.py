@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
-from tokenagent.cli.output import echo, emit_json, shown, warn
-from tokenagent.cli.sign import agent_from_options, agent_options, cmc_controls, cmc_options
+from tokenagent.cli.options import AgentArgs, CmcArgs, TokenArgs, agent_options, cmc_options, json_option, token_options
+from tokenagent.cli.output import echo, echo_request, emit_json, output_path, shown, warn
 
 
 @click.command("new")
@@ -44,9 +43,7 @@ from tokenagent.cli.sign import agent_from_options, agent_options, cmc_controls,
 @click.option("--agent-pin-source", metavar="SOURCE", help="Where the agent token's PIN comes from.")
 @cmc_options
 @click.option("--pop-link", is_flag=True, help="RequestType = CMC: put popLinkWitnessV2 into the PKCS#10.")
-@token_option
-@module_option
-@pin_options
+@token_options
 @json_option
 def new(
     policy: Path,
@@ -57,66 +54,42 @@ def new(
     providers: tuple[str, ...],
     machine: bool | None,
     state_dir: Path | None,
-    agent_key: str | None,
-    agent_cert: str | None,
-    strict: bool,
-    pss: bool,
-    agent_hash: str,
+    agent: AgentArgs,
     agent_token: str | None,
     agent_pin_source: str | None,
-    transaction_id: int | None,
-    identification: str | None,
-    shared_secret_source: str | None,
-    reg_info: tuple[str, ...],
+    cmc: CmcArgs,
     pop_link: bool,
-    token: str | None,
-    modules: tuple[str, ...],
-    pin_source: str | None,
-    literal_pin: str | None,
-    force: bool,
+    tokens: TokenArgs,
     as_json: bool,
 ) -> None:
     """Generate a key pair on the token as POLICY (a certreq INF) says, and write a request signed on
     the token to REQUEST (default: standard output). RequestType = Cert installs a self-signed
     certificate on the token instead. Exit codes: docs/exit-codes.md."""
     from tokenagent.enroll.new import NewOptions, new_request
+    from tokenagent.token.pins import pin_source_for
+    from tokenagent.token.target import TokenTarget
 
-    agent = None
-    if agent_key is not None:
-        agent = agent_from_options(
-            agent_key,
-            token=agent_token,
-            certificate=agent_cert,
-            modules=modules,
-            pin_source=resolve_pin_source(agent_pin_source, None, agent_token or agent_key),
-            force=force,
-            agent_hash=agent_hash,
-            pss=pss,
-            strict=strict,
-        )
-    controls = None
-    if transaction_id is not None or identification or shared_secret_source or reg_info or pop_link:
-        controls = cmc_controls(transaction_id, identification, shared_secret_source, reg_info)
-
-    to_stdout = request is None or str(request) == "-"
+    agent_options_ = None
+    if agent.key is not None:
+        pin = pin_source_for(agent_pin_source, None, agent_token or agent.key)
+        agent_options_ = agent.options(TokenTarget(agent_token, tokens.modules, pin, tokens.force))
+    controls = cmc.controls() if cmc.given or pop_link else None
+    output = output_path(request)
     options = NewOptions(
         policy=policy,
-        output=None if to_stdout else request,
+        output=output,
         binary=binary,
         overwrite=overwrite,
         dry_run=dry_run,
-        token=token,
-        modules=modules,
+        target=tokens.target(),
         providers=providers,
         machine=machine,
-        pin_source=resolve_pin_source(pin_source, literal_pin, token),
-        force=force,
         state_dir=state_dir,
-        agent=agent,
+        agent=agent_options_,
         cmc_controls=controls,
         pop_link=pop_link,
     )
-    if to_stdout and binary and sys.stdout.isatty() and not dry_run and not as_json:
+    if output is None and binary and sys.stdout.isatty() and not dry_run and not as_json:
         from tokenagent.errors import UsageError
 
         raise UsageError("--binary writes DER; give an output file instead of a terminal")
@@ -126,11 +99,9 @@ def new(
     elif dry_run:
         _print_dry_run(result)
     else:
-        _print_result(result, to_stdout)
-    if dry_run and not result.verdict.ok:
-        from tokenagent.errors import CapacityError
-
-        raise CapacityError(f"dry run: the token would refuse: {result.verdict.refusals()[0].detail}")
+        _print_result(result, output is None)
+    if dry_run:
+        result.verdict.raise_if_refused(f"'{result.token.label}'", dry_run=True)
 
 
 def _print_result(result: object, to_stdout: bool) -> None:
@@ -138,11 +109,7 @@ def _print_result(result: object, to_stdout: bool) -> None:
 
     assert isinstance(result, NewResult)
     if to_stdout and result.encoded is not None:
-        if result.binary:
-            sys.stdout.buffer.write(result.encoded)
-            sys.stdout.buffer.flush()
-        else:
-            echo(result.encoded.decode("ascii").replace("\r\n", "\n"), nl=False)
+        echo_request(result.encoded, result.binary)
     what = "self-signed certificate installed" if result.request_type == "CERT" else "request"
     lines = [
         f"{what}: {shown(str(result.output)) if result.output else '(standard output)'}",

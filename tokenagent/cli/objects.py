@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import click
 
-from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
+from tokenagent.cli.options import TokenArgs, json_option, token_options
 from tokenagent.cli.output import echo, emit_json, shown, warn
 
 CLASSES = ("private-key", "public-key", "secret-key", "certificate", "data")
 
 
 @click.command("objects")
-@token_option
-@module_option
-@pin_options
+@token_options
 @click.option(
     "--login/--no-login",
     default=None,
@@ -22,11 +20,7 @@ CLASSES = ("private-key", "public-key", "secret-key", "certificate", "data")
 @click.option("--type", "types", multiple=True, type=click.Choice(CLASSES), help="Only objects of this class.")
 @json_option
 def objects(
-    token: str | None,
-    modules: tuple[str, ...],
-    pin_source: str | None,
-    literal_pin: str | None,
-    force: bool,
+    tokens: TokenArgs,
     login: bool | None,
     types: tuple[str, ...],
     as_json: bool,
@@ -36,15 +30,16 @@ def objects(
     from tokenagent.token.objects import list_objects
     from tokenagent.token.session import PinState, open_session
 
-    handle = find_token(token, modules)
-    source = resolve_pin_source(pin_source, literal_pin, token)
+    handle = find_token(tokens.token, tokens.modules)
+    target = tokens.target()
+    source = target.pin_source
     pin_state = PinState.from_flags(int(handle.flags))
     asked = login is not None
     if login is None:  # a PIN pad needs no PIN source
         login = source is not None or pin_state.protected_authentication_path
     if not login and not asked and pin_state.login_required:
         warn("not logged in: private objects (such as private keys) are not listed; use --pin-source")
-    with open_session(handle, login=login, pin_source=source, force=force, on_warning=warn) as session:
+    with open_session(handle, login=login, pin_source=source, force=target.force, on_warning=warn) as session:
         infos = list_objects(session.session, handle)
         logged_in = session.logged_in
     if types:

@@ -1,25 +1,33 @@
-"""Options every command shares, spelled the same everywhere.
+"""Options every command shares, spelled the same everywhere, and the records they become.
 
 --token    label, serial or pkcs11: URI          --module      path or p11-kit module name
 --pin-source prompt|pinpad|env:VAR|file:PATH|fd:N  --pin        literal PIN (warns; scripts only)
 --force    try a PIN on its final try            --json        machine-readable output
 --yes      skip confirmations
+
+`token_options` adds the first five and hands the command one `TokenArgs` (``tokens``); the agent
+and CMC options of `sign`, `new` and `revoke-request` likewise become `AgentArgs` and `CmcArgs`.
+Turning them into the library's records (`TokenTarget`, `AgentOptions`, `CmcControls`) is the only
+thing done here; the rules (which PIN source wins, reading a shared secret) are the library's.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
+import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from tokenagent.cli.state import STATE
 
-F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:  # the library records are imported when a command runs, not for --help
+    from tokenagent.enroll.agent import AgentOptions
+    from tokenagent.request.cmc import CmcControls
+    from tokenagent.token.target import TokenTarget
 
-log = logging.getLogger("tokenagent")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
@@ -54,48 +62,195 @@ def module_option(f: F) -> F:
     )(f)
 
 
-def token_option(f: F) -> F:
-    return click.option(
-        "--token",
-        metavar="LABEL|SERIAL|URI",
-        help="Token label, serial number or pkcs11: URI (default: the only token present).",
-    )(f)
+def _grouped(f: Callable[..., Any], options: list[Callable[[Any], Any]], names: tuple[str, ...], make: Any) -> Any:
+    """``f`` with ``options`` added; the values of ``names`` reach it as one record, ``make(...)``,
+    under the record's parameter name (`make.parameter`)."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in names}
+        kwargs[make.parameter] = make.from_values(**values)
+        return f(*args, **kwargs)
+
+    for option in reversed(options):  # click lists options in decoration order, innermost first
+        wrapper = option(wrapper)
+    return wrapper
 
 
-def pin_options(f: F) -> F:
-    f = click.option("--force", is_flag=True, help="Try the PIN even when the token says it is the final try.")(f)
-    f = click.option(
-        "--pin",
-        "literal_pin",
-        metavar="PIN",
-        help="The PIN itself. Visible to every local user through argv: for throw-away tokens only.",
-    )(f)
-    f = click.option(
-        "--pin-source",
-        metavar="SOURCE",
-        help="prompt, pinpad, env:VAR, file:PATH or fd:N (default: TOKENAGENT_PIN_SOURCE, else prompt on a terminal).",
-    )(f)
-    return f
+# -- the token and its PIN ---------------------------------------------------------------------------
 
 
-def resolve_pin_source(pin_source: str | None, literal_pin: str | None, token: str | None) -> Any:
-    """The PinSource for a run: --pin-source, --pin, the URI's pin-source/pin-value, the default."""
-    from tokenagent.errors import UsageError
-    from tokenagent.token.pins import default_pin_source, literal_pin_source, parse_pin_source
-    from tokenagent.token.uri import is_pkcs11_uri, parse_uri
+@dataclass(frozen=True)
+class TokenArgs:
+    """--token, --module, --pin-source, --pin and --force as typed."""
 
-    if pin_source and literal_pin:
-        raise UsageError("give either --pin-source or --pin, not both")
-    if literal_pin:
-        log.warning("--pin puts the PIN in the process list; prefer --pin-source env:VAR or fd:N")
-        return literal_pin_source(literal_pin)
-    if pin_source:
-        return parse_pin_source(pin_source)
-    if token and is_pkcs11_uri(token):
-        uri = parse_uri(token)
-        if uri.pin_source:
-            return parse_pin_source(uri.pin_source if ":" in uri.pin_source else f"file:{uri.pin_source}")
-        if uri.has_pin_value:
-            log.warning("pin-value in a pkcs11: URI puts the PIN in the process list")
-            return literal_pin_source(uri.query["pin-value"])
-    return default_pin_source(sys.stdin.isatty())
+    parameter = "tokens"
+    token: str | None
+    modules: tuple[str, ...]
+    pin_source: str | None
+    literal_pin: str | None
+    force: bool
+
+    @classmethod
+    def from_values(cls, **values: Any) -> TokenArgs:
+        return cls(**values)
+
+    def target(self, *, pin_hint: str | None = None) -> TokenTarget:
+        """The `TokenTarget`; ``pin_hint`` is a pkcs11: URI that may carry pin-source/pin-value
+        (default: --token)."""
+        from tokenagent.token.pins import pin_source_for
+        from tokenagent.token.target import TokenTarget
+
+        pin_source = pin_source_for(self.pin_source, self.literal_pin, pin_hint or self.token)
+        return TokenTarget(self.token, tuple(self.modules), pin_source, self.force)
+
+
+def token_options(f: F) -> F:
+    options = [
+        click.option(
+            "--token",
+            metavar="LABEL|SERIAL|URI",
+            help="Token label, serial number or pkcs11: URI (default: the only token present).",
+        ),
+        module_option,
+        click.option(
+            "--pin-source",
+            metavar="SOURCE",
+            help="prompt, pinpad, env:VAR, file:PATH or fd:N (default: TOKENAGENT_PIN_SOURCE, else prompt on a "
+            "terminal).",
+        ),
+        click.option(
+            "--pin",
+            "literal_pin",
+            metavar="PIN",
+            help="The PIN itself. Visible to every local user through argv: for throw-away tokens only.",
+        ),
+        click.option("--force", is_flag=True, help="Try the PIN even when the token says it is the final try."),
+    ]
+    names = ("token", "modules", "pin_source", "literal_pin", "force")
+    return _grouped(f, options, names, TokenArgs)  # type: ignore[no-any-return]
+
+
+# -- the enrollment agent ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentArgs:
+    """--agent, --agent-cert, --strict, --pss and --agent-hash as typed."""
+
+    parameter = "agent"
+    key: str | None
+    certificate: str | None
+    strict: bool
+    pss: bool
+    hash: str
+
+    @classmethod
+    def from_values(cls, **values: Any) -> AgentArgs:
+        return cls(values["agent_key"], values["agent_cert"], values["strict"], values["pss"], values["agent_hash"])
+
+    def options(self, target: TokenTarget) -> AgentOptions | None:
+        """The `AgentOptions` for the agent's token ``target``; None without --agent."""
+        from tokenagent.enroll.agent import AgentOptions
+
+        if self.key is None:
+            return None
+        return AgentOptions(
+            key=self.key,
+            target=target,
+            certificate=self.certificate,
+            hash=self.hash,
+            pss=self.pss,
+            strict=self.strict,
+        )
+
+
+def agent_options(f: F) -> F:
+    options = [
+        click.option(
+            "--agent",
+            "agent_key",
+            metavar="URI|LABEL",
+            help="The agent's private key: a pkcs11: URI, or its label on the --token / --agent-token.",
+        ),
+        click.option("--agent-cert", metavar="FILE|URI", help="The agent's certificate (default: on its token)."),
+        click.option("--strict", is_flag=True, help="Refuse an agent certificate without the agent EKU, or expired."),
+        click.option("--pss", is_flag=True, help="RSA agent key: sign with RSASSA-PSS."),
+        click.option(
+            "--agent-hash", default="sha256", type=click.Choice(["sha256", "sha384", "sha512"]), help="Digest."
+        ),
+    ]
+    names = ("agent_key", "agent_cert", "strict", "pss", "agent_hash")
+    return _grouped(f, options, names, AgentArgs)  # type: ignore[no-any-return]
+
+
+# -- CMC controls ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CmcArgs:
+    """The CMC controls as Dogtag's CMCRequest names them (sign --format cmc, new, revoke-request)."""
+
+    parameter = "cmc"
+    transaction_id: int | None
+    identification: str | None
+    shared_secret_source: str | None
+    reg_info: tuple[str, ...]
+
+    @classmethod
+    def from_values(cls, **values: Any) -> CmcArgs:
+        return cls(**values)
+
+    @property
+    def given(self) -> bool:
+        return bool(
+            self.transaction_id is not None or self.identification or self.shared_secret_source or self.reg_info
+        )
+
+    def controls(self) -> CmcControls:
+        """The controls, with a random transactionId unless given and a fresh senderNonce."""
+        import secrets
+
+        from tokenagent.errors import UsageError
+        from tokenagent.request.cmc import CmcControls
+        from tokenagent.token.pins import parse_pin_source
+
+        pairs = []
+        for item in self.reg_info:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise UsageError(f"--reg-info takes NAME=VALUE, not {item!r}")
+            pairs.append((name, value))
+        secret = None
+        if self.shared_secret_source:
+            read = parse_pin_source(self.shared_secret_source).read(prompt="CMC shared secret: ")
+            if not hasattr(read, "reveal"):
+                raise UsageError("--shared-secret-source cannot be a PIN pad")
+            secret = read.reveal().encode("utf-8")
+        return CmcControls(
+            transaction_id=self.transaction_id if self.transaction_id is not None else secrets.randbits(63),
+            sender_nonce=secrets.token_bytes(16),
+            identification=self.identification,
+            shared_secret=secret,
+            reg_info=tuple(pairs),
+        )
+
+
+def cmc_options(f: F) -> F:
+    options = [
+        click.option("--transaction-id", type=int, help="CMC transactionId (default: random)."),
+        click.option("--identification", metavar="TEXT", help="CMC identification control."),
+        click.option(
+            "--shared-secret-source",
+            metavar="SOURCE",
+            help="The CMC shared secret for identityProofV2 (and popLinkWitnessV2 with new): "
+            "prompt, env:VAR, file:PATH or fd:N, as for PINs.",
+        ),
+        click.option(
+            "--reg-info", multiple=True, metavar="NAME=VALUE", help="A CMC regInfo name-value pair (repeatable)."
+        ),
+    ]
+    # the order click listed them in before: reg-info, shared-secret-source, identification, transaction-id
+    return _grouped(
+        f, list(reversed(options)), ("transaction_id", "identification", "shared_secret_source", "reg_info"), CmcArgs
+    )  # type: ignore[no-any-return]

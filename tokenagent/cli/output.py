@@ -10,6 +10,8 @@ prints through nothing else.
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -18,7 +20,7 @@ from tokenagent.display import escape as shown
 from tokenagent.display import terminal_safe
 from tokenagent.errors import one_line
 
-__all__ = ["confirm", "echo", "emit_json", "field_line", "shown", "warn"]
+__all__ = ["confirm", "echo", "echo_request", "emit_json", "field_line", "output_path", "shown", "warn"]
 
 
 def echo(message: str = "", *, err: bool = False, nl: bool = True) -> None:
@@ -40,3 +42,17 @@ def warn(message: str) -> None:
 
 def field_line(name: str, value: object, indent: int = 4, width: int = 19) -> str:
     return f"{' ' * indent}{name:<{width}}: {shown(str(value))}"
+
+
+def output_path(out: Path | None) -> Path | None:
+    """OUT as the library takes it: None for standard output (no OUT, or ``-``)."""
+    return None if out is None or str(out) == "-" else out
+
+
+def echo_request(encoded: bytes, binary: bool) -> None:
+    """A request on standard output: DER as it is, base64 with the local line ends."""
+    if binary:
+        sys.stdout.buffer.write(encoded)
+        sys.stdout.buffer.flush()
+    else:
+        click.echo(encoded.decode("ascii").replace("\r\n", "\n"), nl=False)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option, yes_option
+from tokenagent.cli.options import TokenArgs, json_option, token_options, yes_option
 from tokenagent.cli.output import confirm, echo, emit_json, shown, warn
+
+if TYPE_CHECKING:  # imported when the command runs, not for --help
+    from tokenagent.store.pending import PendingStore
 
 
 @click.command("pending")
@@ -19,76 +23,74 @@ from tokenagent.cli.output import confirm, echo, emit_json, shown, warn
     is_flag=True,
     help="Remove what interrupted `new` runs left on their tokens (the next `new` on a token does it too).",
 )
-@token_option
 @click.option("--machine/--user", "machine", default=False, help="The machine's or the user's store (default: user).")
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Where the store lives.")
-@module_option
-@pin_options
+@token_options
 @yes_option
 @json_option
 def pending(
     delete_id: int | None,
     with_key: bool,
     recover: bool,
-    token: str | None,
     machine: bool,
     state_dir: Path | None,
-    modules: tuple[str, ...],
-    pin_source: str | None,
-    literal_pin: str | None,
-    force: bool,
+    tokens: TokenArgs,
     yes: bool,
     as_json: bool,
 ) -> None:
     """List pending requests, or delete one (--delete ID [--with-key]), or remove what interrupted
     `new` runs left on their tokens (--recover [--token ...])."""
-    from tokenagent.enroll.pending import delete_pending, pending_store
+    from tokenagent.enroll.pending import pending_store
     from tokenagent.errors import UsageError
-    from tokenagent.store.intents import IntentStore
 
     store = pending_store(machine, state_dir)
     if recover:
         if delete_id is not None or with_key:
             raise UsageError("--recover does not go with --delete or --with-key")
-        _recover(store.path, token, modules, resolve_pin_source(pin_source, literal_pin, token), force, as_json)
-        return
-    if token is not None:
+        _recover(store.path, tokens, as_json)
+    elif tokens.token is not None:
         raise UsageError("--token goes with --recover")
-    if delete_id is None:
+    elif delete_id is None:
         if with_key:
             raise UsageError("--with-key goes with --delete ID")
-        records = store.list()
-        interrupted = IntentStore(store.path).open_intents()
-        if as_json:
-            emit_json(
-                {
-                    "format_version": 1,
-                    "store": str(store.path),
-                    "pending": [r.to_json() for r in records],
-                    "interrupted": [i.to_json() for i in interrupted],
-                }
-            )
-            return
-        for intent in interrupted:
-            echo(
-                f"interrupted: a `new` for KeyContainer '{shown(intent.key_label)}' on token "
-                f"'{shown(intent.token_label)}' (serial {shown(intent.token_serial)}) started "
-                f"{intent.created:%Y-%m-%d %H:%M}Z by process {intent.pid} never finished; the next `new` on "
-                "that token removes what it left, or run `tokenagent pending --recover`"
-            )
-        if not records:
-            echo(f"no pending requests in {shown(str(store.path))}")
-        for record in records:
-            echo(
-                f"{record.id:>4}  {record.created:%Y-%m-%d %H:%M}Z  {record.request_type:<6} "
-                f"{shown(record.subject) or '(no subject)'}"
-            )
-            echo(
-                f"      token '{shown(record.token_label)}' (serial {shown(record.token_serial)}), "
-                f"key '{shown(record.key_label)}' "
-                f"CKA_ID {record.key_id}{'' if record.key_generated else ' (existing key)'}"
-            )
+        _list(store, as_json)
+    else:
+        _delete(store, delete_id, with_key, tokens, yes, as_json)
+
+
+def _list(store: PendingStore, as_json: bool) -> None:
+    from tokenagent.enroll.pending import list_pending
+
+    listing = list_pending(store)
+    if as_json:
+        emit_json(listing.to_json())
         return
+    for intent in listing.interrupted:
+        echo(
+            f"interrupted: a `new` for KeyContainer '{shown(intent.key_label)}' on token "
+            f"'{shown(intent.token_label)}' (serial {shown(intent.token_serial)}) started "
+            f"{intent.created:%Y-%m-%d %H:%M}Z by process {intent.pid} never finished; the next `new` on "
+            "that token removes what it left, or run `tokenagent pending --recover`"
+        )
+    if not listing.records:
+        echo(f"no pending requests in {shown(str(store.path))}")
+    for record in listing.records:
+        echo(
+            f"{record.id:>4}  {record.created:%Y-%m-%d %H:%M}Z  {record.request_type:<6} "
+            f"{shown(record.subject) or '(no subject)'}"
+        )
+        echo(
+            f"      token '{shown(record.token_label)}' (serial {shown(record.token_serial)}), "
+            f"key '{shown(record.key_label)}' "
+            f"CKA_ID {record.key_id}{'' if record.key_generated else ' (existing key)'}"
+        )
+
+
+def _delete(store: PendingStore, delete_id: int, with_key: bool, tokens: TokenArgs, yes: bool, as_json: bool) -> None:
+    from tokenagent.enroll.pending import delete_pending
+    from tokenagent.errors import UsageError
+    from tokenagent.token.target import TokenTarget
+
     if with_key and not yes:
         record = store.get(delete_id)
         if not sys.stdin.isatty():
@@ -98,18 +100,11 @@ def pending(
             f"'{shown(record.token_label)}'?",
             abort=True,
         )
-    source = resolve_pin_source(pin_source, literal_pin, None) if with_key else None
-    result = delete_pending(
-        store, delete_id, with_key=with_key, modules=modules, pin_source=source, force=force, on_warning=warn
-    )
+    # a PIN is asked for only when a key is to be deleted
+    target = tokens.target() if with_key else TokenTarget(None, tokens.modules, None, tokens.force)
+    result = delete_pending(store, delete_id, with_key=with_key, target=target, on_warning=warn)
     if as_json:
-        emit_json(
-            {
-                "format_version": 1,
-                "deleted": result.record.to_json(),
-                "key_objects_deleted": result.key_objects_deleted,
-            }
-        )
+        emit_json(result.to_json())
         return
     echo(
         f"deleted pending request {delete_id}"
@@ -117,23 +112,17 @@ def pending(
     )
 
 
-def _recover(
-    store_path: Path, token: str | None, modules: tuple[str, ...], pin_source: object, force: bool, as_json: bool
-) -> None:
+def _recover(store_path: Path, tokens: TokenArgs, as_json: bool) -> None:
     from tokenagent.enroll.recovery import recover_tokens
-    from tokenagent.token.pins import PinSource
 
-    assert pin_source is None or isinstance(pin_source, PinSource)
-    results = recover_tokens(
-        store_path, token=token, modules=modules, pin_source=pin_source, force=force, on_warning=warn
-    )
+    result = recover_tokens(store_path, target=tokens.target(), on_warning=warn)
     if as_json:
-        emit_json({"format_version": 1, "store": str(store_path), "tokens": [r.to_json() for r in results]})
+        emit_json(result.to_json())
         return
-    if not results:
+    if not result.tokens:
         echo(f"nothing to recover: no interrupted `new` is recorded in {shown(str(store_path))}")
-    for result in results:
-        if not result.recovered:
-            echo(f"token '{shown(result.token_label)}': nothing to recover")
-        for item in result.recovered:
-            echo(f"token '{shown(result.token_label)}': {item.describe()}")
+    for token in result.tokens:
+        if not token.recovered:
+            echo(f"token '{shown(token.token_label)}': nothing to recover")
+        for item in token.recovered:
+            echo(f"token '{shown(token.token_label)}': {item.describe()}")

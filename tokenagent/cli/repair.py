@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
+from tokenagent.cli.options import TokenArgs, json_option, token_options
 from tokenagent.cli.output import echo, emit_json, shown, warn
 
 
@@ -12,21 +12,9 @@ from tokenagent.cli.output import echo, emit_json, shown, warn
 @click.argument("certificate", metavar="CERT")
 @click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
 @click.option("--no-key-test", is_flag=True, help="Skip the test signature made with the key.")
-@token_option
-@module_option
-@pin_options
+@token_options
 @json_option
-def repair(
-    certificate: str,
-    dry_run: bool,
-    no_key_test: bool,
-    token: str | None,
-    modules: tuple[str, ...],
-    pin_source: str | None,
-    literal_pin: str | None,
-    force: bool,
-    as_json: bool,
-) -> None:
+def repair(certificate: str, dry_run: bool, no_key_test: bool, tokens: TokenArgs, as_json: bool) -> None:
     """Relink CERT with its private key on the token (CKA_ID, label), like certutil -repairstore.
 
     CERT is the certificate's SHA-1 thumbprint, a pkcs11: URI of the certificate object, or a file
@@ -36,10 +24,7 @@ def repair(
 
     options = RepairOptions(
         certificate=certificate,
-        token=token,
-        modules=modules,
-        pin_source=resolve_pin_source(pin_source, literal_pin, token),
-        force=force,
+        target=tokens.target(),
         dry_run=dry_run,
         run_key_test=not no_key_test,
     )

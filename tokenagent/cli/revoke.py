@@ -6,17 +6,8 @@ from pathlib import Path
 
 import click
 
-from tokenagent.cli.options import json_option, module_option, pin_options, resolve_pin_source, token_option
-from tokenagent.cli.output import echo, emit_json, shown, warn
-from tokenagent.cli.sign import (
-    agent_from_options,
-    agent_options,
-    cmc_controls,
-    cmc_options,
-    echo_request,
-    save_request,
-    to_stdout,
-)
+from tokenagent.cli.options import AgentArgs, CmcArgs, TokenArgs, agent_options, cmc_options, json_option, token_options
+from tokenagent.cli.output import echo, echo_request, emit_json, output_path, shown, warn
 
 REASONS = (
     "unspecified",
@@ -43,9 +34,7 @@ REASONS = (
 @click.option("-f", "--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @agent_options
 @cmc_options
-@token_option
-@module_option
-@pin_options
+@token_options
 @json_option
 def revoke_request(
     out: Path | None,
@@ -56,30 +45,17 @@ def revoke_request(
     comment: str | None,
     binary: bool,
     overwrite: bool,
-    agent_key: str | None,
-    agent_cert: str | None,
-    strict: bool,
-    pss: bool,
-    agent_hash: str,
-    transaction_id: int | None,
-    identification: str | None,
-    shared_secret_source: str | None,
-    reg_info: tuple[str, ...],
-    token: str | None,
-    modules: tuple[str, ...],
-    pin_source: str | None,
-    literal_pin: str | None,
-    force: bool,
+    agent: AgentArgs,
+    cmc: CmcArgs,
+    tokens: TokenArgs,
     as_json: bool,
 ) -> None:
     """Write a CMC revocation request for a certificate (--cert FILE, or --serial and --issuer),
     signed with --agent's key on its token."""
-    from tokenagent.enroll.agent import open_agent
-    from tokenagent.enroll.files import check_output
-    from tokenagent.enroll.revoke import build_revoke_request, target_from_certificate, target_from_text
+    from tokenagent.enroll.revoke import RevokeOptions, revoke, target_from_certificate, target_from_text
     from tokenagent.errors import UsageError
 
-    if agent_key is None:
+    if agent.key is None:
         raise UsageError("give the signing key with --agent (a pkcs11: URI or its label with --token)")
     if cert_file is not None and (serial or issuer):
         raise UsageError("give either --cert or --serial with --issuer")
@@ -89,42 +65,26 @@ def revoke_request(
         target = target_from_text(issuer, serial)
     else:
         raise UsageError("name the certificate: --cert FILE, or --serial N --issuer DN")
-    if out is not None and not to_stdout(out):
-        check_output(out, overwrite)
-    options = agent_from_options(
-        agent_key,
-        token=token,
-        certificate=agent_cert,
-        modules=modules,
-        pin_source=resolve_pin_source(pin_source, literal_pin, token or agent_key),
-        force=force,
-        agent_hash=agent_hash,
-        pss=pss,
-        strict=strict,
+    agent_options_ = agent.options(tokens.target(pin_hint=tokens.token or agent.key))
+    assert agent_options_ is not None
+    options = RevokeOptions(
+        agent=agent_options_,
+        target=target,
+        controls=cmc.controls(),
+        reason=reason,
+        comment=comment,
+        output=output_path(out),
+        binary=binary,
+        overwrite=overwrite,
     )
-    controls = cmc_controls(transaction_id, identification, shared_secret_source, reg_info)
-    with open_agent(options, on_warning=warn) as agent:
-        der = build_revoke_request(agent, target, reason=reason, controls=controls, comment=comment)
-    encoded = save_request(der, out, binary)
-    stdout = to_stdout(out)
+    result = revoke(options, on_warning=warn)
     if as_json:
-        import base64
-
-        emit_json(
-            {
-                "format_version": 1,
-                "output": None if stdout else str(out),
-                "issuer": target.issuer_text,
-                "serial": f"{target.serial:x}",
-                "reason": reason,
-                "base64": base64.b64encode(der).decode("ascii") if stdout else None,
-            }
-        )
+        emit_json(result.to_json())
         return
-    if stdout:
-        echo_request(encoded, binary)
+    if result.output is None:
+        echo_request(result.encoded, binary)
     echo(
         f"revocation request for serial {target.serial:x} of {shown(target.issuer_text)} ({reason}) -> "
-        f"{shown(str(out)) if not stdout else '(standard output)'}",
-        err=stdout,
+        f"{shown(str(out)) if result.output else '(standard output)'}",
+        err=result.output is None,
     )

@@ -61,10 +61,12 @@ from tokenagent.token.certs import (
     update_attributes,
     write_certificate,
 )
-from tokenagent.token.library import TokenHandle, TokenSelector, iter_tokens, modules_for, select_token
+from tokenagent.token.holders import find_holders
+from tokenagent.token.library import TokenHandle, TokenSelector, modules_for, select_token
 from tokenagent.token.objects import destroy_objects, find_private_key_for, key_id_for
 from tokenagent.token.pins import PinSource
 from tokenagent.token.session import TokenSession, open_session
+from tokenagent.token.target import ANY_TOKEN, TokenTarget
 
 log = logging.getLogger("tokenagent")
 Warn = Callable[[str], None]
@@ -78,14 +80,11 @@ class AcceptOptions:
     """What `tokenagent accept` was asked; the library API takes the same."""
 
     response: Path
-    token: str | None = None
-    modules: Sequence[str] = ()
+    target: TokenTarget = ANY_TOKEN  # --token (else the pending request's token), module, PIN
     machine: bool | None = None  # None: the user's pending store, then the machine's (as certreq)
     chain: bool = False  # also write the response's CA certificates (category authority)
     trust: bool = False  # and mark them CKA_TRUSTED (needs the SO PIN)
-    pin_source: PinSource | None = None
     so_pin_source: PinSource | None = None
-    force: bool = False
     state_dir: Path | None = None
     run_key_test: bool = True
 
@@ -194,7 +193,7 @@ def accept_certificate(options: AcceptOptions, *, on_warning: Warn | None = None
 
     handle, found_by = _locate_token(options, spki, record)
     session = open_session(
-        handle, login=True, pin_source=options.pin_source, rw=True, force=options.force, on_warning=warn
+        handle, login=True, pin_source=options.target.pin_source, rw=True, force=options.target.force, on_warning=warn
     )
     with session:
         private = find_private_key_for(session.session, spki)
@@ -346,7 +345,7 @@ def _install_trusted_chain(
     """
     try:
         with open_session(
-            handle, login=True, pin_source=options.so_pin_source, rw=True, force=options.force, so=True
+            handle, login=True, pin_source=options.so_pin_source, rw=True, force=options.target.force, so=True
         ) as so_session:
             writes = _Writes(so_session)
 
@@ -408,31 +407,23 @@ def _certificate_label(record: PendingRequest | None, key_label: str, der: bytes
 
 def _locate_token(options: AcceptOptions, spki: bytes, record: PendingRequest | None) -> tuple[TokenHandle, str]:
     """The token holding the key: the pending request's, else the one whose public key objects match."""
-    if record is not None and options.token is not None:
-        selector = TokenSelector.parse(options.token)
-        handle = select_token(selector, modules_for(options.modules, selector))
+    target = options.target
+    if record is not None and target.selector is not None:
+        selector = TokenSelector.parse(target.selector)
+        handle = select_token(selector, modules_for(target.modules, selector))
         if handle.serial == record.token_serial:
             return handle, f"pending request {record.id}"
     elif record is not None:
         selector = TokenSelector.parse(f"pkcs11:serial={record.token_serial}")
         try:
-            handle = select_token(selector, modules_for(list(options.modules) or [record.module_path], selector))
+            handle = select_token(selector, modules_for(list(target.modules) or [record.module_path], selector))
         except TokenNotFoundError:
             raise TokenNotFoundError(
                 f"the token of pending request {record.id} ('{record.token_label}', serial {record.token_serial}) "
                 "is not present: insert it, or give --token"
             ) from None
         return handle, f"pending request {record.id}"
-    selector = TokenSelector.parse(options.token)
-    candidates = [h for h in iter_tokens(modules_for(options.modules, selector)) if selector.matches(h)]
-    if not candidates:
-        select_token(selector, [])  # raises the usual "no token" error
-        raise TokenNotFoundError(f"no token matches {selector.describe()}")
-    holders = []
-    for handle in candidates:
-        with open_session(handle, login=False, pin_source=None) as ts:
-            if find_public_keys_for(ts.session, spki):
-                holders.append(handle)
+    holders, candidates = find_holders(target, lambda ts: bool(find_public_keys_for(ts.session, spki)))
     if len(holders) == 1:
         return holders[0], "its public key object"
     if len(holders) > 1:

@@ -16,7 +16,7 @@ from typing import Any
 from tokenagent.enroll.linkage import certificate_spki, display_name, load_certificate
 from tokenagent.enroll.signer import TokenSigner, token_signer
 from tokenagent.errors import (
-    AmbiguousTokenError,
+    AmbiguousObjectError,
     InputError,
     KeyMismatchError,
     ObjectNotFoundError,
@@ -30,8 +30,8 @@ from tokenagent.request.response import read_response
 from tokenagent.token.certs import certificate_objects, key_id_of
 from tokenagent.token.library import TokenHandle, TokenSelector, modules_for, select_token
 from tokenagent.token.objects import find_private_keys, public_key_info
-from tokenagent.token.pins import PinSource
 from tokenagent.token.session import TokenSession, open_session
+from tokenagent.token.target import ANY_TOKEN, TokenTarget
 from tokenagent.token.uri import is_pkcs11_uri, parse_uri
 
 log = logging.getLogger("tokenagent")
@@ -42,12 +42,9 @@ Warn = Callable[[str], None]
 class AgentOptions:
     """Where the agent's key and certificate are, and how to sign with them."""
 
-    key: str  # pkcs11: URI of the agent's private key, or its CKA_LABEL (then `token` selects the token)
-    token: str | None = None
+    key: str  # pkcs11: URI of the agent's private key, or its CKA_LABEL (then `target` selects the token)
+    target: TokenTarget = ANY_TOKEN  # the agent's token: selector (or the key URI's), module, PIN
     certificate: str | None = None  # a file or a pkcs11: URI; default: on the agent token, by CKA_ID
-    modules: Sequence[str] = ()
-    pin_source: PinSource | None = None
-    force: bool = False
     hash: str = "sha256"
     pss: bool = False  # RSA agent keys: RSASSA-PSS instead of PKCS#1 v1.5
     strict: bool = False  # refuse (not just warn) an agent certificate without the EKU, or expired
@@ -87,7 +84,8 @@ def open_agent(options: AgentOptions, *, on_warning: Warn | None = None) -> Iter
     """Log in to the agent's token once, find the key and its certificate, check them."""
     warn = on_warning or (lambda message: log.warning("%s", message))
     handle, label, key_id = _agent_token(options)
-    session = open_session(handle, login=True, pin_source=options.pin_source, force=options.force, on_warning=warn)
+    target = options.target
+    session = open_session(handle, login=True, pin_source=target.pin_source, force=target.force, on_warning=warn)
     try:
         key = _agent_key(session, label, key_id)
         spki = public_key_info(key, session.session)
@@ -133,7 +131,7 @@ def check_agent_certificate(certificate: bytes, spki: bytes, *, strict: bool) ->
 
 
 def _agent_token(options: AgentOptions) -> tuple[TokenHandle, str | None, bytes | None]:
-    token, label, key_id = options.token, options.key, None
+    token, label, key_id = options.target.selector, options.key, None
     if is_pkcs11_uri(options.key):
         uri = parse_uri(options.key)
         if uri.type not in (None, "private"):
@@ -144,7 +142,7 @@ def _agent_token(options: AgentOptions) -> tuple[TokenHandle, str | None, bytes 
         if token is None and uri.token_part().path:
             token = str(uri.token_part())
     selector = TokenSelector.parse(token)
-    return select_token(selector, modules_for(options.modules, selector)), label, key_id
+    return select_token(selector, modules_for(options.target.modules, selector)), label, key_id
 
 
 def _agent_key(session: TokenSession, label: str | None, key_id: bytes | None) -> Any:
@@ -156,7 +154,7 @@ def _agent_key(session: TokenSession, label: str | None, key_id: bytes | None) -
     if not keys:
         raise ObjectNotFoundError(f"{name}: no private key with {wanted} (the agent key)")
     if len(keys) > 1:
-        raise AmbiguousTokenError(f"{name}: {len(keys)} private keys match {wanted}; give the key's id in the URI")
+        raise AmbiguousObjectError(f"{name}: {len(keys)} private keys match {wanted}; give the key's id in the URI")
     return keys[0]
 
 

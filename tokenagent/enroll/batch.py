@@ -127,10 +127,10 @@ class NewBatch:
         options, provider = prepared.options, prepared.provider
         # everything `_select_token` reads, so that the same inputs select the same token once
         selection = (
-            tuple(options.modules),
+            tuple(options.target.modules),
             provider.module,
             provider.source,
-            options.token or provider.token_for(prepared.machine),
+            options.target.selector or provider.token_for(prepared.machine),
             os.environ.get(ENV_MODULE),
         )
         if not options.dry_run and selection not in self._selections:
@@ -155,7 +155,7 @@ class NewBatch:
             login=True,
             pin_source=prepared.pin_source,
             rw=not options.dry_run,
-            force=options.force,
+            force=options.target.force,
             on_warning=self._warn,
         )
         try:

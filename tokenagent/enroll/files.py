@@ -46,3 +46,10 @@ def write_atomically(output: Path, data: bytes) -> None:
     except OSError as exc:
         temp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from None
+
+
+def encode_request(der: bytes, binary: bool) -> bytes:
+    """certreq base64 (NEW CERTIFICATE REQUEST armor, CRLF) or, with ``binary``, the DER itself."""
+    from tokenagent.request.armor import REQUEST_LABEL, armor
+
+    return der if binary else armor(der, REQUEST_LABEL).encode("ascii")

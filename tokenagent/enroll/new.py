@@ -19,7 +19,7 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +58,7 @@ from tokenagent.token.modules import ENV_MODULE
 from tokenagent.token.objects import destroy_objects, key_id_for
 from tokenagent.token.pins import PinSource, parse_pin_source
 from tokenagent.token.session import TokenSession, open_session
+from tokenagent.token.target import ANY_TOKEN, TokenTarget
 from tokenagent.token.tokeninfo import gather_facts
 from tokenagent.token.uri import Pkcs11Uri
 
@@ -83,12 +84,9 @@ class NewOptions:
     binary: bool = False  # DER instead of certreq base64
     overwrite: bool = False
     dry_run: bool = False
-    token: str | None = None
-    modules: Sequence[str] = ()
+    target: TokenTarget = ANY_TOKEN  # --token (else the provider's token), module, PIN
     providers: Sequence[str | Path] = ()
     machine: bool | None = None  # None: MachineKeySet decides
-    pin_source: PinSource | None = None
-    force: bool = False  # try a PIN on its final try
     state_dir: Path | None = None
     #: RequestType = CMC / PKCS7: the enrollment agent that co-signs (certreq -new -cert), with its own PIN
     agent: AgentOptions | None = None
@@ -96,73 +94,154 @@ class NewOptions:
     pop_link: bool = False  # RequestType = CMC with a shared secret: popLinkWitnessV2 inside the PKCS#10
 
 
-@dataclass
-class NewResult:
+@dataclass(frozen=True)
+class NewPlanned:
+    """What `new` decided before touching the token's contents: a dry run ends here."""
+
     policy: RequestPolicy
     provider: ProviderEntry
     plan: KeyPlan
     verdict: CapacityVerdict
     token: TokenHandle
-    contents: list[ContentItem]
-    dry_run: bool
-    request_type: str  # PKCS10 | CERT
-    binary: bool = False
-    der: bytes | None = None  # the request (or, for RequestType = Cert, the certificate)
-    encoded: bytes | None = None  # what goes to the output: certreq base64 (CRLF) or, with --binary, DER
-    output: Path | None = None
-    key_id: bytes | None = None
-    key_label: str | None = None
-    certificate_label: str | None = None  # RequestType = Cert: FriendlyName, else the key's label
-    key_generated: bool = False
-    pending: PendingRequest | None = None
-    store_path: Path | None = None
-    warnings: list[str] = field(default_factory=list)
+    contents: tuple[ContentItem, ...]
+    request_type: str  # PKCS10 | CMC | PKCS7 | CERT
+    binary: bool
+    warnings: tuple[str, ...]
 
     @property
     def armor_label(self) -> str:
         return "CERTIFICATE" if self.request_type == "CERT" else REQUEST_LABEL
 
+
+@dataclass(frozen=True)
+class NewOutcome:
+    """What a real run made."""
+
+    der: bytes  # the request (or, for RequestType = Cert, the certificate)
+    encoded: bytes  # what goes to the output: certreq base64 (CRLF) or, with --binary, DER
+    output: Path | None  # None: the caller prints `encoded`
+    key_id: bytes
+    key_label: str
+    certificate_label: str | None  # RequestType = Cert: FriendlyName, else the key's label
+    key_generated: bool
+    pending: PendingRequest | None  # None for RequestType = Cert (certreq records none either)
+    store_path: Path | None
+
+
+@dataclass(frozen=True)
+class NewResult:
+    planned: NewPlanned
+    outcome: NewOutcome | None  # None: a dry run
+
+    # -- the parts' fields, read through --------------------------------------------------------------
+
+    @property
+    def dry_run(self) -> bool:
+        return self.outcome is None
+
+    @property
+    def policy(self) -> RequestPolicy:
+        return self.planned.policy
+
+    @property
+    def plan(self) -> KeyPlan:
+        return self.planned.plan
+
+    @property
+    def verdict(self) -> CapacityVerdict:
+        return self.planned.verdict
+
+    @property
+    def token(self) -> TokenHandle:
+        return self.planned.token
+
+    @property
+    def request_type(self) -> str:
+        return self.planned.request_type
+
+    @property
+    def contents(self) -> tuple[ContentItem, ...]:
+        return self.planned.contents
+
+    @property
+    def binary(self) -> bool:
+        return self.planned.binary
+
+    @property
+    def key_id(self) -> bytes | None:
+        return self.outcome.key_id if self.outcome else None
+
+    @property
+    def key_label(self) -> str | None:
+        return self.outcome.key_label if self.outcome else None
+
+    @property
+    def key_generated(self) -> bool:
+        return self.outcome.key_generated if self.outcome else False
+
+    @property
+    def pending(self) -> PendingRequest | None:
+        return self.outcome.pending if self.outcome else None
+
+    @property
+    def store_path(self) -> Path | None:
+        return self.outcome.store_path if self.outcome else None
+
+    @property
+    def der(self) -> bytes | None:
+        return self.outcome.der if self.outcome else None
+
+    @property
+    def encoded(self) -> bytes | None:
+        return self.outcome.encoded if self.outcome else None
+
+    @property
+    def output(self) -> Path | None:
+        return self.outcome.output if self.outcome else None
+
     def key_uri(self, object_type: str = "private") -> str | None:
         """RFC 7512 URI of the key (or, with "cert", its certificate) for OpenSSL, p11-kit, GnuTLS."""
-        if self.key_id is None:
+        outcome = self.outcome
+        if outcome is None:
             return None
         path = dict(self.token.uri().path)
-        label = self.certificate_label if object_type == "cert" else self.key_label
+        label = outcome.certificate_label if object_type == "cert" else outcome.key_label
         path["object"] = label or self.plan.label
         path["type"] = object_type
-        return str(Pkcs11Uri(path=path, object_id=self.key_id))
+        return str(Pkcs11Uri(path=path, object_id=outcome.key_id))
 
     def to_json(self) -> dict[str, Any]:
+        planned, outcome = self.planned, self.outcome
         data: dict[str, Any] = {
             "format_version": 1,
-            "dry_run": self.dry_run,
-            "policy_file": self.policy.filename,
-            "request_type": self.request_type,
-            "token": {"label": self.token.label, "serial": self.token.serial, "uri": str(self.token.uri())},
-            "plan": self.plan.to_json(),
-            "capacity": self.verdict.to_json(),
-            "contents": [item.__dict__ for item in self.contents],
-            "warnings": self.warnings,
+            "dry_run": outcome is None,
+            "policy_file": planned.policy.filename,
+            "request_type": planned.request_type,
+            "token": {"label": planned.token.label, "serial": planned.token.serial, "uri": str(planned.token.uri())},
+            "plan": planned.plan.to_json(),
+            "capacity": planned.verdict.to_json(),
+            "contents": [item.__dict__ for item in planned.contents],
+            "warnings": list(planned.warnings),
         }
-        if self.dry_run:
+        if outcome is None:
             return data
         data.update(
             {
-                "output": str(self.output) if self.output else None,
-                "key_id": self.key_id.hex() if self.key_id else None,
-                "key_generated": self.key_generated,
+                "output": str(outcome.output) if outcome.output else None,
+                "key_id": outcome.key_id.hex() if outcome.key_id else None,
+                "key_generated": outcome.key_generated,
                 "private_key_uri": self.key_uri("private"),
-                "certificate_uri": self.key_uri("cert") if self.request_type == "CERT" else None,
-                "pending_id": self.pending.id if self.pending else None,
-                "pending_store": str(self.store_path) if self.store_path else None,
-                "sha256": hashlib.sha256(self.der).hexdigest() if self.der else None,
+                "certificate_uri": self.key_uri("cert") if planned.request_type == "CERT" else None,
+                "pending_id": outcome.pending.id if outcome.pending else None,
+                "pending_store": str(outcome.store_path) if outcome.store_path else None,
+                "sha256": hashlib.sha256(outcome.der).hexdigest() if outcome.der else None,
             }
         )
-        if self.output is None and self.der is not None:
-            if self.binary:
-                data["der_hex"] = self.der.hex()
+        if outcome.output is None and outcome.der is not None:
+            if planned.binary:
+                data["der_hex"] = outcome.der.hex()
             else:
-                data["base64"] = armor(self.der, self.armor_label)
+                data["base64"] = armor(outcome.der, planned.armor_label)
         return data
 
 
@@ -191,7 +270,7 @@ def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewRe
             login=True,
             pin_source=prepared.pin_source,
             rw=not options.dry_run,
-            force=options.force,
+            force=options.target.force,
             on_warning=warn,
         )
         with session:
@@ -203,7 +282,7 @@ def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewRe
 def lock_selection(prepared: Prepared, warn: Warn) -> contextlib.AbstractContextManager[Path]:
     """Runs that name their token the same way take turns before loading the module (store/locks.py)."""
     options = prepared.options
-    selector = options.token or prepared.provider.token_for(prepared.machine) or "(the only token)"
+    selector = options.target.selector or prepared.provider.token_for(prepared.machine) or "(the only token)"
     return selection_lock(prepared.store_path.parent, selector, on_wait=warn)
 
 
@@ -245,10 +324,10 @@ def prepare(options: NewOptions, warn: Warn, *, registry: ProviderRegistry | Non
     for note in plan.notes:
         log.info("%s", note)
     if plan.silent and not options.dry_run and not provider.profile.pin_pad:
-        _check_silent(policy, options.pin_source)
+        _check_silent(policy, options.target.pin_source)
     if options.output is not None and not options.dry_run:
         _check_output(options.output, options.overwrite)
-    pin_source = options.pin_source
+    pin_source = options.target.pin_source
     if provider.profile.pin_pad and (pin_source is None or pin_source.kind == "prompt"):
         pin_source = parse_pin_source("pinpad")  # the profile says the reader has a PIN pad: use it
     return Prepared(options, policy, provider, machine, plan, pin_source)
@@ -260,29 +339,27 @@ def enroll(prepared: Prepared, session: TokenSession, facts: TokenFacts, *, agen
     handle = session.handle
     is_cert = policy.request_type == RequestType.CERT
     verdict = check_capacity(plan, facts, extra_objects=1 if is_cert else 0)
-    result = NewResult(
+    planned = NewPlanned(
         policy=policy,
         provider=prepared.provider,
         plan=plan,
         verdict=verdict,
         token=handle,
-        contents=planned_contents(policy),
-        dry_run=options.dry_run,
+        contents=tuple(planned_contents(policy)),
         request_type=policy.request_type.name,
         binary=options.binary,
-        warnings=[str(w) for w in policy.warnings],
+        warnings=tuple(str(w) for w in policy.warnings),
     )
     if options.dry_run:
-        return result
+        return NewResult(planned, None)
     verdict.raise_if_refused(f"'{handle.label}'")
-    _Transaction(session, options, result, agent).run()
-    return result
+    return NewResult(planned, _Transaction(session, options, planned, agent).run())
 
 
 class _Transaction:
     """One enrollment on one token; `undo` puts everything back after a failure."""
 
-    def __init__(self, session: TokenSession, options: NewOptions, result: NewResult, agent: Agent | None) -> None:
+    def __init__(self, session: TokenSession, options: NewOptions, result: NewPlanned, agent: Agent | None) -> None:
         self.agent = agent
         self.renewal_certificate: bytes | None = None
         self.renewal_signer: TokenSigner | None = None
@@ -297,9 +374,9 @@ class _Transaction:
         self.intent: KeyIntent | None = None  # open from before C_GenerateKeyPair until the record
         self.generating = False  # C_GenerateKeyPair was called (its objects are gone after an undo)
 
-    def run(self) -> None:
+    def run(self) -> NewOutcome:
         try:
-            self._run()
+            return self._run()
         except BaseException as exc:
             removed = self.undo()  # what it cannot undo it logs as an error, next to the original error
             if isinstance(exc, KeyboardInterrupt):
@@ -307,12 +384,9 @@ class _Transaction:
                 raise Interrupted(f"interrupted: {what}, no request was written") from None
             raise
 
-    def _run(self) -> None:
+    def _run(self) -> NewOutcome:
         result, policy, plan = self.result, self.result.policy, self.result.plan
         pair = self._key_pair()
-        result.key_id = pair.key_id
-        result.key_label = pair.label
-        result.key_generated = pair.generated
         assert result.verdict.sign_mechanism is not None
         signer = TokenSigner(
             self.session, pair.private, result.verdict.sign_mechanism, SignatureAlgorithm(plan.hash, plan.padding)
@@ -320,18 +394,16 @@ class _Transaction:
         if policy.request_type == RequestType.CERT:
             der = self_signed_certificate(policy, pair.spki, signer, now=datetime.now(UTC))
             _verify_certificate(der)
-            label = policy.friendly_name or pair.label
-            result.certificate_label = label
-            self.created.append(write_certificate(self.session, der, key_id=pair.key_id, label=label))
+            certificate_label: str | None = policy.friendly_name or pair.label
+            self.created.append(write_certificate(self.session, der, key_id=pair.key_id, label=certificate_label))
             self._end_intent()  # the certificate on the token now explains the key
         else:
             controls, extra = self._cmc_controls()
             der = build_request(policy, pair.spki, signer, extra_attributes=extra)
             _verify_request(der)
             der = self._wrap(der, pair, signer, controls)
-        result.der = der
+            certificate_label = None
         encoded = der if self.options.binary else armor(der, result.armor_label).encode("ascii")
-        result.encoded = encoded
         output = self.options.output
         if output is not None:
             self.temp_file = _write_temp(output, encoded)
@@ -343,7 +415,17 @@ class _Transaction:
             except OSError as exc:
                 raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from None
             self.temp_file = None
-            result.output = output
+        return NewOutcome(
+            der=der,
+            encoded=encoded,
+            output=output,
+            key_id=pair.key_id,
+            key_label=pair.label,
+            certificate_label=certificate_label,
+            key_generated=pair.generated,
+            pending=self.pending,
+            store_path=self.store_path if self.pending is not None else None,
+        )
 
     def _key_pair(self) -> KeyPair:
         plan = self.result.plan
@@ -473,8 +555,6 @@ class _Transaction:
             completes=completes,  # the intent ends in the same transaction
         )
         self.intent = None
-        result.pending = self.pending
-        result.store_path = self.store_path
 
     def _end_intent(self) -> None:
         if self.intent is not None:
@@ -556,15 +636,15 @@ def _check_silent(policy: RequestPolicy, source: PinSource | None) -> None:
 def _select_token(provider: ProviderEntry, options: NewOptions, machine: bool) -> TokenHandle:
     """Module precedence: --module, then a module named in a providers file, then TOKENAGENT_MODULE,
     then the built-in provider's module (OpenSC for smart cards), then p11-kit discovery."""
-    if options.modules:
-        specs = list(options.modules)
+    if options.target.modules:
+        specs = list(options.target.modules)
     elif provider.module and provider.source != "built-in":
         specs = [provider.module]
     elif os.environ.get(ENV_MODULE):
         specs = []
     else:
         specs = [provider.module] if provider.module else []
-    selector = TokenSelector.parse(options.token or provider.token_for(machine))
+    selector = TokenSelector.parse(options.target.selector or provider.token_for(machine))
     return select_token(selector, modules_for(specs, selector))
 
 

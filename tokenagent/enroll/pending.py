@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenagent.errors import KeyMismatchError, ObjectNotFoundError, TokenOperationError, UsageError
+from tokenagent.store.intents import IntentStore, KeyIntent
 from tokenagent.store.paths import pending_db_path
 from tokenagent.store.pending import PendingRequest, PendingStore
 from tokenagent.token.keypairs import key_pair_objects
 from tokenagent.token.library import TokenSelector, modules_for, select_token
 from tokenagent.token.objects import destroy_objects, public_key_info
-from tokenagent.token.pins import PinSource
 from tokenagent.token.session import open_session
+from tokenagent.token.target import ANY_TOKEN, TokenTarget
 
 
 def pending_store(machine: bool = False, state_dir: Path | None = None) -> PendingStore:
@@ -26,15 +27,37 @@ class Deleted:
     record: PendingRequest
     key_objects_deleted: int  # 0 unless --with-key
 
+    def to_json(self) -> dict[str, object]:
+        return {"format_version": 1, "deleted": self.record.to_json(), "key_objects_deleted": self.key_objects_deleted}
+
+
+@dataclass(frozen=True)
+class PendingListing:
+    """The pending requests of one store, and the key generations that never finished."""
+
+    store: Path
+    records: tuple[PendingRequest, ...]
+    interrupted: tuple[KeyIntent, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "format_version": 1,
+            "store": str(self.store),
+            "pending": [record.to_json() for record in self.records],
+            "interrupted": [intent.to_json() for intent in self.interrupted],
+        }
+
+
+def list_pending(store: PendingStore) -> PendingListing:
+    return PendingListing(store.path, tuple(store.list()), tuple(IntentStore(store.path).open_intents()))
+
 
 def delete_pending(
     store: PendingStore,
     request_id: int,
     *,
     with_key: bool = False,
-    modules: tuple[str, ...] = (),
-    pin_source: PinSource | None = None,
-    force: bool = False,
+    target: TokenTarget = ANY_TOKEN,
     on_warning: Callable[[str], None] | None = None,
 ) -> Deleted:
     """Remove a pending record; with ``with_key`` first delete its key pair from the token it was
@@ -47,22 +70,19 @@ def delete_pending(
                 f"pending request {request_id} reused an existing key (UseExistingKeySet); "
                 "tokenagent does not delete keys it did not create"
             )
-        deleted = _delete_key(record, modules, pin_source, force, on_warning)
+        deleted = _delete_key(record, target, on_warning)
     store.delete(request_id)
     return Deleted(record, deleted)
 
 
-def _delete_key(
-    record: PendingRequest,
-    modules: tuple[str, ...],
-    pin_source: PinSource | None,
-    force: bool,
-    on_warning: Callable[[str], None] | None,
-) -> int:
+def _delete_key(record: PendingRequest, target: TokenTarget, on_warning: Callable[[str], None] | None) -> int:
+    """The token is the record's (by serial, through its module unless ``target`` names modules)."""
     selector = TokenSelector.parse(f"pkcs11:serial={record.token_serial}")
-    handle = select_token(selector, modules_for(list(modules) or [record.module_path], selector))
+    handle = select_token(selector, modules_for(list(target.modules) or [record.module_path], selector))
     key_id = bytes.fromhex(record.key_id)
-    with open_session(handle, login=True, pin_source=pin_source, rw=True, force=force, on_warning=on_warning) as ts:
+    with open_session(
+        handle, login=True, pin_source=target.pin_source, rw=True, force=target.force, on_warning=on_warning
+    ) as ts:
         objects = []
         for obj in key_pair_objects(ts, key_id):
             spki = public_key_info(obj, ts.session)

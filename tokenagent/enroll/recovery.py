@@ -11,7 +11,7 @@ The caller holds the lock and a logged-in read-write session (private keys are p
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from tokenagent.store.pending import PendingStore
 from tokenagent.token.keypairs import empty_key_objects, objects_with_id
 from tokenagent.token.library import TokenSelector, find_token, modules_for, select_token
 from tokenagent.token.objects import destroy_objects
-from tokenagent.token.pins import PinSource
 from tokenagent.token.session import TokenSession, open_session
+from tokenagent.token.target import ANY_TOKEN, TokenTarget
 
 log = logging.getLogger("tokenagent")
 
@@ -115,19 +115,28 @@ class TokenRecovery:
         }
 
 
+@dataclass(frozen=True)
+class RecoveryResult:
+    """`tokenagent pending --recover`: what was done on each token."""
+
+    store: Path
+    tokens: tuple[TokenRecovery, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"format_version": 1, "store": str(self.store), "tokens": [t.to_json() for t in self.tokens]}
+
+
 def recover_tokens(
     store_path: Path,
     *,
-    token: str | None = None,
-    modules: Sequence[str] = (),
-    pin_source: PinSource | None = None,
-    force: bool = False,
+    target: TokenTarget = ANY_TOKEN,
     on_warning: Callable[[str], None] | None = None,
-) -> list[TokenRecovery]:
-    """Recover the interrupted generations recorded in ``store_path``: on the token ``token``
+) -> RecoveryResult:
+    """Recover the interrupted generations recorded in ``store_path``: on the token ``target``
     selects, or else on each token that an open intent names (found by its serial number)."""
-    if token is not None:
-        handles = [find_token(token, modules)]
+    modules = target.modules
+    if target.selector is not None:
+        handles = [find_token(target.selector, modules)]
     else:
         wanted = {(i.token_serial, i.token_label): i.module_path for i in IntentStore(store_path).open_intents()}
         handles = []
@@ -145,9 +154,9 @@ def recover_tokens(
         with (
             token_lock(store_path.parent, handle.serial, handle.label, on_wait=on_warning),
             open_session(
-                handle, login=True, pin_source=pin_source, rw=True, force=force, on_warning=on_warning
+                handle, login=True, pin_source=target.pin_source, rw=True, force=target.force, on_warning=on_warning
             ) as session,
         ):
             recovered = recover_interrupted(session, store_path)  # the caller reports the results
         results.append(TokenRecovery(handle.label, handle.serial, tuple(recovered)))
-    return results
+    return RecoveryResult(store_path, tuple(results))

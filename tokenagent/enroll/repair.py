@@ -18,8 +18,8 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,12 @@ from tokenagent.enroll.linkage import (
     validity_warnings,
 )
 from tokenagent.errors import (
+    AmbiguousObjectError,
     AmbiguousTokenError,
     InputError,
     Interrupted,
     ObjectNotFoundError,
     TokenAgentError,
-    TokenNotFoundError,
 )
 from tokenagent.inputs import read_input
 from tokenagent.request.response import read_response
@@ -54,10 +54,11 @@ from tokenagent.token.certs import (
     label_of,
     update_attributes,
 )
-from tokenagent.token.library import TokenHandle, TokenSelector, iter_tokens, modules_for, select_token
+from tokenagent.token.holders import find_holders
+from tokenagent.token.library import TokenHandle
 from tokenagent.token.objects import find_private_key_for, key_id_for
-from tokenagent.token.pins import PinSource
 from tokenagent.token.session import TokenSession, open_session
+from tokenagent.token.target import ANY_TOKEN, TokenTarget
 from tokenagent.token.uri import Pkcs11Uri, is_pkcs11_uri, parse_uri
 
 log = logging.getLogger("tokenagent")
@@ -68,10 +69,7 @@ _THUMBPRINT = re.compile(r"[0-9a-fA-F]{40}")
 @dataclass(frozen=True)
 class RepairOptions:
     certificate: str  # a file, a SHA-1 thumbprint (certutil's spaces allowed) or a pkcs11: URI of a certificate
-    token: str | None = None
-    modules: Sequence[str] = ()
-    pin_source: PinSource | None = None
-    force: bool = False
+    target: TokenTarget = ANY_TOKEN  # the token (else the URI's, else every token), module, PIN
     dry_run: bool = False
     run_key_test: bool = True
 
@@ -156,9 +154,10 @@ def repair_certificate(options: RepairOptions, *, on_warning: Warn | None = None
 
     warn = on_warning or (lambda message: log.warning("%s", message))
     wanted, token = _wanted(options)
-    handle = _holder(wanted, token, options.modules)
+    target = replace(options.target, selector=token)
+    handle = _holder(wanted, target)
     with open_session(
-        handle, login=True, pin_source=options.pin_source, rw=not options.dry_run, force=options.force, on_warning=warn
+        handle, login=True, pin_source=target.pin_source, rw=not options.dry_run, force=target.force, on_warning=warn
     ) as ts:
         on_token = certificate_objects(ts.session)
         copies = wanted.select(on_token)
@@ -166,7 +165,7 @@ def repair_certificate(options: RepairOptions, *, on_warning: Warn | None = None
             raise ObjectNotFoundError(f"{wanted.what} is not on token '{handle.label}'")
         ders = {c.der for c in copies}
         if len(ders) > 1:
-            raise AmbiguousTokenError(
+            raise AmbiguousObjectError(
                 f"{wanted.what} names {len(ders)} different certificates on token '{handle.label}'; "
                 "give the SHA-1 thumbprint"
             )
@@ -268,32 +267,23 @@ def _wanted(options: RepairOptions) -> tuple[_Wanted, str | None]:
             raise InputError(f"{text}: repair takes a certificate (type=cert), not type={uri.type}")
         if uri.object_id is None and uri.object is None:
             raise InputError(f"{text}: give the certificate's id= or object= in the URI")
-        token = options.token or (str(uri.token_part()) if uri.token_part().path else None)
+        token = options.target.selector or (str(uri.token_part()) if uri.token_part().path else None)
         return _Wanted(f"the certificate {text}", uri=uri), token
     compact = re.sub(r"[\s:]", "", text)
     path = Path(text)
     if _THUMBPRINT.fullmatch(compact) and not path.exists():
-        return _Wanted(f"the certificate {compact.lower()}", thumbprint=bytes.fromhex(compact)), options.token
+        return _Wanted(f"the certificate {compact.lower()}", thumbprint=bytes.fromhex(compact)), options.target.selector
     if not os.path.lexists(path):
         raise InputError(f"{text} is neither a file, a SHA-1 thumbprint nor a pkcs11: URI of a certificate")
     leaves = read_response(read_input(path), text).end_entities()
     if len(leaves) != 1:
         raise InputError(f"{text} holds {len(leaves)} end-entity certificates; give one certificate")
-    return _Wanted(f"the certificate in {text}", der=leaves[0]), options.token
+    return _Wanted(f"the certificate in {text}", der=leaves[0]), options.target.selector
 
 
-def _holder(wanted: _Wanted, token: str | None, modules: Sequence[str]) -> TokenHandle:
+def _holder(wanted: _Wanted, target: TokenTarget) -> TokenHandle:
     """The one selected token that holds the certificate (certificates are public: no login)."""
-    selector = TokenSelector.parse(token)
-    candidates = [h for h in iter_tokens(modules_for(modules, selector)) if selector.matches(h)]
-    if not candidates:
-        select_token(selector, [])  # raises the usual "no token" error
-        raise TokenNotFoundError(f"no token matches {selector.describe()}")
-    holders = []
-    for handle in candidates:
-        with open_session(handle, login=False, pin_source=None) as ts:
-            if wanted.select(certificate_objects(ts.session)):
-                holders.append(handle)
+    holders, _ = find_holders(target, lambda ts: bool(wanted.select(certificate_objects(ts.session))))
     if len(holders) == 1:
         return holders[0]
     if len(holders) > 1:

@@ -7,11 +7,15 @@ requires, either given directly or read from the certificate itself.
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from tokenagent.enroll.agent import Agent
+from tokenagent.enroll.agent import Agent, AgentOptions, open_agent
+from tokenagent.enroll.files import check_output, encode_request, write_atomically
 from tokenagent.errors import InputError, UsageError
 from tokenagent.inputs import read_input
 from tokenagent.request.cmc import CmcControls, pki_data, revoke_request
@@ -73,3 +77,51 @@ def build_revoke_request(
     control = revoke_request(target.issuer, target.serial, reason, invalidity, comment)
     content = pki_data(None, controls, revoke=control).dump()
     return sign_content(OID_PKI_DATA, content, [agent.spec()], [agent.certificate])
+
+
+@dataclass(frozen=True)
+class RevokeOptions:
+    """What `tokenagent revoke-request` was asked; the library API takes the same."""
+
+    agent: AgentOptions
+    target: RevokeTarget
+    controls: CmcControls
+    reason: str = "unspecified"
+    comment: str | None = None
+    output: Path | None = None  # None: the caller prints `RevokeResult.encoded`
+    binary: bool = False
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class RevokeResult:
+    der: bytes
+    target: RevokeTarget
+    reason: str
+    output: Path | None
+    encoded: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        to_stdout = self.output is None
+        return {
+            "format_version": 1,
+            "output": None if to_stdout else str(self.output),
+            "issuer": self.target.issuer_text,
+            "serial": f"{self.target.serial:x}",
+            "reason": self.reason,
+            "base64": base64.b64encode(self.der).decode("ascii") if to_stdout else None,
+        }
+
+
+def revoke(options: RevokeOptions, *, on_warning: Callable[[str], None] | None = None) -> RevokeResult:
+    """`tokenagent revoke-request`: the signed CMC revocation request, written all or nothing."""
+    if options.output is not None:
+        check_output(options.output, options.overwrite)
+    with open_agent(options.agent, on_warning=on_warning) as agent:
+        der = build_revoke_request(
+            agent, options.target, reason=options.reason, controls=options.controls, comment=options.comment
+        )
+    encoded = encode_request(der, options.binary)
+    if options.output is not None:
+        write_atomically(options.output, encoded)
+    return RevokeResult(der, options.target, options.reason, options.output, encoded)

@@ -8,12 +8,18 @@ described in request/signed_data.py.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from tokenagent.display import escape
-from tokenagent.enroll.agent import Agent
+from tokenagent.enroll.agent import Agent, AgentOptions, open_agent
+from tokenagent.enroll.files import check_output, encode_request, write_atomically
 from tokenagent.errors import UsageError
+from tokenagent.inputs import read_input
 from tokenagent.request.armor import read_der
 from tokenagent.request.attributes import requester_name_problem
 from tokenagent.request.cmc import CmcControls, pki_data
@@ -24,7 +30,7 @@ from tokenagent.request.oids import OID_DATA, OID_PKI_DATA
 FORMATS = ("pkcs7", "cmc")
 
 
-@dataclass
+@dataclass(frozen=True)
 class CoSignResult:
     der: bytes
     form: str  # pkcs7 | cmc
@@ -32,7 +38,7 @@ class CoSignResult:
     signers: int  # SignerInfos in the result
     summary: RequestSummary
     requester: str | None
-    warnings: list[str] = field(default_factory=list)
+    warnings: tuple[str, ...] = ()
 
 
 def co_sign(
@@ -75,7 +81,7 @@ def co_sign(
         merged = CmcControls(**{**base.__dict__, "requester_name": requester, "reg_info": reg_info})
         content = pki_data(der, merged).dump()
         signed = sign_content(OID_PKI_DATA, content, [agent.spec()], [agent.certificate])
-    return CoSignResult(signed, format, False, 1, summary, requester, list(agent.warnings))
+    return CoSignResult(signed, format, False, 1, summary, requester, tuple(agent.warnings))
 
 
 def _append(
@@ -87,4 +93,78 @@ def _append(
             f"(--requester {requester} differs)"
         )
     signed = append_signer(der, agent.spec(), [agent.certificate])
-    return CoSignResult(signed, form, True, summary.signers + 1, summary, summary.requester, list(agent.warnings))
+    return CoSignResult(signed, form, True, summary.signers + 1, summary, summary.requester, tuple(agent.warnings))
+
+
+@dataclass(frozen=True)
+class SignOptions:
+    """What `tokenagent sign` was asked; the library API takes the same."""
+
+    request: Path
+    agent: AgentOptions
+    output: Path | None = None  # None: the caller prints `SignResult.encoded`
+    binary: bool = False
+    overwrite: bool = False
+    requester: str | None = None
+    format: str = "pkcs7"
+    template: str | None = None
+    controls: CmcControls | None = None
+    yes: bool = False
+
+
+@dataclass(frozen=True)
+class SignResult:
+    signed: CoSignResult
+    agent_subject: str
+    output: Path | None
+    encoded: bytes  # what was written to ``output`` (or is for standard output)
+
+    def to_json(self) -> dict[str, Any]:
+        signed, to_stdout = self.signed, self.output is None
+        return {
+            "format_version": 1,
+            "output": None if to_stdout else str(self.output),
+            "form": signed.form,
+            "appended": signed.appended,
+            "signers": signed.signers,
+            "requester": signed.requester,
+            "agent": self.agent_subject,
+            "request": {
+                "subject": signed.summary.subject,
+                "sans": list(signed.summary.sans),
+                "template": signed.summary.template,
+                "key": signed.summary.key,
+            },
+            "sha256": hashlib.sha256(signed.der).hexdigest(),
+            "base64": base64.b64encode(signed.der).decode("ascii") if to_stdout else None,
+            "warnings": list(signed.warnings),
+        }
+
+
+def sign_request(
+    options: SignOptions,
+    *,
+    confirm: Callable[[RequestSummary], bool] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> SignResult:
+    """`tokenagent sign`: read the request, co-sign it with the agent, write the result all or nothing."""
+    if options.output is not None:
+        check_output(options.output, options.overwrite)
+    data = read_input(options.request)
+    with open_agent(options.agent, on_warning=on_warning) as agent:
+        signed = co_sign(
+            agent,
+            data,
+            requester=options.requester,
+            format=options.format,
+            template=options.template,
+            controls=options.controls,
+            what=str(options.request),
+            confirm=confirm,
+            yes=options.yes,
+        )
+        agent_subject = agent.subject
+    encoded = encode_request(signed.der, options.binary)
+    if options.output is not None:
+        write_atomically(options.output, encoded)
+    return SignResult(signed, agent_subject, options.output, encoded)

@@ -33,12 +33,16 @@ class CapacityVerdict:
     def refusals(self) -> list[Check]:
         return [check for check in self.checks if not check.ok]
 
-    def raise_if_refused(self, token: str) -> None:
+    def raise_if_refused(self, token: str, *, dry_run: bool = False) -> None:
+        """`KeyExistsError` for a taken KeyContainer, `CapacityError` for any other refusal."""
         refused = self.refusals()
         if not refused:
             return
         first = refused[0]
-        message = f"token {token}: {first.detail}; nothing was created"
+        if dry_run:
+            message = f"dry run: the token would refuse: {first.detail}"
+        else:
+            message = f"token {token}: {first.detail}; nothing was created"
         if first.name == "label":
             raise KeyExistsError(message)
         raise CapacityError(message)

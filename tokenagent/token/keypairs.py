@@ -9,7 +9,7 @@ import pkcs11
 from asn1crypto import x509
 from pkcs11 import Attribute, ObjectClass
 
-from tokenagent.errors import ObjectNotFoundError
+from tokenagent.errors import AmbiguousObjectError, ObjectNotFoundError
 from tokenagent.token.generate import KeyPair
 from tokenagent.token.objects import find_objects, find_private_key_for, public_key_info, read_attributes
 from tokenagent.token.session import TokenSession
@@ -52,7 +52,7 @@ def find_key_pair_by_label(ts: TokenSession, label: str) -> KeyPair:
     if not privates:
         raise ObjectNotFoundError(f"token '{ts.handle.label}': no private key labelled '{label}' (KeyContainer)")
     if len(privates) > 1:
-        raise ObjectNotFoundError(
+        raise AmbiguousObjectError(
             f"token '{ts.handle.label}': {len(privates)} private keys are labelled '{label}'; "
             "give a unique KeyContainer"
         )

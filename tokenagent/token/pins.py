@@ -21,6 +21,7 @@ bound (`MAX_PIN_SOURCE_BYTES`), so ``file:/dev/zero`` cannot fill memory.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -28,6 +29,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tokenagent.errors import PinError, UsageError
+from tokenagent.token.uri import is_pkcs11_uri, parse_uri
+
+log = logging.getLogger("tokenagent")
 
 ENV_PIN_SOURCE = "TOKENAGENT_PIN_SOURCE"
 #: A PIN, SO PIN or shared secret is read up to its first newline, and never more than this.
@@ -201,3 +205,23 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return type(exc).__name__
+
+
+def pin_source_for(pin_source: str | None, literal_pin: str | None, token: str | None) -> PinSource | None:
+    """The PIN source of a run, by precedence: ``--pin-source``, ``--pin`` (warns), the ``--token``
+    URI's pin-source or pin-value (warns), ``TOKENAGENT_PIN_SOURCE``, a prompt on a terminal."""
+    if pin_source and literal_pin:
+        raise UsageError("give either --pin-source or --pin, not both")
+    if literal_pin:
+        log.warning("--pin puts the PIN in the process list; prefer --pin-source env:VAR or fd:N")
+        return literal_pin_source(literal_pin)
+    if pin_source:
+        return parse_pin_source(pin_source)
+    if token and is_pkcs11_uri(token):
+        uri = parse_uri(token)
+        if uri.pin_source:
+            return parse_pin_source(uri.pin_source if ":" in uri.pin_source else f"file:{uri.pin_source}")
+        if uri.has_pin_value:
+            log.warning("pin-value in a pkcs11: URI puts the PIN in the process list")
+            return literal_pin_source(uri.query["pin-value"])
+    return default_pin_source(sys.stdin.isatty())
