@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,7 @@ class AcceptOptions:
     run_key_test: bool = True
 
 
-@dataclass
+@dataclass(frozen=True)
 class ChainEntry:
     subject: str
     sha1: str
@@ -110,23 +110,97 @@ class ChainEntry:
         }
 
 
-@dataclass
-class AcceptResult:
+@dataclass(frozen=True)
+class AcceptPlan:
+    """What accept found before it changed anything: the certificate, its token and its key."""
+
     response: CertificateResponse
     response_file: Path
     certificate: bytes
     token: TokenHandle
-    key_id: bytes
     key_label: str
-    certificate_label: str
     found_by: str  # how the key was found, for people
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What the user's session wrote or relinked (`_install`)."""
+
+    key_id: bytes
+    certificate_label: str
     written: bool  # False: already on the token with the key's CKA_ID (or relinked)
-    changes: list[str] = field(default_factory=list)  # linkage fixed on an existing certificate object
-    chain: list[ChainEntry] = field(default_factory=list)
-    pending_removed: PendingRequest | None = None
-    pending_store: Path | None = None
-    key_test: KeyTest = NOT_RUN
-    warnings: list[str] = field(default_factory=list)
+    changes: tuple[str, ...]  # linkage fixed on an existing certificate object or the key
+    chain: tuple[ChainEntry, ...]
+
+
+@dataclass(frozen=True)
+class AcceptOutcome:
+    installed: Installed
+    chain: tuple[ChainEntry, ...]  # the user's, or the security officer's with --trust
+    pending_removed: PendingRequest | None
+    pending_store: Path | None
+    key_test: KeyTest
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    plan: AcceptPlan
+    outcome: AcceptOutcome
+
+    # -- the parts' fields, read through --------------------------------------------------------------
+
+    @property
+    def certificate(self) -> bytes:
+        return self.plan.certificate
+
+    @property
+    def token(self) -> TokenHandle:
+        return self.plan.token
+
+    @property
+    def key_label(self) -> str:
+        return self.plan.key_label
+
+    @property
+    def found_by(self) -> str:
+        return self.plan.found_by
+
+    @property
+    def key_id(self) -> bytes:
+        return self.outcome.installed.key_id
+
+    @property
+    def certificate_label(self) -> str:
+        return self.outcome.installed.certificate_label
+
+    @property
+    def written(self) -> bool:
+        return self.outcome.installed.written
+
+    @property
+    def changes(self) -> tuple[str, ...]:
+        return self.outcome.installed.changes
+
+    @property
+    def chain(self) -> tuple[ChainEntry, ...]:
+        return self.outcome.chain
+
+    @property
+    def pending_removed(self) -> PendingRequest | None:
+        return self.outcome.pending_removed
+
+    @property
+    def pending_store(self) -> Path | None:
+        return self.outcome.pending_store
+
+    @property
+    def key_test(self) -> KeyTest:
+        return self.outcome.key_test
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self.outcome.warnings
 
     @property
     def key_uri(self) -> str:
@@ -141,32 +215,33 @@ class AcceptResult:
         return self.written or bool(self.changes) or any(e.status == "written" for e in self.chain)
 
     def to_json(self) -> dict[str, Any]:
+        response, response_file = self.plan.response, self.plan.response_file
         return {
             "format_version": 1,
             "response": {
-                "file": str(self.response_file),
-                "form": self.response.form,
-                "signature": self.response.signature,
+                "file": str(response_file),
+                "form": response.form,
+                "signature": response.signature,
                 "statuses": [
                     {"status": s.status, "body_list": list(s.body_list), "status_string": s.status_string}
-                    for s in self.response.statuses
+                    for s in response.statuses
                 ],
             },
-            "certificate": certificate_summary(self.certificate, str(self.response_file)),
+            "certificate": certificate_summary(self.certificate, str(response_file)),
             "token": {"label": self.token.label, "serial": self.token.serial, "uri": str(self.token.uri())},
             "key": {"id": self.key_id.hex(), "label": self.key_label, "found_by": self.found_by, "uri": self.key_uri},
             "certificate_object": {
                 "label": self.certificate_label,
                 "uri": self.certificate_uri,
                 "written": self.written,
-                "changes": self.changes,
+                "changes": list(self.changes),
             },
             "chain": [entry.to_json(self.token) for entry in self.chain],
             "changed": self.changed,
             "pending_removed": self.pending_removed.id if self.pending_removed else None,
             "pending_store": str(self.pending_store) if self.pending_store else None,
             "key_test": self.key_test.to_json(),
-            "warnings": self.warnings,
+            "warnings": list(self.warnings),
         }
 
 
@@ -192,6 +267,12 @@ def accept_certificate(options: AcceptOptions, *, on_warning: Warn | None = None
     record_store, record = records[0] if records else (None, None)
 
     handle, found_by = _locate_token(options, spki, record)
+    warnings: list[str] = []
+
+    def warning(message: str) -> None:
+        warnings.append(message)
+        warn(message)
+
     session = open_session(
         handle, login=True, pin_source=options.target.pin_source, rw=True, force=options.target.force, on_warning=warn
     )
@@ -201,37 +282,32 @@ def accept_certificate(options: AcceptOptions, *, on_warning: Warn | None = None
             raise ObjectNotFoundError(f"{NO_KEY} (token '{handle.label}' has no private key for {display_name(leaf)})")
         key_label = label_of(private)
         capabilities = key_capabilities(private)
-        result = AcceptResult(
-            response=response,
-            response_file=options.response,
-            certificate=leaf,
-            token=handle,
-            key_id=key_id_of(private),
-            key_label=key_label,
-            certificate_label=_certificate_label(record, key_label, leaf),
-            found_by=found_by,
-            written=False,
-        )
+        plan = AcceptPlan(response, options.response, leaf, handle, key_label, found_by)
         for message in validity_warnings(certificate, datetime.now(UTC)) + usage_warnings(
             certificate, capabilities, key_label
         ):
-            result.warnings.append(message)
-            warn(message)
-        if options.run_key_test:
-            result.key_test = key_test(session, private, spki, capabilities)
-        _install(session, result, response, private, spki, chain=options.chain and not options.trust)
+            warning(message)
+        tested = key_test(session, private, spki, capabilities) if options.run_key_test else NOT_RUN
+        installed = _install(
+            session,
+            plan,
+            key_id_of(private),
+            _certificate_label(record, key_label, leaf),
+            private,
+            spki,
+            chain=options.chain and not options.trust,
+        )
 
+    removed, store_path = None, None
     if record is not None and record_store is not None:
         try:
-            result.pending_removed = record_store.delete(record.id)
-            result.pending_store = record_store.path
+            removed, store_path = record_store.delete(record.id), record_store.path
         except TokenAgentError as exc:
-            message = f"the certificate is installed but pending request {record.id} was not removed: {exc.one_line()}"
-            result.warnings.append(message)
-            warn(message)
+            warning(f"the certificate is installed but pending request {record.id} was not removed: {exc.one_line()}")
+    chain = installed.chain
     if options.trust:
-        _install_trusted_chain(handle, result, response, options, warn)
-    return result
+        chain = _install_trusted_chain(handle, leaf, response, options, warn)
+    return AcceptResult(plan, AcceptOutcome(installed, chain, removed, store_path, tested, tuple(warnings)))
 
 
 class _Writes:
@@ -275,42 +351,54 @@ class _Writes:
 
 
 def _install(
-    session: TokenSession, result: AcceptResult, response: CertificateResponse, private: Any, spki: bytes, chain: bool
-) -> None:
+    session: TokenSession,
+    plan: AcceptPlan,
+    key_id: bytes,
+    certificate_label: str,
+    private: Any,
+    spki: bytes,
+    chain: bool,
+) -> Installed:
     """The user session's writes: key linkage if the key has no CKA_ID, the certificate, the chain."""
     writes = _Writes(session)
+    installed: list[Installed] = []
 
     def step() -> None:
-        if not result.key_id:
+        nonlocal key_id, certificate_label
+        changes: list[str] = []
+        if not key_id:
             # A key without CKA_ID cannot be linked to anything: give it (and its public half) the
             # SHA-1 convention first, as repair would.
             new_id = key_id_for(spki)
             for obj in [private, *find_public_keys_for(session.session, spki)]:
                 writes.relink(obj, {"CKA_ID": new_id}, {"CKA_ID": b""})
-            result.changes.append(f"key '{result.key_label}': CKA_ID set to {new_id.hex()} (it had none)")
-            result.key_id = new_id
-        existing = certificate_objects(session.session, der=result.certificate)
-        linked = [c for c in existing if c.key_id == result.key_id]
+            changes.append(f"key '{plan.key_label}': CKA_ID set to {new_id.hex()} (it had none)")
+            key_id = new_id
+        existing = certificate_objects(session.session, der=plan.certificate)
+        linked = [c for c in existing if c.key_id == key_id]
+        written = False
         if linked:
-            result.certificate_label = linked[0].label or result.certificate_label
+            certificate_label = linked[0].label or certificate_label
         elif existing:
             stale = existing[0]
-            changes: dict[str, Any] = {"CKA_ID": result.key_id}
+            relinked: dict[str, Any] = {"CKA_ID": key_id}
             if not stale.label:
-                changes["CKA_LABEL"] = result.certificate_label
-            writes.relink(stale.obj, changes, {"CKA_ID": stale.key_id, "CKA_LABEL": stale.label})
-            result.changes.append(
-                f"certificate: CKA_ID {stale.key_id.hex() or '(empty)'} -> {result.key_id.hex()} (the key's)"
-            )
-            result.certificate_label = stale.label or result.certificate_label
+                relinked["CKA_LABEL"] = certificate_label
+            writes.relink(stale.obj, relinked, {"CKA_ID": stale.key_id, "CKA_LABEL": stale.label})
+            changes.append(f"certificate: CKA_ID {stale.key_id.hex() or '(empty)'} -> {key_id.hex()} (the key's)")
+            certificate_label = stale.label or certificate_label
         else:
-            label = result.certificate_label
-            writes.write(result.certificate, key_id=result.key_id, label=label, category=CATEGORY_USER)
-            result.written = True
+            writes.write(plan.certificate, key_id=key_id, label=certificate_label, category=CATEGORY_USER)
+            written = True
+        entries: tuple[ChainEntry, ...] = ()
         if chain:
-            result.chain = [_chain_entry(writes, der, trusted=False) for der in response.chain_for(result.certificate)]
+            entries = tuple(
+                _chain_entry(writes, der, trusted=False) for der in plan.response.chain_for(plan.certificate)
+            )
+        installed.append(Installed(key_id, certificate_label, written, tuple(changes), entries))
 
     writes.run(step, "interrupted: nothing was installed")
+    return installed[0]
 
 
 def _chain_entry(writes: _Writes, der: bytes, *, trusted: bool) -> ChainEntry:
@@ -334,8 +422,8 @@ def _chain_entry(writes: _Writes, der: bytes, *, trusted: bool) -> ChainEntry:
 
 
 def _install_trusted_chain(
-    handle: TokenHandle, result: AcceptResult, response: CertificateResponse, options: AcceptOptions, warn: Warn
-) -> None:
+    handle: TokenHandle, certificate: bytes, response: CertificateResponse, options: AcceptOptions, warn: Warn
+) -> tuple[ChainEntry, ...]:
     """--chain --trust: the CA certificates are written by the security officer with CKA_TRUSTED.
 
     PKCS#11 lets only the SO set CKA_TRUSTED, and SoftHSM 2.6.1 accepts it only at creation, so
@@ -348,13 +436,13 @@ def _install_trusted_chain(
             handle, login=True, pin_source=options.so_pin_source, rw=True, force=options.target.force, so=True
         ) as so_session:
             writes = _Writes(so_session)
+            chain: list[ChainEntry] = []
 
             def step() -> None:
-                result.chain = [
-                    _chain_entry(writes, der, trusted=True) for der in response.chain_for(result.certificate)
-                ]
+                chain.extend(_chain_entry(writes, der, trusted=True) for der in response.chain_for(certificate))
 
             writes.run(step, "interrupted: the CA certificates were not installed")
+            return tuple(chain)
     except TokenAgentError:
         warn(
             "the certificate is installed; installing the trusted CA certificates failed "

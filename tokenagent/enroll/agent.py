@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,21 +50,16 @@ class AgentOptions:
     strict: bool = False  # refuse (not just warn) an agent certificate without the EKU, or expired
 
 
-@dataclass
+@dataclass(frozen=True)
 class Agent:
     """An agent key with its certificate, logged in once; `co_sign` signs one request."""
 
     session: TokenSession
-
     key: Any
-
     key_id: bytes
-
     certificate: bytes
-
     signer: TokenSigner
-
-    warnings: list[str] = field(default_factory=list)
+    warnings: tuple[str, ...] = ()
 
     @property
     def subject(self) -> str:
@@ -96,7 +91,7 @@ def open_agent(options: AgentOptions, *, on_warning: Warn | None = None) -> Iter
         for message in warnings:
             warn(message)
         signer = token_signer(session, key, spki, hash_name=options.hash, pss=options.pss)
-        yield Agent(session, key, key_id_of(key), certificate, signer, warnings)
+        yield Agent(session, key, key_id_of(key), certificate, signer, tuple(warnings))
     finally:
         session.close()
 

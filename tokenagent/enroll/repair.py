@@ -19,7 +19,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,19 +88,72 @@ class Change:
         return dict(self.__dict__)
 
 
-@dataclass
-class RepairResult:
+@dataclass(frozen=True)
+class RepairPlan:
+    """What repair found and would change: a dry run ends here."""
+
     certificate: bytes
     token: TokenHandle
     key_id: bytes
     key_label: str
     certificate_label: str
     copies: int  # certificate objects with this value on the token
-    changes: list[Change] = field(default_factory=list)
-    applied: bool = False
-    dry_run: bool = False
-    key_test: KeyTest = NOT_RUN
-    warnings: list[str] = field(default_factory=list)
+    changes: tuple[Change, ...]
+    key_test: KeyTest
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RepairOutcome:
+    applied: bool  # False: nothing needed repairing
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    plan: RepairPlan
+    outcome: RepairOutcome | None  # None: a dry run
+
+    # -- the parts' fields, read through --------------------------------------------------------------
+
+    @property
+    def certificate(self) -> bytes:
+        return self.plan.certificate
+
+    @property
+    def token(self) -> TokenHandle:
+        return self.plan.token
+
+    @property
+    def key_id(self) -> bytes:
+        return self.plan.key_id
+
+    @property
+    def key_label(self) -> str:
+        return self.plan.key_label
+
+    @property
+    def certificate_label(self) -> str:
+        return self.plan.certificate_label
+
+    @property
+    def changes(self) -> tuple[Change, ...]:
+        return self.plan.changes
+
+    @property
+    def key_test(self) -> KeyTest:
+        return self.plan.key_test
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self.plan.warnings
+
+    @property
+    def dry_run(self) -> bool:
+        return self.outcome is None
+
+    @property
+    def applied(self) -> bool:
+        return self.outcome is not None and self.outcome.applied
 
     @property
     def key_uri(self) -> str:
@@ -111,17 +164,18 @@ class RepairResult:
         return object_uri(self.token, "cert", self.certificate_label, self.key_id)
 
     def to_json(self) -> dict[str, Any]:
+        plan = self.plan
         return {
             "format_version": 1,
-            "certificate": certificate_summary(self.certificate, "certificate"),
-            "token": {"label": self.token.label, "serial": self.token.serial, "uri": str(self.token.uri())},
-            "key": {"id": self.key_id.hex(), "label": self.key_label, "uri": self.key_uri},
-            "certificate_object": {"label": self.certificate_label, "uri": self.certificate_uri, "copies": self.copies},
-            "changes": [change.to_json() for change in self.changes],
+            "certificate": certificate_summary(plan.certificate, "certificate"),
+            "token": {"label": plan.token.label, "serial": plan.token.serial, "uri": str(plan.token.uri())},
+            "key": {"id": plan.key_id.hex(), "label": plan.key_label, "uri": self.key_uri},
+            "certificate_object": {"label": plan.certificate_label, "uri": self.certificate_uri, "copies": plan.copies},
+            "changes": [change.to_json() for change in plan.changes],
             "applied": self.applied,
             "dry_run": self.dry_run,
-            "key_test": self.key_test.to_json(),
-            "warnings": self.warnings,
+            "key_test": plan.key_test.to_json(),
+            "warnings": list(plan.warnings),
         }
 
 
@@ -182,45 +236,47 @@ def repair_certificate(options: RepairOptions, *, on_warning: Warn | None = None
         key_label = label_of(private)
         key_id = key_id_of(private)
         capabilities = key_capabilities(private)
-        result = RepairResult(
-            certificate=der,
-            token=handle,
-            key_id=key_id or key_id_for(spki),
-            key_label=key_label,
-            certificate_label=copies[0].label or key_label or display_name(der),
-            copies=len(copies),
-            dry_run=options.dry_run,
-        )
-        for message in validity_warnings(certificate, datetime.now(UTC)) + usage_warnings(
+        target_id = key_id or key_id_for(spki)
+        certificate_label = copies[0].label or key_label or display_name(der)
+        warnings = validity_warnings(certificate, datetime.now(UTC)) + usage_warnings(
             certificate, capabilities, key_label
-        ):
-            result.warnings.append(message)
-            warn(message)
+        )
         if len(copies) > 1:
-            message = f"the certificate is on the token {len(copies)} times; each copy is relinked, none deleted"
-            result.warnings.append(message)
+            warnings.append(f"the certificate is on the token {len(copies)} times; each copy is relinked, none deleted")
+        for message in warnings:
             warn(message)
-        plan = _plan(ts, private, key_id, result, spki, copies)
-        result.changes = [change for _, change, _ in plan]
-        if options.run_key_test:
-            result.key_test = key_test(ts, private, spki, capabilities)
-        if not options.dry_run and plan:
-            _apply(ts, plan)
-            result.applied = True
-    return result
+        changes = _plan(ts, private, key_id, target_id, certificate_label, spki, copies)
+        tested = key_test(ts, private, spki, capabilities) if options.run_key_test else NOT_RUN
+        plan = RepairPlan(
+            der,
+            handle,
+            target_id,
+            key_label,
+            certificate_label,
+            len(copies),
+            tuple(change for _, change, _ in changes),
+            tested,
+            tuple(warnings),
+        )
+        if options.dry_run:
+            return RepairResult(plan, None)
+        if changes:
+            _apply(ts, changes)
+    return RepairResult(plan, RepairOutcome(applied=bool(changes)))
 
 
 def _plan(
     ts: TokenSession,
     private: Any,
     key_id: bytes,
-    result: RepairResult,
+    target: bytes,
+    certificate_label: str,
     spki: bytes,
     copies: list[CertificateObject],
 ) -> list[tuple[Any, Change, dict[str, Any]]]:
-    """(object, change, the attribute values to set) for everything that does not agree."""
+    """(object, change, the attribute values to set) for everything that does not agree with the
+    private key's CKA_ID, ``target``."""
     plan: list[tuple[Any, Change, dict[str, Any]]] = []
-    target = result.key_id
     if not key_id:
         plan.append((private, Change("private-key", "CKA_ID", "", target.hex()), {"CKA_ID": target}))
     for public in find_public_keys_for(ts.session, spki):
@@ -232,8 +288,8 @@ def _plan(
             change = Change("certificate", "CKA_ID", cert.key_id.hex(), target.hex())
             plan.append((cert.obj, change, {"CKA_ID": target}))
         if not cert.label:
-            change = Change("certificate", "CKA_LABEL", "", result.certificate_label)
-            plan.append((cert.obj, change, {"CKA_LABEL": result.certificate_label}))
+            change = Change("certificate", "CKA_LABEL", "", certificate_label)
+            plan.append((cert.obj, change, {"CKA_LABEL": certificate_label}))
     return plan
 
 
