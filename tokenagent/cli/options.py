@@ -128,7 +128,7 @@ def token_options(f: F) -> F:
         click.option("--force", is_flag=True, help="Try the PIN even when the token says it is the final try."),
     ]
     names = ("token", "modules", "pin_source", "literal_pin", "force")
-    return _grouped(f, options, names, TokenArgs)  # type: ignore[no-any-return]
+    return _grouped(f, options, names, TokenArgs)
 
 
 # -- the enrollment agent ------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def agent_options(f: F) -> F:
         ),
     ]
     names = ("agent_key", "agent_cert", "strict", "pss", "agent_hash")
-    return _grouped(f, options, names, AgentArgs)  # type: ignore[no-any-return]
+    return _grouped(f, options, names, AgentArgs)
 
 
 # -- CMC controls ----------------------------------------------------------------------------------------
@@ -253,4 +253,4 @@ def cmc_options(f: F) -> F:
     # the order click listed them in before: reg-info, shared-secret-source, identification, transaction-id
     return _grouped(
         f, list(reversed(options)), ("transaction_id", "identification", "shared_secret_source", "reg_info"), CmcArgs
-    )  # type: ignore[no-any-return]
+    )

@@ -22,12 +22,13 @@ def tokens(modules: tuple[str, ...], mechanisms: bool, as_json: bool) -> None:
         emit_json({"format_version": 1, "modules": [r.to_json() for r in reports]})
         return
     for report in reports:
-        echo(f"Module {shown(report.name)}: {shown(report.path)}")
+        echo(f"Module {shown(report.name)}: {shown(str(report.path))}")
         if report.error:
             echo(f"  error: {report.error}")
             continue
         echo(
-            f"  {shown(report.description)} by {shown(report.manufacturer)}, version {report.library_version}, "
+            f"  {shown(str(report.description))} by {shown(str(report.manufacturer))}, "
+            f"version {report.library_version}, "
             f"Cryptoki {report.cryptoki_version}"
         )
         if not report.slots:

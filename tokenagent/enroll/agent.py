@@ -99,7 +99,6 @@ def open_agent(options: AgentOptions, *, on_warning: Warn | None = None) -> Iter
 def check_agent_certificate(certificate: bytes, spki: bytes, *, strict: bool) -> list[str]:
     """A certificate for another key is always refused; no agent EKU or expiry warn (refused with strict)."""
     from cryptography import x509
-    from cryptography.x509.oid import ExtensionOID
 
     if certificate_spki(certificate, "agent certificate") != spki:
         raise KeyMismatchError(
@@ -109,7 +108,7 @@ def check_agent_certificate(certificate: bytes, spki: bytes, *, strict: bool) ->
     cert = load_certificate(certificate, "agent certificate")
     problems = []
     try:
-        usages = cert.extensions.get_extension_for_oid(ExtensionOID.EXTENDED_KEY_USAGE).value
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         if x509.ObjectIdentifier(OID_CERTIFICATE_REQUEST_AGENT) not in usages:
             problems.append(f"lacks EKU {OID_CERTIFICATE_REQUEST_AGENT} (Certificate Request Agent)")
     except x509.ExtensionNotFound:
@@ -126,7 +125,9 @@ def check_agent_certificate(certificate: bytes, spki: bytes, *, strict: bool) ->
 
 
 def _agent_token(options: AgentOptions) -> tuple[TokenHandle, str | None, bytes | None]:
-    token, label, key_id = options.target.selector, options.key, None
+    token: str | None = options.target.selector
+    label: str | None = options.key
+    key_id: bytes | None = None
     if is_pkcs11_uri(options.key):
         uri = parse_uri(options.key)
         if uri.type not in (None, "private"):

@@ -143,6 +143,20 @@ def object_uri(handle: TokenHandle, object_type: str, label: str | None, key_id:
     return str(Pkcs11Uri(path=path, object_id=key_id or None))
 
 
+#: The mechanisms the key test signs with, by key family, in order of preference (raw first: it
+#: works for every hash the certificate may use).
+_KEY_TEST_MECHANISMS: dict[str, tuple[SignMechanism, ...]] = {
+    "RSA": (
+        SignMechanism("CKM_RSA_PKCS", "digest_info", "sha256"),
+        SignMechanism("CKM_SHA256_RSA_PKCS", "data", "sha256"),
+    ),
+    "EC": (
+        SignMechanism("CKM_ECDSA", "digest", "sha256", ecdsa=True),
+        SignMechanism("CKM_ECDSA_SHA256", "data", "sha256", ecdsa=True),
+    ),
+}
+
+
 def key_test(ts: TokenSession, private: Any, spki_der: bytes, capabilities: frozenset[str]) -> KeyTest:
     """Sign 32 random bytes on the token and verify with the certificate's public key.
 
@@ -159,18 +173,11 @@ def key_test(ts: TokenSession, private: Any, spki_der: bytes, capabilities: froz
     if "sign" not in capabilities:
         return KeyTest("skipped", "the key may not sign (CKA_SIGN is FALSE)")
     public = serialization.load_der_public_key(spki_der)
-    mechanisms = mechanism_names(ts)
-    how: SignMechanism | None = None
-    if isinstance(public, rsa.RSAPublicKey):
-        if "CKM_RSA_PKCS" in mechanisms:
-            how = SignMechanism("CKM_RSA_PKCS", "digest_info", "sha256")
-        elif "CKM_SHA256_RSA_PKCS" in mechanisms:
-            how = SignMechanism("CKM_SHA256_RSA_PKCS", "data", "sha256")
-    elif isinstance(public, ec.EllipticCurvePublicKey):
-        if "CKM_ECDSA" in mechanisms:
-            how = SignMechanism("CKM_ECDSA", "digest", "sha256", ecdsa=True)
-        elif "CKM_ECDSA_SHA256" in mechanisms:
-            how = SignMechanism("CKM_ECDSA_SHA256", "data", "sha256", ecdsa=True)
+    family = (
+        "RSA" if isinstance(public, rsa.RSAPublicKey) else "EC" if isinstance(public, ec.EllipticCurvePublicKey) else ""
+    )
+    available = mechanism_names(ts)
+    how = next((m for m in _KEY_TEST_MECHANISMS.get(family, ()) if m.mechanism in available), None)
     if how is None:
         return KeyTest("skipped", "the token offers no PKCS#1 v1.5 or ECDSA mechanism for this key")
     challenge = os.urandom(32)

@@ -394,8 +394,9 @@ class _Transaction:
         if policy.request_type == RequestType.CERT:
             der = self_signed_certificate(policy, pair.spki, signer, now=datetime.now(UTC))
             _verify_certificate(der)
-            certificate_label: str | None = policy.friendly_name or pair.label
-            self.created.append(write_certificate(self.session, der, key_id=pair.key_id, label=certificate_label))
+            label = policy.friendly_name or pair.label
+            certificate_label: str | None = label
+            self.created.append(write_certificate(self.session, der, key_id=pair.key_id, label=label))
             self._end_intent()  # the certificate on the token now explains the key
         else:
             controls, extra = self._cmc_controls()
@@ -487,11 +488,12 @@ class _Transaction:
             controls = replace(controls, requester_name=policy.requester_name)
         if not self.options.pop_link:
             return controls, []
-        if controls.shared_secret is None:
+        secret = controls.shared_secret
+        if secret is None:
             raise UsageError("--pop-link needs the CMC shared secret (--shared-secret-source)")
         random = secrets.token_bytes(64)
         controls = replace(controls, pop_link_random=random)
-        witness = pop_link_witness_attribute(controls.shared_secret, controls.identification, random)
+        witness = pop_link_witness_attribute(secret, controls.identification, random)
         return controls, [witness]
 
     def _wrap(self, der: bytes, pair: KeyPair, signer: TokenSigner, controls: CmcControls | None) -> bytes:

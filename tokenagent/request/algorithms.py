@@ -13,6 +13,7 @@ from asn1crypto import algos, core
 from cryptography.hazmat.primitives import hashes
 
 from tokenagent.errors import PolicyError
+from tokenagent.request.oids import OID_MGF1, OID_RSASSA_PSS
 
 if TYPE_CHECKING:
     from tokenagent.inf.policy import RequestPolicy
@@ -39,8 +40,6 @@ _ECDSA = {
     "sha384": ("1.2.840.10045.4.3.3", "ecdsa-with-SHA384"),
     "sha512": ("1.2.840.10045.4.3.4", "ecdsa-with-SHA512"),
 }
-OID_RSASSA_PSS = "1.2.840.113549.1.1.10"
-OID_MGF1 = "1.2.840.113549.1.1.8"
 _HASH_OIDS = {
     "sha1": "1.3.14.3.2.26",
     "sha256": "2.16.840.1.101.3.4.2.1",
@@ -78,7 +77,7 @@ class SignatureAlgorithm:
 
     @property
     def digest_size(self) -> int:
-        return _hash_class(self.hash).digest_size
+        return _hash_class(self.hash)().digest_size
 
     @property
     def name(self) -> str:
@@ -135,8 +134,9 @@ def digest(hash_name: str, data: bytes) -> bytes:
 
 def digest_info(hash_name: str, digest: bytes) -> bytes:
     """DER DigestInfo (RFC 8017 9.2 step 2): what CKM_RSA_PKCS pads and signs for PKCS#1 v1.5."""
-    if len(digest) != _hash_class(hash_name).digest_size:
-        raise ValueError(f"a {hash_name} digest has {_hash_class(hash_name).digest_size} bytes, not {len(digest)}")
+    size = _hash_class(hash_name)().digest_size
+    if len(digest) != size:
+        raise ValueError(f"a {hash_name} digest has {size} bytes, not {len(digest)}")
     return algos.DigestInfo({"digest_algorithm": digest_algorithm(hash_name), "digest": digest}).dump()
 
 

@@ -305,23 +305,42 @@ def pki_data(request_der: bytes | None, controls: CmcControls, *, revoke: Revoke
     """
     if request_der is None and revoke is None:
         raise InputError("a CMC request needs a certification request or a revocation")
-    requests: list[TaggedRequest] = []
-    if request_der is not None:
-        try:
-            request = csr.CertificationRequest.load(request_der, strict=True)
-            # parse now, so garbage fails here and not in a later dump; `.native` would also try to
-            # parse open-type attribute values (MS name-value pairs) that asn1crypto cannot read
-            parse_all(request)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-            raise InputError(f"cannot read the certification request for CMC: {exc}") from None
-        if controls.pop_link_random is not None:
-            _check_pop_link(request, controls)
-        tcr = TaggedCertificationRequest({"body_part_id": REQUEST_BODY_PART_ID, "certification_request": request})
-        requests.append(TaggedRequest(name="tcr", value=tcr))
-    elif controls.pop_link_random is not None:
-        raise InputError("popLinkRandom needs a certification request carrying the witness")
-    req_sequence = ReqSequence(requests)
+    req_sequence = _req_sequence(request_der, controls)
+    values = _control_values(controls, revoke, req_sequence)
+    first = REQUEST_BODY_PART_ID + 1
+    return PKIData(
+        {
+            "control_sequence": [control(first + n, oid, value) for n, (oid, value) in enumerate(values)],
+            "req_sequence": req_sequence,
+            "cms_sequence": [],
+            "other_msg_sequence": [],
+        }
+    )
 
+
+def _req_sequence(request_der: bytes | None, controls: CmcControls) -> ReqSequence:
+    """The reqSequence: the one PKCS #10 as tcr 1, or nothing (a revocation alone)."""
+    if request_der is None:
+        if controls.pop_link_random is not None:
+            raise InputError("popLinkRandom needs a certification request carrying the witness")
+        return ReqSequence([])
+    try:
+        request = csr.CertificationRequest.load(request_der, strict=True)
+        # parse now, so garbage fails here and not in a later dump; `.native` would also try to
+        # parse open-type attribute values (MS name-value pairs) that asn1crypto cannot read
+        parse_all(request)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise InputError(f"cannot read the certification request for CMC: {exc}") from None
+    if controls.pop_link_random is not None:
+        _check_pop_link(request, controls)
+    tcr = TaggedCertificationRequest({"body_part_id": REQUEST_BODY_PART_ID, "certification_request": request})
+    return ReqSequence([TaggedRequest(name="tcr", value=tcr)])
+
+
+def _control_values(
+    controls: CmcControls, revoke: RevokeRequest | None, req_sequence: ReqSequence
+) -> list[tuple[str, core.Asn1Value]]:
+    """(control OID, value) in `pki_data`'s order; identityProofV2 last, over the final reqSequence."""
     values: list[tuple[str, core.Asn1Value]] = []
     if controls.transaction_id is not None:
         values.append((OID_TRANSACTION_ID, core.Integer(controls.transaction_id)))
@@ -331,7 +350,9 @@ def pki_data(request_der: bytes | None, controls: CmcControls, *, revoke: Revoke
         values.append((OID_SENDER_NONCE, core.OctetString(controls.sender_nonce)))
     if controls.identification is not None:
         values.append((OID_IDENTIFICATION, core.UTF8String(controls.identification)))
-    pairs = ((REQUESTER_NAME, controls.requester_name),) if controls.requester_name is not None else ()
+    pairs: tuple[tuple[str, str], ...] = (
+        ((REQUESTER_NAME, controls.requester_name),) if controls.requester_name is not None else ()
+    )
     pairs += controls.reg_info
     if pairs:
         values.append((OID_REG_INFO, core.OctetString(reg_info_value(pairs))))
@@ -344,12 +365,4 @@ def pki_data(request_der: bytes | None, controls: CmcControls, *, revoke: Revoke
             controls.shared_secret, controls.identification, req_sequence.dump(), controls.identity_proof_hash
         )
         values.append((OID_IDENTITY_PROOF_V2, proof))
-    first = REQUEST_BODY_PART_ID + 1
-    return PKIData(
-        {
-            "control_sequence": [control(first + n, oid, value) for n, (oid, value) in enumerate(values)],
-            "req_sequence": req_sequence,
-            "cms_sequence": [],
-            "other_msg_sequence": [],
-        }
-    )
+    return values

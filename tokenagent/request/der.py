@@ -88,5 +88,5 @@ def content_type_of(der: bytes) -> str | None:
         return None
     try:
         return str(cms.ContentInfo.load(der)["content_type"].dotted)
-    except (*PARSE_ERRORS, LOAD_ERRORS):
+    except (*PARSE_ERRORS, *LOAD_ERRORS):
         return None

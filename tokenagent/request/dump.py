@@ -28,7 +28,6 @@ from cryptography import x509
 
 from tokenagent.display import HIDDEN_NOTE, escape_tree, has_hidden_anywhere
 from tokenagent.errors import InputError
-from tokenagent.inf.extensions import OID_DS_GUID, OID_UPN
 from tokenagent.request.armor import read_der
 from tokenagent.request.asn1.cmc import ControlSequence, PKIData, PKIResponse, PopLinkWitnessV2
 from tokenagent.request.asn1.cms import SignedData
@@ -64,12 +63,17 @@ from tokenagent.request.extensions import (
 from tokenagent.request.names import name_text
 from tokenagent.request.oids import (
     OID_BATCH_REQUESTS,
+    OID_CHALLENGE_PASSWORD,
+    OID_CLIENT_INFO,
     OID_CONTENT_TYPE,
     OID_DATA,
+    OID_DS_GUID,
     OID_IDENTIFICATION,
     OID_IDENTITY_PROOF,
     OID_IDENTITY_PROOF_V2,
+    OID_ISSUER_ALT_NAME,
     OID_MESSAGE_DIGEST,
+    OID_OS_VERSION,
     OID_PKI_DATA,
     OID_PKI_RESPONSE,
     OID_POP_LINK_RANDOM,
@@ -83,6 +87,7 @@ from tokenagent.request.oids import (
     OID_STATUS_INFO,
     OID_STATUS_INFO_V2,
     OID_TRANSACTION_ID,
+    OID_UPN,
     REQUESTER_NAME,
 )
 from tokenagent.request.signed_data import (
@@ -97,10 +102,6 @@ from tokenagent.request.signed_data import (
 
 Description = dict[str, Any]
 
-OID_CHALLENGE_PASSWORD = "1.2.840.113549.1.9.7"
-OID_OS_VERSION = "1.3.6.1.4.1.311.13.2.3"
-OID_CLIENT_INFO = "1.3.6.1.4.1.311.21.20"
-OID_ISSUER_ALT_NAME = "2.5.29.18"
 
 _ATTRIBUTE_NAMES = {
     **ATTRIBUTE_NAMES,
@@ -723,7 +724,7 @@ def render(description: Description) -> list[str]:
     """Human-readable lines for a `describe` result, every value from the file shown escaped."""
     hidden = has_hidden_anywhere(description)
     description = escape_tree(description)
-    kind = description["kind"]
+    kind: str = description["kind"]
     lines = [_TITLES.get(kind, kind)]
     if hidden:
         lines.append(f"  NOTE: {HIDDEN_NOTE}")

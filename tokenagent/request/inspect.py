@@ -11,10 +11,17 @@ from typing import Any
 
 from tokenagent.display import escape, has_hidden
 from tokenagent.errors import InputError, VerificationError
+from tokenagent.request.asn1.attributes import EnrollmentNameValuePair
 from tokenagent.request.cmc import control_values
 from tokenagent.request.cms_verify import verify_signers
 from tokenagent.request.der import LOAD_ERRORS, PARSE_ERRORS, content_type_of, reason_of
-from tokenagent.request.oids import OID_PKI_DATA, OID_REG_INFO, OID_SIGNED_DATA
+from tokenagent.request.oids import (
+    OID_ENROLLMENT_NAME_VALUE_PAIR,
+    OID_PKI_DATA,
+    OID_REG_INFO,
+    OID_SIGNED_DATA,
+    OID_TEMPLATE_NAME,
+)
 from tokenagent.request.signed_data import encapsulated, inner_certification_request, load_pki_data
 
 #: Names longer than this are pointed out on the confirmation screen (a CN is at most 64 by RFC 5280).
@@ -164,9 +171,6 @@ def _template(csr: Any) -> str | None:
     """The template the request names: the template-name extension, else a CertificateTemplate pair."""
     from asn1crypto import core
 
-    from tokenagent.request.attributes import OID_ENROLLMENT_NAME_VALUE_PAIR, EnrollmentNameValuePair
-    from tokenagent.request.extensions import OID_TEMPLATE_NAME
-
     for extension in _extensions(csr):
         if extension.oid.dotted_string == OID_TEMPLATE_NAME:
             try:
@@ -205,35 +209,12 @@ def _key_text(csr: Any) -> str:
 
 def _existing_requester(der: bytes, form: str, what: str) -> str | None:
     """RequesterName of the first SignerInfo (PKCS7) or of the regInfo control (CMC)."""
-    from urllib.parse import unquote
-
-    from asn1crypto import cms
-
-    from tokenagent.request.attributes import OID_ENROLLMENT_NAME_VALUE_PAIR, EnrollmentNameValuePair
-
-    signed = cms.ContentInfo.load(der)["content"]
     if form == "pkcs7":
-        first = signed["signer_infos"][0]  # inspect_request refuses a PKCS7 without SignerInfos
-        try:
-            for attribute in first["signed_attrs"] or []:
-                if attribute["type"].dotted != OID_ENROLLMENT_NAME_VALUE_PAIR:
-                    continue
-                for value in attribute["values"]:
-                    pair = EnrollmentNameValuePair.load(value.dump(), strict=True)
-                    if str(pair["name"].native).lower() == "requestername":
-                        return str(pair["value"].native)
-        except PARSE_ERRORS as exc:
-            # a signature that verifies says nothing about the form of what it covers (and a
-            # signer without a certificate is not checked at all)
-            raise InputError(
-                f"cannot read {what}: a damaged name-value pair in the first signer's attributes ({reason_of(exc)})"
-            ) from None
-        return None
+        return _signer_requester(der, what)
     # the raw eContent: asn1crypto's .native would also decode the inner PKCS#10, whose Microsoft
     # name-value attributes it cannot read
     _, content = encapsulated(der, what)
-    data = load_pki_data(content, what)
-    for control in data["control_sequence"]:
+    for control in load_pki_data(content, what)["control_sequence"]:
         if control["attr_type"].dotted != OID_REG_INFO:
             continue
         try:
@@ -241,9 +222,40 @@ def _existing_requester(der: bytes, form: str, what: str) -> str | None:
         except PARSE_ERRORS as exc:
             raise InputError(f"cannot read {what}: a damaged regInfo control ({reason_of(exc)})") from None
         for value in values:
-            text = value.decode("utf-8", "replace")
-            for pair in text.split("&"):
-                name, _, rest = pair.partition("=")
-                if unquote(name).lower() == "requestername":
-                    return unquote(rest)
+            found = _reg_info_requester(value.decode("utf-8", "replace"))
+            if found is not None:
+                return found
+    return None
+
+
+def _signer_requester(der: bytes, what: str) -> str | None:
+    """RequesterName among the first SignerInfo's signed attributes (wire format of a PKCS7 EOBO)."""
+    from asn1crypto import cms
+
+    first = cms.ContentInfo.load(der)["content"]["signer_infos"][0]  # inspect_request refuses none
+    try:
+        for attribute in first["signed_attrs"] or []:
+            if attribute["type"].dotted != OID_ENROLLMENT_NAME_VALUE_PAIR:
+                continue
+            for value in attribute["values"]:
+                pair = EnrollmentNameValuePair.load(value.dump(), strict=True)
+                if str(pair["name"].native).lower() == "requestername":
+                    return str(pair["value"].native)
+    except PARSE_ERRORS as exc:
+        # a signature that verifies says nothing about the form of what it covers (and a
+        # signer without a certificate is not checked at all)
+        raise InputError(
+            f"cannot read {what}: a damaged name-value pair in the first signer's attributes ({reason_of(exc)})"
+        ) from None
+    return None
+
+
+def _reg_info_requester(text: str) -> str | None:
+    """RequesterName in AD CS's regInfo text, name=value pairs joined by '&' and percent-encoded."""
+    from urllib.parse import unquote
+
+    for pair in text.split("&"):
+        name, _, rest = pair.partition("=")
+        if unquote(name).lower() == "requestername":
+            return unquote(rest)
     return None

@@ -95,6 +95,7 @@ class StateDatabase:
         self._prepare_file()
         with self._transaction(write=True) as connection:
             version = self._version(connection)
+            statements: tuple[str, ...]
             if version == 0:
                 statements = _CREATE
             else:

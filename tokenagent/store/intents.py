@@ -122,7 +122,8 @@ class IntentStore:
         """Open intents, all or those for one token (by serial and label)."""
         if not self.database.exists():
             return []
-        where, parameters = "", ()
+        where: str = ""
+        parameters: tuple[str, ...] = ()
         if token_serial is not None and token_label is not None:
             where, parameters = "WHERE token_serial = ? AND token_label = ?", (token_serial, token_label)
         with self.database.reading() as (connection, version):

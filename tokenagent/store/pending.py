@@ -8,6 +8,7 @@ request and closing the intent of the key it was made with is one transaction.
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 import string
 from dataclasses import dataclass, field, fields
@@ -120,7 +121,7 @@ class PendingStore:
         assert request_id is not None
         return PendingRequest(id=request_id, created=created, **values)
 
-    def list(self) -> list[PendingRequest]:
+    def list(self) -> builtins.list[PendingRequest]:
         return self._select("ORDER BY id", ())
 
     def get(self, request_id: int) -> PendingRequest:
@@ -129,13 +130,13 @@ class PendingStore:
             raise self._not_found(request_id)
         return found[0]
 
-    def find_by_public_key(self, public_key_sha256: str) -> list[PendingRequest]:
+    def find_by_public_key(self, public_key_sha256: str) -> builtins.list[PendingRequest]:
         return self._select("WHERE public_key_sha256 = ? ORDER BY id", (public_key_sha256.lower(),))
 
-    def find_by_request(self, request_sha256: str) -> list[PendingRequest]:
+    def find_by_request(self, request_sha256: str) -> builtins.list[PendingRequest]:
         return self._select("WHERE request_sha256 = ? ORDER BY id", (request_sha256.lower(),))
 
-    def find_by_key(self, token_serial: str, key_id: str) -> list[PendingRequest]:
+    def find_by_key(self, token_serial: str, key_id: str) -> builtins.list[PendingRequest]:
         return self._select("WHERE token_serial = ? AND key_id = ? ORDER BY id", (token_serial, key_id.lower()))
 
     def delete(self, request_id: int) -> PendingRequest:
@@ -149,7 +150,7 @@ class PendingStore:
             connection.execute(f"DELETE FROM {_TABLE} WHERE id = ?", (request_id,))
         return record
 
-    def _select(self, where: str, parameters: tuple[object, ...]) -> list[PendingRequest]:
+    def _select(self, where: str, parameters: tuple[object, ...]) -> builtins.list[PendingRequest]:
         if not self.database.exists():
             return []
         with self.database.reading() as (connection, version):

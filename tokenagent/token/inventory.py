@@ -54,6 +54,8 @@ def mechanisms_of(handle: TokenHandle) -> list[MechanismReport]:
     except PKCS11Error:
         return []
     for value in mechanisms:
+        low: int | None
+        high: int | None
         try:
             info = handle.slot.get_mechanism_info(value)
             low, high, flags = int(info.min_key_length), int(info.max_key_length), int(info.flags)

@@ -119,7 +119,7 @@ def describe_object(obj: pkcs11.Object, token: TokenHandle) -> ObjectInfo:
     base = read_attributes(obj, [Attribute.LABEL, Attribute.ID])
     label = base.get(Attribute.LABEL)
     object_id = base.get(Attribute.ID)
-    class_name = CLASS_NAMES.get(object_class, f"0x{int(object_class or 0):x}")
+    class_name = CLASS_NAMES.get(int(object_class or 0), f"0x{int(object_class or 0):x}")
     path = dict(token.uri().path)
     if label:
         path["object"] = label
