@@ -45,9 +45,11 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# ruff (with complexity bounds, pyproject.toml) and mypy on tokenagent/ (configuration in pyproject.toml)
 lint: setup
 	$(BIN)/ruff check tokenagent tests softhsm
 	$(BIN)/ruff format --check tokenagent tests softhsm
+	$(BIN)/mypy
 
 # The bench extra (pyinstrument, for the profiles in docs/performance.md) is installed only here.
 bench: setup $(VENV)/.bench-installed
