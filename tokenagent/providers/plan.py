@@ -99,21 +99,83 @@ def _json(value: Any) -> Any:
 
 
 def plan_key(policy: RequestPolicy, provider: ProviderEntry, *, machine: bool | None = None) -> KeyPlan:
-    """Map the INF's key settings onto PKCS#11. Raises PolicyError (file:line) when the provider cannot."""
-    notes: list[str] = []
+    """Map the INF's key settings onto PKCS#11. Raises PolicyError (file:line) when the provider cannot.
+
+    Each step returns its part of the plan and its notes; the notes are joined in step order, which
+    is the order --dry-run prints them in.
+    """
     family = policy.key_family
-    bits = policy.key_length
-    where_alg = policy.where("key_algorithm")
+    _check_algorithm(policy, provider, family)
+    _refuse_scep(policy)
+    _check_key_size(policy, provider, family)
+    exportable, export_notes = _export(policy, provider)
+    _check_archival(policy, provider)
+    usages, usage_notes = _usages(policy, family)
+    always_authenticate, protection_notes = _protection(policy)
+    label, label_generated = _label(policy)
+    templates = _templates(
+        policy, family, label, usages, exportable=exportable, always_authenticate=always_authenticate
+    )
+    padding, padding_notes = _padding(policy, family)
+    return KeyPlan(
+        provider=provider,
+        machine=policy.machine_key_set if machine is None else machine,
+        key_algorithm=policy.key_algorithm,
+        family=family,
+        key_type=templates.key_type,
+        bits=policy.key_length,
+        curve=policy.curve,
+        generation_mechanism=templates.generation_mechanism,
+        label=label,
+        label_generated=label_generated,
+        public_template=templates.public,
+        private_template=templates.private,
+        hash=policy.hash_algorithm,
+        padding=padding,
+        sign_candidates=sign_mechanisms(padding, policy.hash_algorithm),
+        always_authenticate=always_authenticate,
+        silent=policy.silent,
+        existing=_existing_key(policy),
+        notes=(*export_notes, *usage_notes, *protection_notes, *padding_notes),
+    )
+
+
+@dataclass(frozen=True)
+class _Usages:
+    """What the private key may do (public halves mirror it: verify, encrypt, wrap)."""
+
+    sign: bool
+    decrypt: bool
+    derive: bool
+
+
+@dataclass(frozen=True)
+class _Templates:
+    key_type: str
+    generation_mechanism: str
+    public: dict[str, Any]
+    private: dict[str, Any]
+
+
+def _check_algorithm(policy: RequestPolicy, provider: ProviderEntry, family: str) -> None:
+    """Refuse key families tokenagent cannot make, and a ProviderType that cannot make this one."""
     if family in ("DSA", "DH"):
         raise PolicyError(
-            f"{where_alg}: KeyAlgorithm = {policy.key_algorithm} is not supported: tokenagent makes RSA and "
-            "ECDSA/ECDH keys (DSA and DH certificates are obsolete and PKCS#11 tokens rarely generate them)"
+            f"{policy.where('key_algorithm')}: KeyAlgorithm = {policy.key_algorithm} is not supported: tokenagent "
+            "makes RSA and ECDSA/ECDH keys (DSA and DH certificates are obsolete and PKCS#11 tokens rarely "
+            "generate them)"
         )
     check_provider_type(provider, policy.provider_type, family, policy.where("provider_name"))
+
+
+def _refuse_scep(policy: RequestPolicy) -> None:
     if policy.request_type == RequestType.SCEP:
         raise PolicyError(f"{policy.where('request_type')}: RequestType = SCEP is not supported")
 
+
+def _check_key_size(policy: RequestPolicy, provider: ProviderEntry, family: str) -> None:
     profile = provider.profile
+    bits = policy.key_length
     if not profile.allows(family, bits):
         sizes = profile.algorithms.get(family)
         allowed = "no such keys" if sizes is None else ", ".join(map(str, sizes)) or "any size"
@@ -122,45 +184,58 @@ def plan_key(policy: RequestPolicy, provider: ProviderEntry, *, machine: bool | 
             f"{family} {bits}-bit keys (allowed: {allowed})"
         )
 
-    # -- export ---------------------------------------------------------------------------------
-    exportable = policy.exportable or policy.exportable_encrypted
-    if exportable:
-        key = "exportable" if policy.exportable else "exportable_encrypted"
-        if profile.kind == "smartcard":
-            raise PolicyError(
-                f"{policy.where(key)}: Exportable = TRUE: smart cards cannot export private keys "
-                f"({provider.name}); remove it, or use a software or HSM provider that allows export"
-            )
-        if not profile.exportable:
-            raise PolicyError(
-                f"{policy.where(key)}: Exportable = TRUE: profile '{profile.name}' does not allow exportable "
-                "keys; set exportable = true for this provider in providers.toml if the device allows it"
-            )
-        notes.append("Exportable = TRUE: CKA_EXTRACTABLE = TRUE (still CKA_SENSITIVE: export only wrapped)")
 
-    # -- archival -------------------------------------------------------------------------------
-    # PrivateKeyArchive sends the private key, encrypted to the CA, inside the CMC request: the
-    # operator then believes the key is escrowed. A key born on a token that cannot export it can
-    # never be archived, and tokenagent does not build the encrypted-key body part at all, so the
-    # setting is refused rather than ignored (with other request types certreq ignores it: a warning).
-    if policy.private_key_archive and policy.request_type == RequestType.CMC:
-        where = policy.where("private_key_archive")
-        if profile.kind == "smartcard" or not profile.exportable:
-            raise PolicyError(
-                f"{where}: PrivateKeyArchive = TRUE: the key is generated on the token and cannot leave it "
-                f"(profile '{profile.name}' of {provider.name} does not export keys), so it cannot be archived "
-                "at the CA; remove the setting, or use a provider whose keys may be exported"
-            )
+def _export(policy: RequestPolicy, provider: ProviderEntry) -> tuple[bool, list[str]]:
+    """CKA_EXTRACTABLE, refused where the profile says the device cannot export."""
+    if not (policy.exportable or policy.exportable_encrypted):
+        return False, []
+    key = "exportable" if policy.exportable else "exportable_encrypted"
+    profile = provider.profile
+    if profile.kind == "smartcard":
         raise PolicyError(
-            f"{where}: PrivateKeyArchive = TRUE: tokenagent does not send private keys for archival "
-            "(no CMC encrypted-key body part); remove the setting and archive the key by other means"
+            f"{policy.where(key)}: Exportable = TRUE: smart cards cannot export private keys "
+            f"({provider.name}); remove it, or use a software or HSM provider that allows export"
         )
+    if not profile.exportable:
+        raise PolicyError(
+            f"{policy.where(key)}: Exportable = TRUE: profile '{profile.name}' does not allow exportable "
+            "keys; set exportable = true for this provider in providers.toml if the device allows it"
+        )
+    return True, ["Exportable = TRUE: CKA_EXTRACTABLE = TRUE (still CKA_SENSITIVE: export only wrapped)"]
 
-    # -- usages ---------------------------------------------------------------------------------
+
+def _check_archival(policy: RequestPolicy, provider: ProviderEntry) -> None:
+    """PrivateKeyArchive with CMC is always refused.
+
+    PrivateKeyArchive sends the private key, encrypted to the CA, inside the CMC request: the
+    operator then believes the key is escrowed. A key born on a token that cannot export it can
+    never be archived, and tokenagent does not build the encrypted-key body part at all, so the
+    setting is refused rather than ignored (with other request types certreq ignores it: a warning).
+    """
+    if not (policy.private_key_archive and policy.request_type == RequestType.CMC):
+        return
+    where = policy.where("private_key_archive")
+    profile = provider.profile
+    if profile.kind == "smartcard" or not profile.exportable:
+        raise PolicyError(
+            f"{where}: PrivateKeyArchive = TRUE: the key is generated on the token and cannot leave it "
+            f"(profile '{profile.name}' of {provider.name} does not export keys), so it cannot be archived "
+            "at the CA; remove the setting, or use a provider whose keys may be exported"
+        )
+    raise PolicyError(
+        f"{where}: PrivateKeyArchive = TRUE: tokenagent does not send private keys for archival "
+        "(no CMC encrypted-key body part); remove the setting and archive the key by other means"
+    )
+
+
+def _usages(policy: RequestPolicy, family: str) -> tuple[_Usages, list[str]]:
+    """KeyUsageProperty narrowed to what the key type can do, plus signing for the request itself."""
+    notes: list[str] = []
     allowed_usage = policy.key_usage_property
     sign = bool(allowed_usage & ALLOW_SIGNING)
     decrypt = bool(allowed_usage & ALLOW_DECRYPT)
     derive = bool(allowed_usage & ALLOW_KEY_AGREEMENT)
+    # "all usages" asks for nothing in particular, so dropping what the key type lacks is not news
     if family == "RSA" and derive:
         derive = False
         if allowed_usage != 0xFFFFFF:
@@ -169,31 +244,37 @@ def plan_key(policy: RequestPolicy, provider: ProviderEntry, *, machine: bool | 
         decrypt = False
         if allowed_usage != 0xFFFFFF:
             notes.append("KeyUsageProperty decrypt does not apply to EC keys (use key agreement): no CKA_DECRYPT")
-    # every request type that gets this far (SCEP was refused above) is signed by its own key
+    # every request type that gets this far (SCEP was refused first) is signed by its own key
     if not sign and not policy.use_existing_key_set:
         sign = True
         notes.append(
             "CKA_SIGN = TRUE although KeyUsageProperty does not allow signing: the request must be signed "
             "by its own key (proof of possession)"
         )
+    return _Usages(sign=sign, decrypt=decrypt, derive=derive), notes
 
-    # -- protection -----------------------------------------------------------------------------
-    always_authenticate = policy.key_protection == KeyProtection.FORCE_HIGH_PROTECTION
-    if always_authenticate:
-        notes.append("KeyProtection = FORCE_HIGH_PROTECTION: CKA_ALWAYS_AUTHENTICATE (PIN for every use)")
-    elif policy.key_protection == KeyProtection.PROTECT_KEY or policy.user_protected:
-        notes.append(
+
+def _protection(policy: RequestPolicy) -> tuple[bool, list[str]]:
+    """Whether the key needs CKA_ALWAYS_AUTHENTICATE; PKCS#11 has only that and "private"."""
+    if policy.key_protection == KeyProtection.FORCE_HIGH_PROTECTION:
+        return True, ["KeyProtection = FORCE_HIGH_PROTECTION: CKA_ALWAYS_AUTHENTICATE (PIN for every use)"]
+    if policy.key_protection == KeyProtection.PROTECT_KEY or policy.user_protected:
+        return False, [
             "KeyProtection = PROTECT_KEY / UserProtected: the key is CKA_PRIVATE, every use needs a logged-in "
             "session (PKCS#11 has no 'notify on use' level; FORCE_HIGH_PROTECTION asks the PIN per use)"
-        )
+        ]
+    return False, []
 
-    # -- label ----------------------------------------------------------------------------------
-    label_generated = policy.key_container is None
-    label = policy.key_container or f"tokenagent-{uuid.uuid4()}"
 
-    # -- templates ------------------------------------------------------------------------------
-    key_type = "CKK_RSA" if family == "RSA" else "CKK_EC"
-    curve = policy.curve
+def _label(policy: RequestPolicy) -> tuple[str, bool]:
+    """CKA_LABEL, and whether tokenagent made it up (certreq too names a container without KeyContainer)."""
+    return policy.key_container or f"tokenagent-{uuid.uuid4()}", policy.key_container is None
+
+
+def _templates(
+    policy: RequestPolicy, family: str, label: str, usages: _Usages, *, exportable: bool, always_authenticate: bool
+) -> _Templates:
+    """Both CKA templates, every attribute explicit so no token default decides."""
     # *_RECOVER are set FALSE explicitly: SoftHSM defaults CKA_SIGN_RECOVER to TRUE on RSA and EC keys
     public: dict[str, Any] = {"CKA_TOKEN": True, "CKA_PRIVATE": False, "CKA_LABEL": label, "CKA_VERIFY_RECOVER": False}
     private: dict[str, Any] = {
@@ -205,46 +286,34 @@ def plan_key(policy: RequestPolicy, provider: ProviderEntry, *, machine: bool | 
         "CKA_SIGN_RECOVER": False,
     }
     if family == "RSA":
-        public.update({"CKA_MODULUS_BITS": bits, "CKA_PUBLIC_EXPONENT": RSA_PUBLIC_EXPONENT})
-        public.update({"CKA_VERIFY": sign, "CKA_ENCRYPT": decrypt, "CKA_WRAP": decrypt})
-        private.update({"CKA_SIGN": sign, "CKA_DECRYPT": decrypt, "CKA_UNWRAP": decrypt})
-        generation = "CKM_RSA_PKCS_KEY_PAIR_GEN"
+        public.update({"CKA_MODULUS_BITS": policy.key_length, "CKA_PUBLIC_EXPONENT": RSA_PUBLIC_EXPONENT})
+        public.update({"CKA_VERIFY": usages.sign, "CKA_ENCRYPT": usages.decrypt, "CKA_WRAP": usages.decrypt})
+        private.update({"CKA_SIGN": usages.sign, "CKA_DECRYPT": usages.decrypt, "CKA_UNWRAP": usages.decrypt})
+        key_type, generation = "CKK_RSA", "CKM_RSA_PKCS_KEY_PAIR_GEN"
     else:
-        assert curve is not None
-        public.update({"CKA_EC_PARAMS": CURVES[curve][1], "CKA_VERIFY": sign})
-        private.update({"CKA_SIGN": sign, "CKA_DERIVE": derive})
-        generation = "CKM_EC_KEY_PAIR_GEN"
+        assert policy.curve is not None
+        public.update({"CKA_EC_PARAMS": CURVES[policy.curve][1], "CKA_VERIFY": usages.sign})
+        private.update({"CKA_SIGN": usages.sign, "CKA_DERIVE": usages.derive})
+        key_type, generation = "CKK_EC", "CKM_EC_KEY_PAIR_GEN"
     if always_authenticate:
         private["CKA_ALWAYS_AUTHENTICATE"] = True
+    return _Templates(key_type, generation, public, private)
 
-    existing = None
-    if policy.use_existing_key_set:
-        existing = ExistingKey(policy.key_container if policy.renewal_cert is None else None, policy.renewal_cert)
 
-    padding = "ecdsa" if family != "RSA" else ("pss" if policy.alternate_signature_algorithm else "pkcs1v15")
-    if padding == "pss":
-        notes.append("AlternateSignatureAlgorithm = TRUE: RSASSA-PSS with MGF1 and salt = hash length")
-    return KeyPlan(
-        provider=provider,
-        machine=policy.machine_key_set if machine is None else machine,
-        key_algorithm=policy.key_algorithm,
-        family=family,
-        key_type=key_type,
-        bits=bits,
-        curve=curve,
-        generation_mechanism=generation,
-        label=label,
-        label_generated=label_generated,
-        public_template=public,
-        private_template=private,
-        hash=policy.hash_algorithm,
-        padding=padding,
-        sign_candidates=sign_mechanisms(padding, policy.hash_algorithm),
-        always_authenticate=always_authenticate,
-        silent=policy.silent,
-        existing=existing,
-        notes=tuple(notes),
-    )
+def _existing_key(policy: RequestPolicy) -> ExistingKey | None:
+    """UseExistingKeySet: a renewal certificate's thumbprint wins over the KeyContainer label."""
+    if not policy.use_existing_key_set:
+        return None
+    return ExistingKey(policy.key_container if policy.renewal_cert is None else None, policy.renewal_cert)
+
+
+def _padding(policy: RequestPolicy, family: str) -> tuple[str, list[str]]:
+    """The signature scheme: EC keys sign ECDSA; RSA keys PKCS#1 v1.5 unless AlternateSignatureAlgorithm."""
+    if family != "RSA":
+        return "ecdsa", []
+    if policy.alternate_signature_algorithm:
+        return "pss", ["AlternateSignatureAlgorithm = TRUE: RSASSA-PSS with MGF1 and salt = hash length"]
+    return "pkcs1v15", []
 
 
 def sign_mechanisms(padding: str, hash_name: str) -> tuple[SignMechanism, ...]:

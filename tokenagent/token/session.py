@@ -38,6 +38,7 @@ from tokenagent.errors import (
     PinError,
     PinIncorrectError,
     PinLockedError,
+    TokenAgentError,
     TokenNotFoundError,
     TokenOperationError,
 )
@@ -138,56 +139,92 @@ def open_session(
     lets only the SO set CKA_TRUSTED). The SO PIN follows the same rules as the user PIN.
     """
     warn = on_warning or (lambda message: log.warning("%s", message))
+    # CK_TOKEN_INFO read earlier may be stale: the PIN state flags change after every C_Login
     handle.refresh()
     name = f"'{handle.label}'"
+    _check_token_usable(handle, name, rw=rw)
+    credential: Pin | ProtectedAuthentication | None = None
+    if login:
+        credential = _login_credential(handle, pin_source, name, so=so, force=force, warn=warn)
+    try:
+        session = _open_and_login(handle, credential, name, rw=rw, so=so, warn=warn)
+    except PKCS11Error as exc:
+        raise _session_error(exc, name, so=so) from None
+    result = TokenSession(handle, session, logged_in=credential is not None, rw=rw)
+    result._pin = credential
+    return result
+
+
+def _check_token_usable(handle: TokenHandle, name: str, *, rw: bool) -> None:
     if not handle.initialized:
         raise TokenNotFoundError(f"token in slot {handle.slot_id} is not initialized")
     if rw and handle.flags & TokenFlag.WRITE_PROTECTED:
         raise CapacityError(f"token {name} is write-protected")
 
-    credential: Pin | ProtectedAuthentication | None = None
+
+def _login_credential(
+    handle: TokenHandle,
+    pin_source: PinSource | None,
+    name: str,
+    *,
+    so: bool,
+    force: bool,
+    warn: Callable[[str], None],
+) -> Pin | ProtectedAuthentication:
+    """The PIN state check first, so that a PIN that must not be tried is never asked for; then PIN pad or PIN."""
     state = PinState.from_flags(handle.flags)
-    if login and so:
+    if so:
         _check_so_pin_state(handle.flags, name, force=force)
-        credential = _credential(state, pin_source, name, who="SO")
-    elif login:
+    else:
         for message in check_pin_state(state, name, force=force):
             warn(message)
-        credential = _credential(state, pin_source, name)
+    return _credential(state, pin_source, name, who="SO" if so else "User")
 
-    try:
-        if credential is None:
-            session = handle.token.open(rw=rw)
-        elif isinstance(credential, ProtectedAuthentication):
-            warn(f"token {name}: enter the {'SO ' if so else ''}PIN on the reader's PIN pad")
-            pin_kind = "so_pin" if so else "user_pin"
-            session = handle.token.open(rw=rw, **{pin_kind: pkcs11.PROTECTED_AUTH})
-        elif so:
-            session = handle.token.open(rw=rw, so_pin=credential.reveal())
-        else:
-            session = handle.token.open(rw=rw, user_pin=credential.reveal())
-    except PinIncorrect:
-        raise PinIncorrectError(
+
+def _open_and_login(
+    handle: TokenHandle,
+    credential: Pin | ProtectedAuthentication | None,
+    name: str,
+    *,
+    rw: bool,
+    so: bool,
+    warn: Callable[[str], None],
+) -> pkcs11.Session:
+    """The one C_Login (python-pkcs11 logs in while opening the session when given a PIN)."""
+    if credential is None:
+        return handle.token.open(rw=rw)
+    pin: str | object
+    if isinstance(credential, ProtectedAuthentication):
+        # the reader waits silently for the PIN: tell the user before C_Login blocks
+        warn(f"token {name}: enter the {'SO ' if so else ''}PIN on the reader's PIN pad")
+        pin = pkcs11.PROTECTED_AUTH
+    else:
+        pin = credential.reveal()
+    if so:
+        return handle.token.open(rw=rw, so_pin=pin)
+    return handle.token.open(rw=rw, user_pin=pin)
+
+
+def _session_error(exc: PKCS11Error, name: str, *, so: bool) -> TokenAgentError:
+    """python-pkcs11's error -> tokenagent's, which carries the exit code."""
+    if isinstance(exc, PinIncorrect):
+        return PinIncorrectError(
             f"wrong {'SO ' if so else ''}PIN for token {name}; tokenagent tried once and will not retry "
             "(tries may be limited)"
-        ) from None
-    except PinLocked:
-        raise PinLockedError(f"token {name}: the {'SO' if so else 'user'} PIN is locked") from None
-    except (PinLenRange, PinInvalid):
-        raise PinIncorrectError(f"token {name} rejected the PIN's length or characters") from None
-    except PinExpired:
-        raise PinError(f"token {name}: the PIN has expired and must be changed") from None
-    except UserPinNotInitialized:
-        raise PinError(f"token {name}: the user PIN is not initialized") from None
-    except TokenWriteProtected:
-        raise CapacityError(f"token {name} is write-protected") from None
-    except TokenNotPresent:
-        raise TokenNotFoundError(f"token {name} was removed") from None
-    except PKCS11Error as exc:
-        raise TokenOperationError(f"token {name}: cannot open a session: {type(exc).__name__}") from None
-    result = TokenSession(handle, session, logged_in=credential is not None, rw=rw)
-    result._pin = credential
-    return result
+        )
+    if isinstance(exc, PinLocked):
+        return PinLockedError(f"token {name}: the {'SO' if so else 'user'} PIN is locked")
+    if isinstance(exc, PinLenRange | PinInvalid):
+        return PinIncorrectError(f"token {name} rejected the PIN's length or characters")
+    if isinstance(exc, PinExpired):
+        return PinError(f"token {name}: the PIN has expired and must be changed")
+    if isinstance(exc, UserPinNotInitialized):
+        return PinError(f"token {name}: the user PIN is not initialized")
+    if isinstance(exc, TokenWriteProtected):
+        return CapacityError(f"token {name} is write-protected")
+    if isinstance(exc, TokenNotPresent):
+        return TokenNotFoundError(f"token {name} was removed")
+    return TokenOperationError(f"token {name}: cannot open a session: {type(exc).__name__}")
 
 
 def _check_so_pin_state(flags: int, name: str, *, force: bool) -> None:
@@ -201,7 +238,9 @@ def _check_so_pin_state(flags: int, name: str, *, force: bool) -> None:
 
 def _credential(
     state: PinState, pin_source: PinSource | None, name: str, who: str = "User"
-) -> Pin | ProtectedAuthentication | None:
+) -> Pin | ProtectedAuthentication:
+    """PIN pad or PIN: the PIN pad when asked for, or when no PIN source is configured and the token
+    has one (no PIN crosses the host then)."""
     if pin_source is not None and pin_source.kind == "pinpad":
         if not state.protected_authentication_path:
             raise PinError(f"token {name} has no PIN pad (protected authentication path)")
