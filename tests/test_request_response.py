@@ -23,6 +23,7 @@ from tests.ca import OpenSslCA, openssl, pem_to_der, pki_response
 from tokenagent.errors import CAError, InputError, RequestPendingError
 from tokenagent.request.asn1.cmc import (
     BODY_PART_ID_MAX,
+    CONTROL_NAMES,
     CONTROL_VALUES,
     AddExtensions,
     BodyPartID,
@@ -46,7 +47,7 @@ from tokenagent.request.asn1.cmc import (
     TaggedRequest,
     register_content_types,
 )
-from tokenagent.request.cmc import CONTROL_NAMES, control, control_values
+from tokenagent.request.cmc import control, control_values
 from tokenagent.request.oids import (
     OID_IDENTIFICATION,
     OID_PKI_DATA,

@@ -66,19 +66,21 @@ def accept(
         return
     from tokenagent.enroll.linkage import display_name
 
-    cert_state = "installed" if result.written else "already on the token"
-    echo(f"certificate {shown(display_name(result.certificate))}: {cert_state}")
-    for change in result.changes:
+    plan, outcome = result.plan, result.outcome
+    installed, pair = outcome.installed, outcome.installed.pair
+    cert_state = "installed" if installed.written else "already on the token"
+    echo(f"certificate {shown(display_name(plan.certificate))}: {cert_state}")
+    for change in installed.changes:
         echo(f"  fixed: {shown(change)}")
-    echo(f"token: {result.token.describe()}")
-    echo(f"key: '{shown(result.key_label)}' CKA_ID {result.key_id.hex()} (found by {result.found_by})")
-    echo(f"key test: {result.key_test.status}: {shown(result.key_test.detail)}")
-    echo(f"private key: {result.key_uri}")
-    echo(f"certificate: {result.certificate_uri}")
-    for entry in result.chain:
+    echo(f"token: {pair.token.describe()}")
+    echo(f"key: '{shown(pair.key_label)}' CKA_ID {pair.key_id.hex()} (found by {plan.found_by})")
+    echo(f"key test: {outcome.key_test.status}: {shown(outcome.key_test.detail)}")
+    echo(f"private key: {pair.key_uri}")
+    echo(f"certificate: {pair.certificate_uri}")
+    for entry in outcome.chain:
         trusted = ", trusted" if entry.trusted else ""
         echo(f"CA certificate {shown(entry.subject)}: {entry.status}{trusted}")
-    if result.pending_removed is not None:
-        echo(f"pending request {result.pending_removed.id} removed from {shown(str(result.pending_store))}")
-    if not result.changed:
+    if outcome.pending_removed is not None:
+        echo(f"pending request {outcome.pending_removed.id} removed from {shown(str(outcome.pending_store))}")
+    if not outcome.changed:
         echo("nothing changed")

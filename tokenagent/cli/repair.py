@@ -32,12 +32,13 @@ def repair(certificate: str, dry_run: bool, no_key_test: bool, tokens: TokenArgs
     if as_json:
         emit_json(result.to_json())
         return
-    echo(f"certificate {shown(display_name(result.certificate))} on token {result.token.describe()}")
-    echo(f"key: '{shown(result.key_label)}' CKA_ID {result.key_id.hex()}")
-    echo(f"key test: {result.key_test.status}: {shown(result.key_test.detail)}")
-    if not result.changes:
+    plan, pair = result.plan, result.plan.pair
+    echo(f"certificate {shown(display_name(plan.certificate))} on token {pair.token.describe()}")
+    echo(f"key: '{shown(pair.key_label)}' CKA_ID {pair.key_id.hex()}")
+    echo(f"key test: {plan.key_test.status}: {shown(plan.key_test.detail)}")
+    if not plan.changes:
         echo("nothing to repair: the certificate and its key are linked")
-    for change in result.changes:
+    for change in plan.changes:
         echo(f"{'would change' if dry_run else 'changed'}: {shown(change.describe())}")
-    echo(f"private key: {result.key_uri}")
-    echo(f"certificate: {result.certificate_uri}")
+    echo(f"private key: {pair.key_uri}")
+    echo(f"certificate: {pair.certificate_uri}")

@@ -27,6 +27,7 @@ from tokenagent.enroll.linkage import (
     NO_KEY,
     NOT_RUN,
     KeyTest,
+    LinkedPair,
     certificate_spki,
     certificate_summary,
     display_name,
@@ -126,8 +127,7 @@ class AcceptPlan:
 class Installed:
     """What the user's session wrote or relinked (`_install`)."""
 
-    key_id: bytes
-    certificate_label: str
+    pair: LinkedPair  # the key's CKA_ID (set if it had none) and the certificate object's label
     written: bool  # False: already on the token with the key's CKA_ID (or relinked)
     changes: tuple[str, ...]  # linkage fixed on an existing certificate object or the key
     chain: tuple[ChainEntry, ...]
@@ -142,106 +142,46 @@ class AcceptOutcome:
     key_test: KeyTest
     warnings: tuple[str, ...]
 
+    @property
+    def changed(self) -> bool:
+        installed = self.installed
+        return installed.written or bool(installed.changes) or any(e.status == "written" for e in self.chain)
+
 
 @dataclass(frozen=True)
 class AcceptResult:
     plan: AcceptPlan
     outcome: AcceptOutcome
 
-    # -- the parts' fields, read through --------------------------------------------------------------
-
-    @property
-    def certificate(self) -> bytes:
-        return self.plan.certificate
-
-    @property
-    def token(self) -> TokenHandle:
-        return self.plan.token
-
-    @property
-    def key_label(self) -> str:
-        return self.plan.key_label
-
-    @property
-    def found_by(self) -> str:
-        return self.plan.found_by
-
-    @property
-    def key_id(self) -> bytes:
-        return self.outcome.installed.key_id
-
-    @property
-    def certificate_label(self) -> str:
-        return self.outcome.installed.certificate_label
-
-    @property
-    def written(self) -> bool:
-        return self.outcome.installed.written
-
-    @property
-    def changes(self) -> tuple[str, ...]:
-        return self.outcome.installed.changes
-
-    @property
-    def chain(self) -> tuple[ChainEntry, ...]:
-        return self.outcome.chain
-
-    @property
-    def pending_removed(self) -> PendingRequest | None:
-        return self.outcome.pending_removed
-
-    @property
-    def pending_store(self) -> Path | None:
-        return self.outcome.pending_store
-
-    @property
-    def key_test(self) -> KeyTest:
-        return self.outcome.key_test
-
-    @property
-    def warnings(self) -> tuple[str, ...]:
-        return self.outcome.warnings
-
-    @property
-    def key_uri(self) -> str:
-        return object_uri(self.token, "private", self.key_label, self.key_id)
-
-    @property
-    def certificate_uri(self) -> str:
-        return object_uri(self.token, "cert", self.certificate_label, self.key_id)
-
-    @property
-    def changed(self) -> bool:
-        return self.written or bool(self.changes) or any(e.status == "written" for e in self.chain)
-
     def to_json(self) -> dict[str, Any]:
-        response, response_file = self.plan.response, self.plan.response_file
+        plan, outcome = self.plan, self.outcome
+        installed, pair = outcome.installed, outcome.installed.pair
         return {
             "format_version": 1,
             "response": {
-                "file": str(response_file),
-                "form": response.form,
-                "signature": response.signature,
+                "file": str(plan.response_file),
+                "form": plan.response.form,
+                "signature": plan.response.signature,
                 "statuses": [
                     {"status": s.status, "body_list": list(s.body_list), "status_string": s.status_string}
-                    for s in response.statuses
+                    for s in plan.response.statuses
                 ],
             },
-            "certificate": certificate_summary(self.certificate, str(response_file)),
-            "token": {"label": self.token.label, "serial": self.token.serial, "uri": str(self.token.uri())},
-            "key": {"id": self.key_id.hex(), "label": self.key_label, "found_by": self.found_by, "uri": self.key_uri},
+            "certificate": certificate_summary(plan.certificate, str(plan.response_file)),
+            "token": pair.token_json(),
+            "key": {"id": pair.key_id.hex(), "label": pair.key_label, "found_by": plan.found_by, "uri": pair.key_uri},
             "certificate_object": {
-                "label": self.certificate_label,
-                "uri": self.certificate_uri,
-                "written": self.written,
-                "changes": list(self.changes),
+                "label": pair.certificate_label,
+                "uri": pair.certificate_uri,
+                "written": installed.written,
+                "changes": list(installed.changes),
             },
-            "chain": [entry.to_json(self.token) for entry in self.chain],
-            "changed": self.changed,
-            "pending_removed": self.pending_removed.id if self.pending_removed else None,
-            "pending_store": str(self.pending_store) if self.pending_store else None,
-            "key_test": self.key_test.to_json(),
-            "warnings": list(self.warnings),
+            "chain": [entry.to_json(pair.token) for entry in outcome.chain],
+            "changed": outcome.changed,
+            "pending_removed": outcome.pending_removed.id if outcome.pending_removed else None,
+            "pending_store": str(outcome.pending_store) if outcome.pending_store else None,
+            "key_test": outcome.key_test.to_json(),
+            "warnings": list(outcome.warnings),
         }
 
 
@@ -395,7 +335,8 @@ def _install(
             entries = tuple(
                 _chain_entry(writes, der, trusted=False) for der in plan.response.chain_for(plan.certificate)
             )
-        installed.append(Installed(key_id, certificate_label, written, tuple(changes), entries))
+        pair = LinkedPair(plan.token, key_id, plan.key_label, certificate_label)
+        installed.append(Installed(pair, written, tuple(changes), entries))
 
     writes.run(step, "interrupted: nothing was installed")
     return installed[0]

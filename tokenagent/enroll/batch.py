@@ -46,6 +46,7 @@ from tokenagent.enroll.new import (
     enroll,
     lock_selection,
     lock_token,
+    open_user_session,
     prepare,
 )
 from tokenagent.enroll.recovery import recover_interrupted
@@ -53,7 +54,7 @@ from tokenagent.providers.registry import ProviderRegistry, load_registry
 from tokenagent.token.facts import TokenFacts
 from tokenagent.token.library import TokenHandle
 from tokenagent.token.modules import ENV_MODULE
-from tokenagent.token.session import TokenSession, open_session
+from tokenagent.token.session import TokenSession
 from tokenagent.token.tokeninfo import gather_facts
 
 log = logging.getLogger("tokenagent")
@@ -150,14 +151,7 @@ class NewBatch:
             # held until the batch closes: the facts it keeps current stay true for other processes too
             self._stack.enter_context(lock_token(prepared, handle, self._warn))
             self._locked.add(key)
-        session = open_session(
-            handle,
-            login=True,
-            pin_source=prepared.pin_source,
-            rw=not options.dry_run,
-            force=options.target.force,
-            on_warning=self._warn,
-        )
+        session = open_user_session(prepared, handle, self._warn)
         try:
             if not options.dry_run:
                 recover_interrupted(session, prepared.store_path, on_warning=self._warn)

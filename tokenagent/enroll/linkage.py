@@ -143,6 +143,27 @@ def object_uri(handle: TokenHandle, object_type: str, label: str | None, key_id:
     return str(Pkcs11Uri(path=path, object_id=key_id or None))
 
 
+@dataclass(frozen=True)
+class LinkedPair:
+    """A private key and its certificate object on one token, linked by CKA_ID (accept, repair)."""
+
+    token: TokenHandle
+    key_id: bytes
+    key_label: str
+    certificate_label: str
+
+    @property
+    def key_uri(self) -> str:
+        return object_uri(self.token, "private", self.key_label, self.key_id)
+
+    @property
+    def certificate_uri(self) -> str:
+        return object_uri(self.token, "cert", self.certificate_label, self.key_id)
+
+    def token_json(self) -> dict[str, str]:
+        return {"label": self.token.label, "serial": self.token.serial, "uri": str(self.token.uri())}
+
+
 #: The mechanisms the key test signs with, by key family, in order of preference (raw first: it
 #: works for every hash the certificate may use).
 _KEY_TEST_MECHANISMS: dict[str, tuple[SignMechanism, ...]] = {

@@ -265,18 +265,24 @@ def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewRe
 
             # the agent's login, key and certificate are checked before the user's key exists
             agent = stack.enter_context(open_agent(options.agent, on_warning=warn))
-        session = open_session(
-            handle,
-            login=True,
-            pin_source=prepared.pin_source,
-            rw=not options.dry_run,
-            force=options.target.force,
-            on_warning=warn,
-        )
+        session = open_user_session(prepared, handle, warn)
         with session:
             if not options.dry_run:
                 recover_interrupted(session, prepared.store_path, on_warning=warn)
             return enroll(prepared, session, gather_facts(session), agent=agent)
+
+
+def open_user_session(prepared: Prepared, handle: TokenHandle, warn: Warn) -> TokenSession:
+    """The one login on the token the key is made on (read-only for a dry run)."""
+    options = prepared.options
+    return open_session(
+        handle,
+        login=True,
+        pin_source=prepared.pin_source,
+        rw=not options.dry_run,
+        force=options.target.force,
+        on_warning=warn,
+    )
 
 
 def lock_selection(prepared: Prepared, warn: Warn) -> contextlib.AbstractContextManager[Path]:

@@ -26,12 +26,12 @@ from typing import Any
 from tokenagent.enroll.linkage import (
     NOT_RUN,
     KeyTest,
+    LinkedPair,
     certificate_spki,
     certificate_summary,
     display_name,
     key_test,
     load_certificate,
-    object_uri,
     usage_warnings,
     validity_warnings,
 )
@@ -93,10 +93,7 @@ class RepairPlan:
     """What repair found and would change: a dry run ends here."""
 
     certificate: bytes
-    token: TokenHandle
-    key_id: bytes
-    key_label: str
-    certificate_label: str
+    pair: LinkedPair  # the private key's CKA_ID, as every object of the pair will carry it
     copies: int  # certificate objects with this value on the token
     changes: tuple[Change, ...]
     key_test: KeyTest
@@ -113,67 +110,17 @@ class RepairResult:
     plan: RepairPlan
     outcome: RepairOutcome | None  # None: a dry run
 
-    # -- the parts' fields, read through --------------------------------------------------------------
-
-    @property
-    def certificate(self) -> bytes:
-        return self.plan.certificate
-
-    @property
-    def token(self) -> TokenHandle:
-        return self.plan.token
-
-    @property
-    def key_id(self) -> bytes:
-        return self.plan.key_id
-
-    @property
-    def key_label(self) -> str:
-        return self.plan.key_label
-
-    @property
-    def certificate_label(self) -> str:
-        return self.plan.certificate_label
-
-    @property
-    def changes(self) -> tuple[Change, ...]:
-        return self.plan.changes
-
-    @property
-    def key_test(self) -> KeyTest:
-        return self.plan.key_test
-
-    @property
-    def warnings(self) -> tuple[str, ...]:
-        return self.plan.warnings
-
-    @property
-    def dry_run(self) -> bool:
-        return self.outcome is None
-
-    @property
-    def applied(self) -> bool:
-        return self.outcome is not None and self.outcome.applied
-
-    @property
-    def key_uri(self) -> str:
-        return object_uri(self.token, "private", self.key_label, self.key_id)
-
-    @property
-    def certificate_uri(self) -> str:
-        return object_uri(self.token, "cert", self.certificate_label, self.key_id)
-
     def to_json(self) -> dict[str, Any]:
-        plan = self.plan
+        plan, pair = self.plan, self.plan.pair
         return {
             "format_version": 1,
             "certificate": certificate_summary(plan.certificate, "certificate"),
-            "token": {"label": plan.token.label, "serial": plan.token.serial, "uri": str(plan.token.uri())},
-            "key": {"id": plan.key_id.hex(), "label": plan.key_label, "uri": self.key_uri},
-            "certificate_object": {"label": plan.certificate_label, "uri": self.certificate_uri, "copies": plan.copies},
+            "token": pair.token_json(),
+            "key": {"id": pair.key_id.hex(), "label": pair.key_label, "uri": pair.key_uri},
+            "certificate_object": {"label": pair.certificate_label, "uri": pair.certificate_uri, "copies": plan.copies},
             "changes": [change.to_json() for change in plan.changes],
-            "applied": self.applied,
-            "dry_run": self.dry_run,
+            "applied": self.outcome is not None and self.outcome.applied,
+            "dry_run": self.outcome is None,
             "key_test": plan.key_test.to_json(),
             "warnings": list(plan.warnings),
         }
@@ -249,10 +196,7 @@ def repair_certificate(options: RepairOptions, *, on_warning: Warn | None = None
         tested = key_test(ts, private, spki, capabilities) if options.run_key_test else NOT_RUN
         plan = RepairPlan(
             der,
-            handle,
-            target_id,
-            key_label,
-            certificate_label,
+            LinkedPair(handle, target_id, key_label, certificate_label),
             len(copies),
             tuple(change for _, change, _ in changes),
             tested,

@@ -76,6 +76,7 @@ class GeneralNameSpec:
             "url": "URL",
             "registered_id": "RegisteredId",
         }[self.kind]
+        assert not isinstance(self.value, bytes)
         return f"{label}={self.value}"
 
 
@@ -284,7 +285,7 @@ def parse_basic_constraints_text(fragments: list[str]) -> tuple[bool, int | None
         raise ValueProblem(f"basic constraints must be ca=0|1[&pathlength=N], not '{text}'")
     ca = found.get("ca", "0") in ("1", "true", "yes")
     path = found.get("pathlength")
-    path_length = None if path in (None, "none", "-1") else int(path)  # type: ignore[arg-type]
+    path_length = None if path is None or path in ("none", "-1") else int(path)
     if path_length is not None and path_length < 0:
         raise ValueProblem("pathlength must be 0 or more")
     # RFC 5280 allows pathLenConstraint only with cA TRUE; certreq's own example writes

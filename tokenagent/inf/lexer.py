@@ -161,13 +161,28 @@ class _RawLine:
 
 
 def tokenize(data: bytes | str, filename: str, diag: Diagnostics) -> InfFile:
+    text, encoding = _text(data, diag)
+    lines = _LINE_BREAK.split(text)
+    raw, headers = _raw_lines(lines, diag)
+    sections = _sections(raw, headers, diag)
+    return InfFile(filename=filename, encoding=encoding, sections=sections, line_count=len(lines))
+
+
+def _text(data: bytes | str, diag: Diagnostics) -> tuple[str, str]:
+    """The file as text, and the encoding it was read with ("str" when given text)."""
     text, encoding = (data, "str") if isinstance(data, str) else decode(data, diag)
     if text.startswith("\ufeff"):
         text = text[1:]
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
         diag.error(line, "NUL character: this is not a text INF file")
-    lines = _LINE_BREAK.split(text)
+    return text, encoding
+
+
+def _raw_lines(lines: list[str], diag: Diagnostics) -> tuple[list[_RawLine], dict[str, tuple[str, int]]]:
+    """Every ``key = value`` line with its section, and each section's name and first header line.
+
+    [Strings] may come after the keys that use it, so substitution waits for a second pass."""
     raw: list[_RawLine] = []
     headers: dict[str, tuple[str, int]] = {}
     current: str | None = None
@@ -176,15 +191,7 @@ def tokenize(data: bytes | str, filename: str, diag: Diagnostics) -> InfFile:
         if not stripped or stripped.startswith(";"):
             continue
         if stripped.startswith("["):
-            close = stripped.find("]")
-            if close == -1:
-                diag.error(number, f"section header without ']': {stripped[:60]}")
-            name = stripped[1:close].strip()
-            if not name:
-                diag.error(number, "empty section name '[]'")
-            rest = stripped[close + 1 :].strip()
-            if rest and not rest.startswith(";"):
-                diag.warning(number, f"text after the section header is ignored: {rest[:40]}")
+            name = _section_header(stripped, number, diag)
             current = name.lower()
             headers.setdefault(current, (name, number))
             continue
@@ -197,16 +204,29 @@ def tokenize(data: bytes | str, filename: str, diag: Diagnostics) -> InfFile:
         if parts is None:
             diag.error(number, f"expected 'key = value' in [{headers[current][0]}]: {_join(segments)[:60]}")
         raw.append(_RawLine(number, current, *parts))
+    return raw, headers
 
+
+def _section_header(stripped: str, number: int, diag: Diagnostics) -> str:
+    """The name in ``[Name]``, as written."""
+    close = stripped.find("]")
+    if close == -1:
+        diag.error(number, f"section header without ']': {stripped[:60]}")
+    name = stripped[1:close].strip()
+    if not name:
+        diag.error(number, "empty section name '[]'")
+    rest = stripped[close + 1 :].strip()
+    if rest and not rest.startswith(";"):
+        diag.warning(number, f"text after the section header is ignored: {rest[:40]}")
+    return name
+
+
+def _sections(raw: list[_RawLine], headers: dict[str, tuple[str, int]], diag: Diagnostics) -> dict[str, Section]:
     strings = _collect_strings(raw)
     sections: dict[str, Section] = {key: Section(name=name, line=line) for key, (name, line) in headers.items()}
     for item in raw:
         section = sections[item.section]
-        if item.section == "strings":
-            key, value = _join(item.key), _join(item.value)
-        else:
-            key = _join([(_substitute(t, strings, item.line, diag), q) for t, q in item.key])
-            value = _join([(_substitute(t, strings, item.line, diag), q) for t, q in item.value])
+        key, value = _key_and_value(item, strings, diag)
         if not key:
             diag.error(item.line, "empty key before '='")
         if key.lower() in CONTINUATION_KEYS:
@@ -216,7 +236,15 @@ def tokenize(data: bytes | str, filename: str, diag: Diagnostics) -> InfFile:
             section.entries[-1].fragment_lines.append(item.line)
             continue
         section.entries.append(Entry(key=key, fragments=[value], line=item.line, fragment_lines=[item.line]))
-    return InfFile(filename=filename, encoding=encoding, sections=sections, line_count=len(lines))
+    return sections
+
+
+def _key_and_value(item: _RawLine, strings: dict[str, str], diag: Diagnostics) -> tuple[str, str]:
+    if item.section == "strings":  # [Strings] values are taken as written, never substituted
+        return _join(item.key), _join(item.value)
+    key = _join([(_substitute(t, strings, item.line, diag), q) for t, q in item.key])
+    value = _join([(_substitute(t, strings, item.line, diag), q) for t, q in item.value])
+    return key, value
 
 
 def _collect_strings(raw: list[_RawLine]) -> dict[str, str]:

@@ -144,76 +144,121 @@ def _key_oid(key: str) -> str:
 
 def parse_name(text: str, flags: int = 0) -> DistinguishedName:
     """Parse a Subject (or SAN DirectoryName) string; `ValueProblem` names what is wrong."""
-    separators = _separators(flags)
-    plus = not flags & NO_PLUS_FLAG
-    quoting = not flags & NO_QUOTING_FLAG
+    reader = _NameReader(text, flags)
     rdns: list[list[NameAttribute]] = [[]]
-    i, n = 0, len(text)
     while True:
-        # key
-        start = i
-        while i < n and text[i] != "=" and text[i] not in separators:
-            i += 1
-        key = text[start:i]
-        if i >= n or text[i] != "=":
-            if not key.strip() and i >= n and rdns == [[]]:
-                raise ValueProblem("empty name")
-            raise ValueProblem(f"expected 'KEY=value' at '{text[start : start + 30]}'")
+        key = reader.key(first=rdns == [[]])
         oid = _key_oid(key)
-        i += 1
-        # value
-        while i < n and text[i] in " \t":
-            i += 1
-        chars: list[str] = []
-        was_quoted = quoting and i < n and text[i] == '"'
-        if was_quoted:
-            i += 1
-            while True:
-                if i >= n:
-                    raise ValueProblem(f"unterminated quote in the value of {key.strip()}")
-                if text[i] == '"':
-                    if text[i + 1 : i + 2] == '"':
-                        chars.append('"')
-                        i += 2
-                        continue
-                    i += 1
-                    break
-                chars.append(text[i])
-                i += 1
-            while i < n and text[i] in " \t":
-                i += 1
-            value: str = "".join(chars)
-            if i < n and text[i] not in separators and not (plus and text[i] == "+"):
-                raise ValueProblem(f"text after the quoted value of {key.strip()}")
-        else:
-            while i < n and text[i] not in separators and not (plus and text[i] == "+"):
-                if text[i] == "\\" and i + 1 < n:
-                    chars.append(text[i + 1])
-                    i += 2
-                    continue
-                chars.append(text[i])
-                i += 1
-            value = "".join(chars).strip()
-        attribute_value: str | bytes = value
-        if value.startswith("#") and not was_quoted:
-            digits = re.sub(r"\s+", "", value[1:])
-            try:
-                attribute_value = bytes.fromhex(digits)
-            except ValueError:
-                raise ValueProblem(f"'{value}' starts with '#' but is not hexadecimal") from None
-        rdns[-1].append(NameAttribute(oid, attribute_value))
-        if i >= n:
+        rdns[-1].append(NameAttribute(oid, reader.value(key.strip())))
+        if reader.at_end():
             break
-        if plus and text[i] == "+":
-            i += 1
+        if reader.joins_rdn():
             continue
-        i += 1  # a separator
-        while i < n and text[i] in " \t\r\n":
-            i += 1
-        if i >= n:
+        reader.skip_separator()
+        if reader.at_end():
             break  # a trailing separator, as in "CN=x,"
         rdns.append([])
     result = tuple(tuple(rdn) for rdn in rdns if rdn)
     if flags & REVERSE_FLAG:
         result = tuple(reversed(result))
     return DistinguishedName(result)
+
+
+class _NameReader:
+    """A position in a name string, with the separator, ``+`` and quoting rules of its flags.
+
+    The loops index the text directly: a Subject may be megabytes long in a hostile file."""
+
+    def __init__(self, text: str, flags: int) -> None:
+        self.text = text
+        self.pos = 0
+        self.separators = _separators(flags)
+        self.plus = not flags & NO_PLUS_FLAG
+        self.quoting = not flags & NO_QUOTING_FLAG
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.text)
+
+    def _ends_value(self, char: str) -> bool:
+        return char in self.separators or (self.plus and char == "+")
+
+    def _skip(self, blanks: str) -> None:
+        text, n, i = self.text, len(self.text), self.pos
+        while i < n and text[i] in blanks:
+            i += 1
+        self.pos = i
+
+    def key(self, first: bool) -> str:
+        """The text up to '=' (consumed); `first` tells an empty name from a missing key."""
+        text, n, start = self.text, len(self.text), self.pos
+        i = start
+        while i < n and text[i] != "=" and text[i] not in self.separators:
+            i += 1
+        self.pos = i
+        key = text[start:i]
+        if i >= n or text[i] != "=":
+            if first and not key.strip() and i >= n:
+                raise ValueProblem("empty name")
+            raise ValueProblem(f"expected 'KEY=value' at '{text[start : start + 30]}'")
+        self.pos += 1
+        return key
+
+    def value(self, key: str) -> str | bytes:
+        self._skip(" \t")
+        if self.quoting and not self.at_end() and self.text[self.pos] == '"':
+            return self._quoted(key)  # a quoted '#...' stays text
+        value = self._unquoted()
+        return _hex_value(value) if value.startswith("#") else value
+
+    def _quoted(self, key: str) -> str:
+        text, n, i = self.text, len(self.text), self.pos + 1
+        chars: list[str] = []
+        while True:
+            if i >= n:
+                raise ValueProblem(f"unterminated quote in the value of {key}")
+            if text[i] == '"':
+                if text[i + 1 : i + 2] == '"':
+                    chars.append('"')
+                    i += 2
+                    continue
+                i += 1
+                break
+            chars.append(text[i])
+            i += 1
+        self.pos = i
+        self._skip(" \t")
+        if not self.at_end() and not self._ends_value(self.text[self.pos]):
+            raise ValueProblem(f"text after the quoted value of {key}")
+        return "".join(chars)
+
+    def _unquoted(self) -> str:
+        text, n, i = self.text, len(self.text), self.pos
+        chars: list[str] = []
+        while i < n and not self._ends_value(text[i]):
+            if text[i] == "\\" and i + 1 < n:
+                chars.append(text[i + 1])
+                i += 2
+                continue
+            chars.append(text[i])
+            i += 1
+        self.pos = i
+        return "".join(chars).strip()
+
+    def joins_rdn(self) -> bool:
+        """Consume a '+' that adds the next attribute to the same RDN."""
+        if self.plus and self.text[self.pos] == "+":
+            self.pos += 1
+            return True
+        return False
+
+    def skip_separator(self) -> None:
+        self.pos += 1
+        self._skip(" \t\r\n")
+
+
+def _hex_value(value: str) -> bytes:
+    """CertStrToName's ``#hex`` value, encoded as an OCTET STRING."""
+    try:
+        return bytes.fromhex(re.sub(r"\s+", "", value[1:]))
+    except ValueError:
+        raise ValueProblem(f"'{value}' starts with '#' but is not hexadecimal") from None

@@ -279,96 +279,40 @@ def _json_value(value: Any) -> Any:
 
 # -- resolution -----------------------------------------------------------------------------------
 
-NEWREQUEST_KEYS = {
-    "subject",
-    "exportable",
-    "exportableencrypted",
-    "hashalgorithm",
-    "keyalgorithm",
-    "keycontainer",
-    "keylength",
-    "keyspec",
-    "keyusage",
-    "keyusageproperty",
-    "machinekeyset",
-    "notbefore",
-    "notafter",
-    "privatekeyarchive",
-    "encryptionalgorithm",
-    "encryptionlength",
-    "providername",
-    "providertype",
-    "renewalcert",
-    "requestername",
-    "requesttype",
-    "securitydescriptor",
-    "alternatesignaturealgorithm",
-    "silent",
-    "smime",
-    "useexistingkeyset",
-    "keyprotection",
-    "suppressdefaults",
-    "friendlyname",
-    "validityperiodunits",
-    "validityperiod",
-    "userprotected",
-    "encipheronly",
-    "x500nameflags",
-    "subjectnameflags",
-}
+
+class _DependsOnOtherKeys:
+    """A default computed from other keys once every key is read (KeyLength needs the curve,
+    KeyUsage the key spec, ...); `compute` returns the value and its note."""
+
+    def __init__(self, compute: Callable[[dict[str, Any]], tuple[Any, str]]) -> None:
+        self.compute = compute
 
 
-class _Resolver:
-    def __init__(self, inf: InfFile, diag: Diagnostics) -> None:
-        self.inf = inf
-        self.diag = diag
-        self.values: dict[str, Any] = {}
-        self.origins: dict[str, Origin] = {}
-        section = inf.section("newrequest")
-        self.section_line = section.line if section is not None else 1
-        self.entries: dict[str, Entry] = {}
-        if section is not None:
-            for entry in section.entries:
-                if entry.name in self.entries:
-                    diag.warning(
-                        entry.line,
-                        f"{entry.key} is repeated (line {self.entries[entry.name].line}); the last one is used",
-                    )
-                self.entries[entry.name] = entry
+@dataclass(frozen=True)
+class _Key:
+    """One row of the [NewRequest] table: the policy field a key fills and how."""
 
-    def read(
-        self, field_name: str, key: str, parse: Callable[[str], Any], default: Any, note: str | None = None
-    ) -> Any:
-        entry = self.entries.get(key)
-        if entry is None:
-            self.values[field_name] = default
-            self.origins[field_name] = Origin("default", None, note)
-            return default
-        text = entry.value
-        try:
-            value = parse(text)
-        except ValueProblem as exc:
-            self.diag.error(entry.line, f"{entry.key}: {exc}")
-        self.values[field_name] = value
-        self.origins[field_name] = Origin("file", entry.line)
-        return value
+    field: str
+    key: str | None  # the INF key as certreq spells it; None: not an INF key, always the default
+    parse: Callable[..., Any]  # the value text (and the `reads` fields' values) -> the field's value
+    default: Any = None
+    note: str | None = None  # why the default is what it is
+    reads: tuple[str, ...] = ()  # fields read earlier that the parser also takes
 
-    def set_default(self, field_name: str, value: Any, note: str) -> None:
-        self.values[field_name] = value
-        self.origins[field_name] = Origin("default", None, note)
-
-    def line(self, key: str) -> int:
-        entry = self.entries.get(key)
-        return entry.line if entry else self.section_line
-
-    def given(self, key: str) -> bool:
-        return key in self.entries
+    @property
+    def name(self) -> str:
+        """The key as the lexer gives it (INF keys are case-insensitive)."""
+        return self.key.lower() if self.key else ""
 
 
 def _nonempty(value: str) -> str:
     if not value.strip():
         raise ValueProblem("empty value")
     return value.strip()
+
+
+def _lower_nonempty(value: str) -> str:
+    return _nonempty(value).lower()
 
 
 def _requester_name(value: str) -> str:
@@ -418,203 +362,58 @@ def _positive(value: str) -> int:
     return number
 
 
-def resolve(inf: InfFile, diag: Diagnostics) -> RequestPolicy:
-    _check_sections(inf, diag)
-    r = _Resolver(inf, diag)
+def _subject(value: str, x500_name_flags: int) -> DistinguishedName | None:
+    return parse_name(value, x500_name_flags) if value.strip() else None
 
-    for name, entry in r.entries.items():
-        if name not in NEWREQUEST_KEYS:
-            diag.warning(entry.line, f"unknown [NewRequest] key '{entry.key}' is ignored")
 
-    flags = r.read("x500_name_flags", "x500nameflags", lambda v: parse_flags(v, X500_NAME_FLAGS, "X500NameFlags"), 0)
-    r.read("subject", "subject", lambda v: parse_name(v, flags) if v.strip() else None, None)
-    r.read("exportable", "exportable", parse_bool, False)
-    r.read("exportable_encrypted", "exportableencrypted", parse_bool, False)
-    hash_name = r.read("hash_algorithm", "hashalgorithm", _hash, "sha256", "tokenagent default (certreq: sha1)")
-    algorithm = r.read("key_algorithm", "keyalgorithm", _key_algorithm, "RSA")
-    r.read("key_container", "keycontainer", _nonempty, None)
-    r.read("key_length", "keylength", _positive, None)
-    r.read("key_spec", "keyspec", lambda v: parse_choice(v, KEY_SPECS, "KeySpec"), None)
-    r.read("key_usage", "keyusage", lambda v: parse_flags(v, KEY_USAGE_BITS, "KeyUsage"), None)
-    r.read(
-        "key_usage_property",
-        "keyusageproperty",
-        lambda v: parse_flags(v, KEY_USAGE_PROPERTY_BITS, "KeyUsageProperty"),
-        None,
-    )
-    r.read("machine_key_set", "machinekeyset", parse_bool, False)
-    r.read("not_before", "notbefore", parse_date, None)
-    r.read("not_after", "notafter", parse_date, None)
-    r.read("private_key_archive", "privatekeyarchive", parse_bool, False)
-    r.read(
-        "encryption_algorithm",
-        "encryptionalgorithm",
-        lambda v: _nonempty(v).lower(),
-        "aes",
-        "tokenagent default (certreq: 3des)",
-    )
-    r.read("encryption_length", "encryptionlength", _positive, 256, "tokenagent default (certreq: 168)")
-    r.read("provider_name", "providername", _nonempty, DEFAULT_PROVIDER, "certreq's default provider")
-    r.read("provider_type", "providertype", parse_int, None, "not set: ProviderName decides")
-    r.read("renewal_cert", "renewalcert", _thumbprint, None)
-    r.read("requester_name", "requestername", _requester_name, None)
-    raw_type = r.entries.get("requesttype")
-    request_type = r.read(
-        "request_type",
-        "requesttype",
-        lambda v: parse_choice(v, REQUEST_TYPES, "RequestType"),
-        RequestType.PKCS10,
-    )
-    r.values["pkcs10_without_wrapping"] = bool(raw_type and raw_type.value.strip().upper() == "PKCS10-")
-    r.origins["pkcs10_without_wrapping"] = r.origins["request_type"]
-    r.read("security_descriptor", "securitydescriptor", _nonempty, None)
-    r.read("alternate_signature_algorithm", "alternatesignaturealgorithm", parse_bool, False)
-    r.read("silent", "silent", parse_bool, False)
-    r.read("smime", "smime", parse_bool, False)
-    r.read("use_existing_key_set", "useexistingkeyset", parse_bool, False)
-    r.read(
-        "key_protection",
-        "keyprotection",
-        lambda v: parse_choice(v, KEY_PROTECTIONS, "KeyProtection"),
-        KeyProtection.NO_PROTECTION,
-    )
-    r.read("suppress_defaults", "suppressdefaults", parse_bool, False)
-    r.read("friendly_name", "friendlyname", _nonempty, None)
-    r.read("validity_period_units", "validityperiodunits", _positive, None)
-    r.read("validity_period", "validityperiod", _validity_period, None)
-    r.read("user_protected", "userprotected", parse_bool, False)
-    encipher_only = r.read("encipher_only", "encipheronly", parse_bool, False)
-    r.read(
-        "subject_name_flags",
-        "subjectnameflags",
-        lambda v: None if v.strip().lower() == "template" else parse_flags(v, SUBJECT_NAME_FLAGS, "SubjectNameFlags"),
-        None,
-    )
+def _without_wrapping(value: str) -> bool:
+    return value.strip().upper() == "PKCS10-"
 
-    # -- the key: algorithm, size, spec, usages ---------------------------------------------------
-    if algorithm in ("ECDSA", "ECDH"):  # newer certreq: KeyAlgorithm=ECDSA with KeyLength=256
-        size = r.values["key_length"]
-        if size not in _CURVE_BY_SIZE:
-            diag.error(r.line("keyalgorithm"), f"KeyAlgorithm = {algorithm} needs KeyLength 256, 384 or 521")
-        algorithm = f"{algorithm}_{_CURVE_BY_SIZE[size]}"
-        r.values["key_algorithm"] = algorithm
-    family, _curve, curve_bits = KEY_ALGORITHMS[algorithm]
+
+def _subject_name_flags(value: str) -> int | None:
+    if value.strip().lower() == "template":
+        return None
+    return parse_flags(value, SUBJECT_NAME_FLAGS, "SubjectNameFlags")
+
+
+def _flags(symbols: dict[str, int], what: str) -> Callable[[str], int]:
+    return lambda value: parse_flags(value, symbols, what)
+
+
+def _choice(choices: dict[str, Any], what: str) -> Callable[[str], Any]:
+    return lambda value: parse_choice(value, choices, what)
+
+
+def _always(value: Any) -> Callable[[str], Any]:
+    return lambda _text: value
+
+
+def _family(values: dict[str, Any]) -> str:
+    return KEY_ALGORITHMS[values["key_algorithm"]][0]
+
+
+def _default_key_length(values: dict[str, Any]) -> tuple[int, str]:
+    algorithm = values["key_algorithm"]
+    curve_bits = KEY_ALGORITHMS[algorithm][2]
     if curve_bits is not None:
-        if r.values["key_length"] is None:
-            r.set_default("key_length", curve_bits, f"the size of {algorithm}'s curve")
-        elif r.values["key_length"] != curve_bits:
-            diag.error(
-                r.line("keylength"),
-                f"KeyLength = {r.values['key_length']} contradicts KeyAlgorithm = {algorithm} ({curve_bits} bits)",
-            )
-    elif r.values["key_length"] is None:
-        r.set_default("key_length", 2048, "tokenagent default (certreq 2003: 1024)")
-
-    if r.values["key_spec"] is None:
-        spec = KeySpec.AT_KEYEXCHANGE if family == "ECDH" else KeySpec.AT_SIGNATURE
-        r.set_default("key_spec", spec, "certreq's default" if family != "ECDH" else "ECDH keys are for key exchange")
-    spec = r.values["key_spec"]
-    if encipher_only and spec == KeySpec.AT_SIGNATURE:
-        diag.error(
-            r.line("encipheronly"),
-            "EncipherOnly = TRUE needs KeySpec = AT_KEYEXCHANGE (it is an error with AT_SIGNATURE since Windows Vista)",
-        )
-    if r.values["key_usage"] is None:
-        r.set_default("key_usage", *_default_key_usage(family, spec, encipher_only))
-    r.values["key_usage_critical"] = True
-    r.origins["key_usage_critical"] = Origin("default", None, "certreq marks KeyUsage critical")
-    if r.values["key_usage_property"] is None:
-        r.set_default("key_usage_property", *_default_key_usage_property(family, spec))
-
-    # -- hashes and request types -----------------------------------------------------------------
-    if hash_name in WEAK_HASHES:
-        diag.error(
-            r.line("hashalgorithm"),
-            f"HashAlgorithm = {hash_name} is broken; "
-            "tokenagent signs with sha256, sha384 or sha512 (sha1 with a warning)",
-        )
-    if hash_name == "sha1":
-        diag.warning(r.line("hashalgorithm"), "HashAlgorithm = sha1 is deprecated; CAs may refuse it")
-    if r.values["requester_name"] and request_type == RequestType.PKCS10:
-        diag.warning(
-            r.line("requestername"),
-            "RequesterName is ignored with RequestType = PKCS10 (certreq ignores it too): use PKCS7 or CMC",
-        )
-    if r.values["private_key_archive"] and request_type != RequestType.CMC:
-        diag.warning(r.line("privatekeyarchive"), "PrivateKeyArchive works only with RequestType = CMC; ignored")
-
-    # -- existing keys ---------------------------------------------------------------------------
-    if r.values["use_existing_key_set"]:
-        if r.given("exportable"):
-            diag.error(
-                r.line("exportable"),
-                "Exportable cannot be set with UseExistingKeySet = TRUE: an existing key's properties cannot change",
-            )
-        if not r.values["key_container"] and not r.values["renewal_cert"]:
-            diag.error(
-                r.line("useexistingkeyset"),
-                "UseExistingKeySet = TRUE needs KeyContainer or RenewalCert to name the key",
-            )
-
-    # -- validity (RequestType = Cert only) ------------------------------------------------------
-    has_period = r.given("validityperiod") or r.given("validityperiodunits")
-    if r.given("notafter") and has_period:
-        line = r.line("validityperiod") if r.given("validityperiod") else r.line("validityperiodunits")
-        diag.error(line, "NotAfter cannot be used with ValidityPeriod/ValidityPeriodUnits")
-    if r.given("validityperiod") != r.given("validityperiodunits"):
-        missing = "ValidityPeriodUnits" if r.given("validityperiod") else "ValidityPeriod"
-        line = r.line("validityperiod") if r.given("validityperiod") else r.line("validityperiodunits")
-        diag.error(line, f"ValidityPeriod and ValidityPeriodUnits go together: {missing} is missing")
-    if r.values["not_before"] and r.values["not_after"] and r.values["not_after"] <= r.values["not_before"]:
-        diag.error(r.line("notafter"), "NotAfter is not after NotBefore")
-    if request_type != RequestType.CERT:
-        for key in ("notbefore", "notafter", "validityperiod", "validityperiodunits"):
-            if r.given(key):
-                diag.warning(r.line(key), f"{r.entries[key].key} is used only with RequestType = Cert; ignored")
-
-    if r.values["subject_name_flags"]:
-        diag.warning(
-            r.line("subjectnameflags"),
-            "SubjectNameFlags: tokenagent does not fill names from Active Directory; give Subject and SAN explicitly",
-        )
-    if r.values["security_descriptor"]:
-        diag.warning(
-            r.line("securitydescriptor"),
-            "SecurityDescriptor does not apply to PKCS#11 tokens (access is the token PIN); ignored",
-        )
-    extensions = _extensions(inf, diag, flags)
-    attributes, template, san = _request_attributes(inf, diag, flags)
-    for field_name, section_name, key in (
-        ("extensions", "extensions", None),
-        ("request_attributes", "requestattributes", None),
-        ("certificate_template", "requestattributes", "certificatetemplate"),
-        ("san_attribute", "requestattributes", "san"),
-    ):
-        section = inf.section(section_name)
-        entries = section.get(key) if section is not None and key else []
-        line = entries[-1].line if entries else section.line if section is not None and key is None else None
-        r.origins[field_name] = Origin("file", line) if line else Origin("default")
-    if r.values["subject"] is None and san is None and not any(e.oid == "2.5.29.17" for e in extensions):
-        diag.warning(r.line("subject"), "no Subject and no SAN: the certificate will not name anyone")
-    return RequestPolicy(
-        filename=inf.filename,
-        extensions=extensions,
-        certificate_template=template,
-        request_attributes=attributes,
-        san_attribute=san,
-        origins=r.origins,
-        warnings=tuple(diag.warnings),
-        **{k: v for k, v in r.values.items()},
-    )
+        return curve_bits, f"the size of {algorithm}'s curve"
+    return 2048, "tokenagent default (certreq 2003: 1024)"
 
 
-def _default_key_usage(family: str, spec: KeySpec, encipher_only: bool) -> tuple[int, str]:
+def _default_key_spec(values: dict[str, Any]) -> tuple[KeySpec, str]:
+    if _family(values) == "ECDH":
+        return KeySpec.AT_KEYEXCHANGE, "ECDH keys are for key exchange"
+    return KeySpec.AT_SIGNATURE, "certreq's default"
+
+
+def _default_key_usage(values: dict[str, Any]) -> tuple[int, str]:
+    family, spec = _family(values), values["key_spec"]
     if family == "ECDH":
         return 0x08, "ECDH: keyAgreement (certreq's 0xF0 cannot apply to an EC key)"
     if family in ("ECDSA", "DSA"):
         return 0xC0, "signature key: digitalSignature + nonRepudiation"
     if spec == KeySpec.AT_KEYEXCHANGE:
-        if encipher_only:
+        if values["encipher_only"]:
             return 0x30, "AT_KEYEXCHANGE with EncipherOnly: keyEncipherment + dataEncipherment"
         return 0xF0, "AT_KEYEXCHANGE: digitalSignature + nonRepudiation + keyEncipherment + dataEncipherment"
     if spec == KeySpec.AT_NONE:
@@ -622,7 +421,8 @@ def _default_key_usage(family: str, spec: KeySpec, encipher_only: bool) -> tuple
     return 0xC0, "AT_SIGNATURE: digitalSignature + nonRepudiation"
 
 
-def _default_key_usage_property(family: str, spec: KeySpec) -> tuple[int, str]:
+def _default_key_usage_property(values: dict[str, Any]) -> tuple[int, str]:
+    family, spec = _family(values), values["key_spec"]
     if family == "ECDH":
         return 0x4, "ECDH: key agreement"
     if family in ("ECDSA", "DSA") or spec == KeySpec.AT_SIGNATURE:
@@ -630,6 +430,301 @@ def _default_key_usage_property(family: str, spec: KeySpec) -> tuple[int, str]:
     if spec == KeySpec.AT_KEYEXCHANGE:
         return 0x3, "AT_KEYEXCHANGE: decrypt and sign, as CryptoAPI exchange keys can"
     return 0xFFFFFF, "AT_NONE: all usages"
+
+
+#: every [NewRequest] key, read in this order: a value's error is reported for the first bad key
+#: in this order, and X500NameFlags comes first because Subject is parsed with it
+NEW_REQUEST_TABLE: tuple[_Key, ...] = (
+    _Key("x500_name_flags", "X500NameFlags", _flags(X500_NAME_FLAGS, "X500NameFlags"), 0),
+    _Key("subject", "Subject", _subject, None, reads=("x500_name_flags",)),
+    _Key("exportable", "Exportable", parse_bool, False),
+    _Key("exportable_encrypted", "ExportableEncrypted", parse_bool, False),
+    _Key("hash_algorithm", "HashAlgorithm", _hash, "sha256", "tokenagent default (certreq: sha1)"),
+    _Key("key_algorithm", "KeyAlgorithm", _key_algorithm, "RSA"),
+    _Key("key_container", "KeyContainer", _nonempty, None),
+    _Key("key_length", "KeyLength", _positive, _DependsOnOtherKeys(_default_key_length)),
+    _Key("key_spec", "KeySpec", _choice(KEY_SPECS, "KeySpec"), _DependsOnOtherKeys(_default_key_spec)),
+    _Key("key_usage", "KeyUsage", _flags(KEY_USAGE_BITS, "KeyUsage"), _DependsOnOtherKeys(_default_key_usage)),
+    _Key("key_usage_critical", None, _always(True), True, "certreq marks KeyUsage critical"),
+    _Key(
+        "key_usage_property",
+        "KeyUsageProperty",
+        _flags(KEY_USAGE_PROPERTY_BITS, "KeyUsageProperty"),
+        _DependsOnOtherKeys(_default_key_usage_property),
+    ),
+    _Key("machine_key_set", "MachineKeySet", parse_bool, False),
+    _Key("not_before", "NotBefore", parse_date, None),
+    _Key("not_after", "NotAfter", parse_date, None),
+    _Key("private_key_archive", "PrivateKeyArchive", parse_bool, False),
+    _Key("encryption_algorithm", "EncryptionAlgorithm", _lower_nonempty, "aes", "tokenagent default (certreq: 3des)"),
+    _Key("encryption_length", "EncryptionLength", _positive, 256, "tokenagent default (certreq: 168)"),
+    _Key("provider_name", "ProviderName", _nonempty, DEFAULT_PROVIDER, "certreq's default provider"),
+    _Key("provider_type", "ProviderType", parse_int, None, "not set: ProviderName decides"),
+    _Key("renewal_cert", "RenewalCert", _thumbprint, None),
+    _Key("requester_name", "RequesterName", _requester_name, None),
+    _Key("request_type", "RequestType", _choice(REQUEST_TYPES, "RequestType"), RequestType.PKCS10),
+    _Key("pkcs10_without_wrapping", "RequestType", _without_wrapping, False),
+    _Key("security_descriptor", "SecurityDescriptor", _nonempty, None),
+    _Key("alternate_signature_algorithm", "AlternateSignatureAlgorithm", parse_bool, False),
+    _Key("silent", "Silent", parse_bool, False),
+    _Key("smime", "SMIME", parse_bool, False),
+    _Key("use_existing_key_set", "UseExistingKeySet", parse_bool, False),
+    _Key("key_protection", "KeyProtection", _choice(KEY_PROTECTIONS, "KeyProtection"), KeyProtection.NO_PROTECTION),
+    _Key("suppress_defaults", "SuppressDefaults", parse_bool, False),
+    _Key("friendly_name", "FriendlyName", _nonempty, None),
+    _Key("validity_period_units", "ValidityPeriodUnits", _positive, None),
+    _Key("validity_period", "ValidityPeriod", _validity_period, None),
+    _Key("user_protected", "UserProtected", parse_bool, False),
+    _Key("encipher_only", "EncipherOnly", parse_bool, False),
+    _Key("subject_name_flags", "SubjectNameFlags", _subject_name_flags, None),
+)
+NEWREQUEST_KEYS = frozenset(row.name for row in NEW_REQUEST_TABLE if row.key)
+
+
+class _Resolver:
+    def __init__(self, inf: InfFile, diag: Diagnostics) -> None:
+        self.inf = inf
+        self.diag = diag
+        self.values: dict[str, Any] = {}
+        self.origins: dict[str, Origin] = {}
+        section = inf.section("newrequest")
+        self.section_line = section.line if section is not None else 1
+        self.entries: dict[str, Entry] = {}
+        if section is not None:
+            for entry in section.entries:
+                if entry.name in self.entries:
+                    diag.warning(
+                        entry.line,
+                        f"{entry.key} is repeated (line {self.entries[entry.name].line}); the last one is used",
+                    )
+                self.entries[entry.name] = entry
+
+    def read(self, row: _Key) -> None:
+        entry = self.entries.get(row.name)
+        if entry is None:
+            if isinstance(row.default, _DependsOnOtherKeys):
+                self.values[row.field] = None  # until `fill_dependent_defaults`
+            else:
+                self.set_default(row.field, row.default, row.note)
+            return
+        try:
+            value = row.parse(entry.value, *(self.values[name] for name in row.reads))
+        except ValueProblem as exc:
+            self.diag.error(entry.line, f"{entry.key}: {exc}")
+        self.values[row.field] = value
+        self.origins[row.field] = Origin("file", entry.line)
+
+    def fill_dependent_defaults(self) -> None:
+        for row in NEW_REQUEST_TABLE:
+            if isinstance(row.default, _DependsOnOtherKeys) and not self.given(row.name):
+                self.set_default(row.field, *row.default.compute(self.values))
+
+    def set_default(self, field_name: str, value: Any, note: str | None) -> None:
+        self.values[field_name] = value
+        self.origins[field_name] = Origin("default", None, note)
+
+    def line(self, key: str) -> int:
+        entry = self.entries.get(key)
+        return entry.line if entry else self.section_line
+
+    def given(self, key: str) -> bool:
+        return key in self.entries
+
+
+def resolve(inf: InfFile, diag: Diagnostics) -> RequestPolicy:
+    _check_sections(inf, diag)
+    r = _Resolver(inf, diag)
+    _warn_unknown_keys(r)
+    for row in NEW_REQUEST_TABLE:
+        r.read(row)
+    _expand_curve_shorthand(r)
+    r.fill_dependent_defaults()
+    for check in CROSS_KEY_CHECKS:
+        check(r)
+    _read_other_sections(r)
+    _check_someone_is_named(r)
+    return RequestPolicy(filename=inf.filename, origins=r.origins, warnings=tuple(diag.warnings), **r.values)
+
+
+def _warn_unknown_keys(r: _Resolver) -> None:
+    for name, entry in r.entries.items():
+        if name not in NEWREQUEST_KEYS:
+            r.diag.warning(entry.line, f"unknown [NewRequest] key '{entry.key}' is ignored")
+
+
+def _expand_curve_shorthand(r: _Resolver) -> None:
+    """Newer certreq writes KeyAlgorithm = ECDSA with KeyLength = 256 for ECDSA_P256."""
+    algorithm = r.values["key_algorithm"]
+    if algorithm not in ("ECDSA", "ECDH"):
+        return
+    size = r.values["key_length"]
+    if size not in _CURVE_BY_SIZE:
+        r.diag.error(r.line("keyalgorithm"), f"KeyAlgorithm = {algorithm} needs KeyLength 256, 384 or 521")
+    r.values["key_algorithm"] = f"{algorithm}_{_CURVE_BY_SIZE[size]}"
+
+
+# -- cross-key checks, in the order their messages come out ----------------------------------------
+
+
+def _check_key_length_matches_curve(r: _Resolver) -> None:
+    algorithm = r.values["key_algorithm"]
+    curve_bits = KEY_ALGORITHMS[algorithm][2]
+    if curve_bits is not None and r.given("keylength") and r.values["key_length"] != curve_bits:
+        r.diag.error(
+            r.line("keylength"),
+            f"KeyLength = {r.values['key_length']} contradicts KeyAlgorithm = {algorithm} ({curve_bits} bits)",
+        )
+
+
+def _check_encipher_only_needs_key_exchange(r: _Resolver) -> None:
+    if r.values["encipher_only"] and r.values["key_spec"] == KeySpec.AT_SIGNATURE:
+        r.diag.error(
+            r.line("encipheronly"),
+            "EncipherOnly = TRUE needs KeySpec = AT_KEYEXCHANGE (it is an error with AT_SIGNATURE since Windows Vista)",
+        )
+
+
+def _check_hash_is_not_broken(r: _Resolver) -> None:
+    hash_name = r.values["hash_algorithm"]
+    if hash_name in WEAK_HASHES:
+        r.diag.error(
+            r.line("hashalgorithm"),
+            f"HashAlgorithm = {hash_name} is broken; "
+            "tokenagent signs with sha256, sha384 or sha512 (sha1 with a warning)",
+        )
+
+
+def _check_hash_is_not_sha1(r: _Resolver) -> None:
+    if r.values["hash_algorithm"] == "sha1":
+        r.diag.warning(r.line("hashalgorithm"), "HashAlgorithm = sha1 is deprecated; CAs may refuse it")
+
+
+def _check_requester_name_needs_cms(r: _Resolver) -> None:
+    if r.values["requester_name"] and r.values["request_type"] == RequestType.PKCS10:
+        r.diag.warning(
+            r.line("requestername"),
+            "RequesterName is ignored with RequestType = PKCS10 (certreq ignores it too): use PKCS7 or CMC",
+        )
+
+
+def _check_private_key_archive_needs_cmc(r: _Resolver) -> None:
+    if r.values["private_key_archive"] and r.values["request_type"] != RequestType.CMC:
+        r.diag.warning(r.line("privatekeyarchive"), "PrivateKeyArchive works only with RequestType = CMC; ignored")
+
+
+def _check_existing_key_is_not_made_exportable(r: _Resolver) -> None:
+    if r.values["use_existing_key_set"] and r.given("exportable"):
+        r.diag.error(
+            r.line("exportable"),
+            "Exportable cannot be set with UseExistingKeySet = TRUE: an existing key's properties cannot change",
+        )
+
+
+def _check_existing_key_is_named(r: _Resolver) -> None:
+    if r.values["use_existing_key_set"] and not r.values["key_container"] and not r.values["renewal_cert"]:
+        r.diag.error(
+            r.line("useexistingkeyset"),
+            "UseExistingKeySet = TRUE needs KeyContainer or RenewalCert to name the key",
+        )
+
+
+def _validity_period_line(r: _Resolver) -> int:
+    return r.line("validityperiod") if r.given("validityperiod") else r.line("validityperiodunits")
+
+
+def _check_not_after_excludes_validity_period(r: _Resolver) -> None:
+    if r.given("notafter") and (r.given("validityperiod") or r.given("validityperiodunits")):
+        r.diag.error(_validity_period_line(r), "NotAfter cannot be used with ValidityPeriod/ValidityPeriodUnits")
+
+
+def _check_validity_period_has_units(r: _Resolver) -> None:
+    if r.given("validityperiod") != r.given("validityperiodunits"):
+        missing = "ValidityPeriodUnits" if r.given("validityperiod") else "ValidityPeriod"
+        r.diag.error(
+            _validity_period_line(r), f"ValidityPeriod and ValidityPeriodUnits go together: {missing} is missing"
+        )
+
+
+def _check_not_after_follows_not_before(r: _Resolver) -> None:
+    not_before, not_after = r.values["not_before"], r.values["not_after"]
+    if not_before and not_after and not_after <= not_before:
+        r.diag.error(r.line("notafter"), "NotAfter is not after NotBefore")
+
+
+def _check_validity_keys_need_cert_request(r: _Resolver) -> None:
+    if r.values["request_type"] == RequestType.CERT:
+        return
+    for key in ("notbefore", "notafter", "validityperiod", "validityperiodunits"):
+        if r.given(key):
+            r.diag.warning(r.line(key), f"{r.entries[key].key} is used only with RequestType = Cert; ignored")
+
+
+def _check_subject_name_flags_need_no_directory(r: _Resolver) -> None:
+    if r.values["subject_name_flags"]:
+        r.diag.warning(
+            r.line("subjectnameflags"),
+            "SubjectNameFlags: tokenagent does not fill names from Active Directory; give Subject and SAN explicitly",
+        )
+
+
+def _check_security_descriptor_applies(r: _Resolver) -> None:
+    if r.values["security_descriptor"]:
+        r.diag.warning(
+            r.line("securitydescriptor"),
+            "SecurityDescriptor does not apply to PKCS#11 tokens (access is the token PIN); ignored",
+        )
+
+
+CROSS_KEY_CHECKS: tuple[Callable[[_Resolver], None], ...] = (
+    _check_key_length_matches_curve,
+    _check_encipher_only_needs_key_exchange,
+    _check_hash_is_not_broken,
+    _check_hash_is_not_sha1,
+    _check_requester_name_needs_cms,
+    _check_private_key_archive_needs_cmc,
+    _check_existing_key_is_not_made_exportable,
+    _check_existing_key_is_named,
+    _check_not_after_excludes_validity_period,
+    _check_validity_period_has_units,
+    _check_not_after_follows_not_before,
+    _check_validity_keys_need_cert_request,
+    _check_subject_name_flags_need_no_directory,
+    _check_security_descriptor_applies,
+)
+
+
+def _check_someone_is_named(r: _Resolver) -> None:
+    named_in_extensions = any(e.oid == "2.5.29.17" for e in r.values["extensions"])
+    if r.values["subject"] is None and r.values["san_attribute"] is None and not named_in_extensions:
+        r.diag.warning(r.line("subject"), "no Subject and no SAN: the certificate will not name anyone")
+
+
+# -- the other sections ---------------------------------------------------------------------------
+
+
+def _read_other_sections(r: _Resolver) -> None:
+    """[Extensions], [EnhancedKeyUsageExtension] and [RequestAttributes] into their fields."""
+    flags = r.values["x500_name_flags"]
+    r.values["extensions"] = _extensions(r.inf, r.diag, flags)
+    attributes, template, san = _request_attributes(r.inf, r.diag, flags)
+    r.values["request_attributes"] = attributes
+    r.values["certificate_template"] = template
+    r.values["san_attribute"] = san
+    r.origins["extensions"] = _section_origin(r.inf, "extensions")
+    r.origins["request_attributes"] = _section_origin(r.inf, "requestattributes")
+    r.origins["certificate_template"] = _section_origin(r.inf, "requestattributes", "certificatetemplate")
+    r.origins["san_attribute"] = _section_origin(r.inf, "requestattributes", "san")
+
+
+def _section_origin(inf: InfFile, section_name: str, key: str | None = None) -> Origin:
+    """A whole section comes from its header line; a key in it from its last line."""
+    section = inf.section(section_name)
+    if section is None:
+        return Origin("default")
+    if key is None:
+        return Origin("file", section.line)
+    entries = section.get(key)
+    return Origin("file", entries[-1].line) if entries else Origin("default")
 
 
 def _check_sections(inf: InfFile, diag: Diagnostics) -> None:
@@ -664,24 +759,42 @@ def _check_sections(inf: InfFile, diag: Diagnostics) -> None:
 def _extensions(inf: InfFile, diag: Diagnostics, name_flags: int) -> tuple[ExtensionSpec, ...]:
     section = inf.section("extensions")
     entries = section.entries if section else []
+    critical = _critical_oids(entries, diag)
+    specs = _extension_specs(entries, critical, name_flags, diag)
+    eku_oids, eku_critical = _eku_section(inf, diag)
+    in_extensions = [e for e in entries if e.name == "oid"]
+    if in_extensions:
+        diag.warning(
+            in_extensions[0].line,
+            "OID = ... in [Extensions] is read as [EnhancedKeyUsageExtension] (enhanced key usage)",
+        )
+    if in_extensions or eku_oids:
+        _merge_legacy_eku(specs, in_extensions + eku_oids, eku_critical or OID_EKU in critical, diag)
+    _check_critical_oids_are_extensions(critical, specs, diag)
+    return tuple(specs)
+
+
+def _critical_oids(entries: list[Entry], diag: Diagnostics) -> dict[str, int]:
+    """``Critical = oid, oid`` lines: each OID with the line that names it."""
     critical: dict[str, int] = {}
     for entry in entries:
-        if entry.name == "critical":
-            for part in ",".join(entry.fragments).split(","):
-                if part.strip():
-                    try:
-                        critical[check_oid(part)] = entry.line
-                    except ValueProblem as exc:
-                        diag.error(entry.line, f"Critical: {exc}")
-    specs: list[ExtensionSpec] = []
-    legacy_eku: list[str] = []
-    legacy_line = 0
-    for entry in entries:
-        if entry.name == "critical":
+        if entry.name != "critical":
             continue
-        if entry.name == "oid":  # the certreq reference's example puts EKU OIDs here
-            legacy_eku.append(entry.value)
-            legacy_line = legacy_line or entry.line
+        for part in ",".join(entry.fragments).split(","):
+            if part.strip():
+                try:
+                    critical[check_oid(part)] = entry.line
+                except ValueProblem as exc:
+                    diag.error(entry.line, f"Critical: {exc}")
+    return critical
+
+
+def _extension_specs(
+    entries: list[Entry], critical: dict[str, int], name_flags: int, diag: Diagnostics
+) -> list[ExtensionSpec]:
+    specs: list[ExtensionSpec] = []
+    for entry in entries:
+        if entry.name in ("critical", "oid"):  # OID = ...: the certreq reference's example puts EKU OIDs there
             continue
         try:
             oid = check_oid(entry.key)
@@ -696,42 +809,46 @@ def _extensions(inf: InfFile, diag: Diagnostics, name_flags: int) -> tuple[Exten
             specs.append(parse_extension(oid, entry.fragments, entry.line, oid in critical, name_flags))
         except ValueProblem as exc:
             diag.error(entry.line, f"extension {oid}: {exc}")
+    return specs
 
-    eku_section = inf.section("enhancedkeyusageextension")
-    eku_critical = False
-    if eku_section is not None:
-        for entry in eku_section.entries:
-            if entry.name == "oid":
-                legacy_eku.append(entry.value)
-                legacy_line = legacy_line or entry.line
-            elif entry.name == "critical":
-                try:
-                    eku_critical = parse_bool(entry.value)
-                except ValueProblem as exc:
-                    diag.error(entry.line, f"Critical: {exc}")
-            else:
-                diag.warning(entry.line, f"unknown key '{entry.key}' in [EnhancedKeyUsageExtension] is ignored")
-    if legacy_eku:
-        if section is not None and any(e.name == "oid" for e in entries):
-            line = next(e.line for e in entries if e.name == "oid")
-            diag.warning(line, "OID = ... in [Extensions] is read as [EnhancedKeyUsageExtension] (enhanced key usage)")
-        try:
-            usages = parse_eku_text(legacy_eku)
-        except ValueProblem as exc:
-            diag.error(legacy_line, f"enhanced key usage: {exc}")
-        existing = next((s for s in specs if s.oid == OID_EKU), None)
-        if existing is not None:
-            specs.remove(existing)
-            usages = tuple(dict.fromkeys([*existing.usages, *usages]))
-        specs.append(
-            ExtensionSpec(
-                OID_EKU, eku_critical or OID_EKU in critical, legacy_line, "extended_key_usage", usages=usages
-            )
-        )
+
+def _eku_section(inf: InfFile, diag: Diagnostics) -> tuple[list[Entry], bool]:
+    """[EnhancedKeyUsageExtension]: its ``OID =`` lines and whether ``Critical`` is set."""
+    section = inf.section("enhancedkeyusageextension")
+    oids: list[Entry] = []
+    critical = False
+    for entry in section.entries if section is not None else []:
+        if entry.name == "oid":
+            oids.append(entry)
+        elif entry.name == "critical":
+            try:
+                critical = parse_bool(entry.value)
+            except ValueProblem as exc:
+                diag.error(entry.line, f"Critical: {exc}")
+        else:
+            diag.warning(entry.line, f"unknown key '{entry.key}' in [EnhancedKeyUsageExtension] is ignored")
+    return oids, critical
+
+
+def _merge_legacy_eku(specs: list[ExtensionSpec], legacy: list[Entry], critical: bool, diag: Diagnostics) -> None:
+    """``OID =`` lines become one EKU extension, merged with a {text} EKU from [Extensions]."""
+    try:
+        usages = parse_eku_text([e.value for e in legacy])
+    except ValueProblem as exc:
+        diag.error(legacy[0].line, f"enhanced key usage: {exc}")
+    existing = next((s for s in specs if s.oid == OID_EKU), None)
+    if existing is not None:
+        specs.remove(existing)
+        usages = tuple(dict.fromkeys([*existing.usages, *usages]))
+    specs.append(ExtensionSpec(OID_EKU, critical, legacy[0].line, "extended_key_usage", usages=usages))
+
+
+def _check_critical_oids_are_extensions(
+    critical: dict[str, int], specs: list[ExtensionSpec], diag: Diagnostics
+) -> None:
     for oid, line in critical.items():
-        if not any(s.oid == oid for s in specs) and oid != "2.5.29.15":
+        if not any(s.oid == oid for s in specs) and oid != "2.5.29.15":  # KeyUsage comes from KeyUsage =
             diag.warning(line, f"Critical names {oid}, which is not among the [Extensions]")
-    return tuple(specs)
 
 
 def _request_attributes(

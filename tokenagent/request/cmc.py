@@ -33,48 +33,16 @@ from tokenagent.request.asn1.cmc import (
 )
 from tokenagent.request.der import parse_all
 from tokenagent.request.oids import (
-    OID_ADD_EXTENSIONS,
-    OID_BATCH_REQUESTS,
-    OID_GET_CERT,
     OID_IDENTIFICATION,
-    OID_IDENTITY_PROOF,
     OID_IDENTITY_PROOF_V2,
     OID_POP_LINK_RANDOM,
-    OID_POP_LINK_WITNESS,
     OID_POP_LINK_WITNESS_V2,
-    OID_QUERY_PENDING,
-    OID_RECIPIENT_NONCE,
     OID_REG_INFO,
-    OID_RESPONSE_INFO,
     OID_REVOKE_REQUEST,
     OID_SENDER_NONCE,
-    OID_STATUS_INFO,
-    OID_STATUS_INFO_V2,
     OID_TRANSACTION_ID,
     REQUESTER_NAME,
 )
-
-#: The control names of RFC 5272 section 6 (id-cmc-<name>), for display.
-CONTROL_NAMES: dict[str, str] = {
-    OID_STATUS_INFO: "statusInfo",
-    OID_IDENTIFICATION: "identification",
-    OID_IDENTITY_PROOF: "identityProof",
-    OID_TRANSACTION_ID: "transactionId",
-    OID_SENDER_NONCE: "senderNonce",
-    OID_RECIPIENT_NONCE: "recipientNonce",
-    OID_ADD_EXTENSIONS: "addExtensions",
-    OID_GET_CERT: "getCert",
-    OID_REVOKE_REQUEST: "revokeRequest",
-    OID_REG_INFO: "regInfo",
-    OID_RESPONSE_INFO: "responseInfo",
-    OID_QUERY_PENDING: "queryPending",
-    OID_POP_LINK_RANDOM: "popLinkRandom",
-    OID_POP_LINK_WITNESS: "popLinkWitness",
-    OID_STATUS_INFO_V2: "statusInfoV2",
-    OID_BATCH_REQUESTS: "batchRequests",
-    OID_POP_LINK_WITNESS_V2: "popLinkWitnessV2",
-    OID_IDENTITY_PROOF_V2: "identityProofV2",
-}
 
 
 def control(body_part_id: int, attr_type: str, *values: core.Asn1Value) -> TaggedAttribute:

@@ -29,7 +29,7 @@ from cryptography import x509
 from tokenagent.display import HIDDEN_NOTE, escape_tree, has_hidden_anywhere
 from tokenagent.errors import InputError
 from tokenagent.request.armor import read_der
-from tokenagent.request.asn1.cmc import ControlSequence, PKIData, PKIResponse, PopLinkWitnessV2
+from tokenagent.request.asn1.cmc import CONTROL_NAMES, ControlSequence, PKIData, PKIResponse, PopLinkWitnessV2
 from tokenagent.request.asn1.cms import SignedData
 from tokenagent.request.attributes import (
     ATTRIBUTE_NAMES,
@@ -40,7 +40,7 @@ from tokenagent.request.attributes import (
     CspProvider,
     EnrollmentNameValuePair,
 )
-from tokenagent.request.cmc import CONTROL_NAMES, CRL_REASONS, control_values
+from tokenagent.request.cmc import CRL_REASONS, control_values
 from tokenagent.request.cms_verify import SignerCheck, check_signed_data, verify_certification_request
 from tokenagent.request.der import LOAD_ERRORS, PARSE_ERRORS, kind_of, parse_all, reason_of
 from tokenagent.request.extensions import (
@@ -94,9 +94,9 @@ from tokenagent.request.signed_data import (
     CONTENT_TYPE_NAMES,
     SIGNED_ATTRIBUTE_NAMES,
     certificates_of,
-    check_inner_der,
     load_certification_request,
     load_pki_data,
+    load_pki_response,
     load_signed_data,
 )
 
@@ -592,14 +592,8 @@ def _describe_cms(der: bytes, what: str, extra_public_keys: Sequence[bytes]) -> 
         description["kind"] = "cmc-request"
         description.update(_pki_data(load_pki_data(content, what), what))
     elif content_type == OID_PKI_RESPONSE:
-        check_inner_der(content, what, "CMC PKIResponse")
-        try:
-            response = PKIResponse.load(content, strict=True)
-            parse_all(response)
-        except PARSE_ERRORS as exc:
-            raise InputError(f"cannot read {what}: damaged CMC PKIResponse ({reason_of(exc)})") from None
         description["kind"] = "cmc-response"
-        description.update(_pki_data(response, what))
+        description.update(_pki_data(load_pki_response(content, what), what))
     else:
         description["kind"] = "cms-pkcs7"
         request = None

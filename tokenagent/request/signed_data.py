@@ -20,7 +20,7 @@ from tokenagent.errors import InputError
 from tokenagent.inf.extensions import check_der
 from tokenagent.inf.values import ValueProblem
 from tokenagent.request.armor import read_der
-from tokenagent.request.asn1.cmc import PKIData
+from tokenagent.request.asn1.cmc import PKIData, PKIResponse
 from tokenagent.request.asn1.cms import ContentInfo, SignedData
 from tokenagent.request.der import LOAD_ERRORS, PARSE_ERRORS, kind_of, parse_all, reason_of
 from tokenagent.request.oids import (
@@ -132,6 +132,16 @@ def load_pki_data(content: bytes, what: str) -> PKIData:
     except PARSE_ERRORS as exc:
         raise InputError(f"cannot read {what}: damaged CMC PKIData ({reason_of(exc)})") from None
     return pki_data
+
+
+def load_pki_response(content: bytes, what: str) -> PKIResponse:
+    check_inner_der(content, what, "CMC PKIResponse")
+    try:
+        response = PKIResponse.load(content, strict=True)
+        parse_all(response)
+    except PARSE_ERRORS as exc:
+        raise InputError(f"cannot read {what}: damaged CMC PKIResponse ({reason_of(exc)})") from None
+    return response
 
 
 def load_certification_request(der: bytes, what: str) -> csr.CertificationRequest:

@@ -372,6 +372,29 @@ class AddExtensions(core.Sequence):
     ]
 
 
+#: The control names of RFC 5272 section 6 (id-cmc-<name>), for display.
+CONTROL_NAMES: dict[str, str] = {
+    OID_STATUS_INFO: "statusInfo",
+    OID_IDENTIFICATION: "identification",
+    OID_IDENTITY_PROOF: "identityProof",
+    OID_TRANSACTION_ID: "transactionId",
+    OID_SENDER_NONCE: "senderNonce",
+    OID_RECIPIENT_NONCE: "recipientNonce",
+    OID_ADD_EXTENSIONS: "addExtensions",
+    OID_GET_CERT: "getCert",
+    OID_REVOKE_REQUEST: "revokeRequest",
+    OID_REG_INFO: "regInfo",
+    OID_RESPONSE_INFO: "responseInfo",
+    OID_QUERY_PENDING: "queryPending",
+    OID_POP_LINK_RANDOM: "popLinkRandom",
+    OID_POP_LINK_WITNESS: "popLinkWitness",
+    OID_STATUS_INFO_V2: "statusInfoV2",
+    OID_BATCH_REQUESTS: "batchRequests",
+    OID_POP_LINK_WITNESS_V2: "popLinkWitnessV2",
+    OID_IDENTITY_PROOF_V2: "identityProofV2",
+}
+
+
 #: The value class of each control (its attrValues are SET OF this), for reading and display.
 CONTROL_VALUES: dict[str, type[core.Asn1Value]] = {
     OID_STATUS_INFO: CMCStatusInfo,
