@@ -1,6 +1,6 @@
 """CMS SignedData for enroll-on-behalf-of and CMC (request.cms, request.cmc builders), checked by tools we
 did not write: `openssl cms -verify`, pyasn1-modules' RFC 5652 / RFC 6402 decoders, cryptography and
-hashlib/hmac recomputing every signature and witness from the formulas in wire-formats.md.
+hashlib/hmac recomputing every signature and witness from the formulas in docs/wire-formats.md.
 
 Agent certificates come from tests/ca.py (openssl only); agent and request keys are SoftwareSigners.
 """
@@ -317,7 +317,7 @@ def all_valid(der: bytes, *extra_keys: bytes) -> list[str]:
     return [c.reason for c in checks]
 
 
-# -- PKCS7 (wire-formats.md 1a) ------------------------------------------------------------------------------
+# -- PKCS7 (docs/wire-formats.md 1a) ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["rsa", "pss", "ec"])
@@ -369,7 +369,7 @@ def test_requester_name_attribute_bytes() -> None:
             requester_name_attribute(bad)
 
 
-# -- CMC (wire-formats.md 1b, 3) -----------------------------------------------------------------------------
+# -- CMC (docs/wire-formats.md 1b, 3) -----------------------------------------------------------------------------
 
 
 def test_cmc_eobo(
@@ -575,7 +575,7 @@ def test_revoke_request(agents: dict[str, Agent], ca: OpenSslCA, work: Path) -> 
         pki_data(None, CmcControls())
 
 
-# -- more signatures (wire-formats.md 1c) ------------------------------------------------------------------
+# -- more signatures (docs/wire-formats.md 1c) ------------------------------------------------------------------
 
 
 def test_two_and_three_agent_signatures(

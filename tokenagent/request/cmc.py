@@ -103,7 +103,7 @@ class CmcControls:
     of the popLinkWitnessV2 attribute the PKCS #10 must already carry (`pop_link_witness_attribute`).
     ``identification`` is also mixed into both witnesses' keys (Dogtag finds the secret by it).
     ``requester_name`` (DOMAIN\\user) and ``reg_info`` go into one regInfo control, AD CS's way of
-    enrolling on behalf of someone in CMC (wire-formats.md 1b).
+    enrolling on behalf of someone in CMC (docs/wire-formats.md 1b).
     """
 
     transaction_id: int | None = None
@@ -188,7 +188,7 @@ def reg_info_value(pairs: Sequence[tuple[str, str]]) -> bytes:
     """The regInfo OCTET STRING AD CS reads: "name=value&" per pair, both percent-encoded, UTF-8.
 
     CertEnroll's IX509NameValuePair: each string escaped ("%5C" for a backslash), name and value
-    joined by "=", every pair followed by "&": RequesterName=DOMAIN%5Cuser& (wire-formats.md 1b).
+    joined by "=", every pair followed by "&": RequesterName=DOMAIN%5Cuser& (docs/wire-formats.md 1b).
     """
     return "".join(f"{_percent(n, 'name')}={_percent(v, f'value of {n}')}&" for n, v in pairs).encode("ascii")
 

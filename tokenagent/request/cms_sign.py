@@ -63,7 +63,7 @@ def requester_name_attribute(name: str) -> cms.CMSAttribute:
     """szOID_ENROLLMENT_NAME_VALUE_PAIR = SET { SEQUENCE { BMPString "RequesterName", BMPString name } }.
 
     The signed attribute an enrollment agent puts in the FIRST SignerInfo of a PKCS7 request to
-    name the user it enrolls for, as DOMAIN\\user (wire-formats.md 1a).
+    name the user it enrolls for, as DOMAIN\\user (docs/wire-formats.md 1a).
     """
     problem = requester_name_problem(name)
     if problem is not None:
@@ -271,7 +271,7 @@ def sign_content(
 def append_signer(
     signed: bytes | str, spec: SignerSpec, certificates: Sequence[bytes] = (), *, what: str = "signed request"
 ) -> bytes:
-    """``signed`` with one more SignerInfo at the end (wire-formats.md 1c: one per `sign` pass).
+    """``signed`` with one more SignerInfo at the end (docs/wire-formats.md 1c: one per `sign` pass).
 
     The earlier SignerInfos, the encapsulated content and the CRLs are copied byte for byte; the
     signer's digest algorithm and certificate (and ``certificates``) are added when not yet there,

@@ -93,7 +93,7 @@ def inspect_request(der: bytes, what: str, template: str | None = None) -> tuple
         inner = inner_certification_request(der, what)
         checks = verify_signers(der, what=what)
         if form == "pkcs7" and not checks:
-            # the first SignerInfo carries RequesterName (wire-formats.md 1a): appending one to an
+            # the first SignerInfo carries RequesterName (docs/wire-formats.md 1a): appending one to an
             # empty SignerInfos would drop --requester without a word
             raise InputError(f"{what}: a PKCS7 request without any SignerInfo; give the PKCS#10 inside it to sign")
         for check in checks:
