@@ -3,6 +3,9 @@
 Defaults follow certreq's documentation except where certreq's default is insecure (SHA-1,
 1024-bit RSA): those differences are listed in docs/inf.md and marked ``tokenagent default`` in
 `Origin.note`. Every field records whether it came from the file (with its line) or a default.
+
+`NEWREQUEST_TABLE` says what each [NewRequest] key does (field, parser, default and why);
+`CROSS_KEY_CHECKS` holds the rules between keys, one named function each.
 """
 
 from __future__ import annotations
@@ -280,12 +283,12 @@ def _json_value(value: Any) -> Any:
 # -- resolution -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
 class _DependsOnOtherKeys:
     """A default computed from other keys once every key is read (KeyLength needs the curve,
     KeyUsage the key spec, ...); `compute` returns the value and its note."""
 
-    def __init__(self, compute: Callable[[dict[str, Any]], tuple[Any, str]]) -> None:
-        self.compute = compute
+    compute: Callable[[dict[str, Any]], tuple[Any, str]]
 
 
 @dataclass(frozen=True)
@@ -293,8 +296,8 @@ class _Key:
     """One row of the [NewRequest] table: the policy field a key fills and how."""
 
     field: str
-    key: str | None  # the INF key as certreq spells it; None: not an INF key, always the default
-    parse: Callable[..., Any]  # the value text (and the `reads` fields' values) -> the field's value
+    key: str | None  # the INF key as certreq spells it; None: no INF key sets it, always the default
+    parse: Callable[..., Any] | None  # the value text (and the `reads` fields' values) -> the field's value
     default: Any = None
     note: str | None = None  # why the default is what it is
     reads: tuple[str, ...] = ()  # fields read earlier that the parser also takes
@@ -384,10 +387,6 @@ def _choice(choices: dict[str, Any], what: str) -> Callable[[str], Any]:
     return lambda value: parse_choice(value, choices, what)
 
 
-def _always(value: Any) -> Callable[[str], Any]:
-    return lambda _text: value
-
-
 def _family(values: dict[str, Any]) -> str:
     return KEY_ALGORITHMS[values["key_algorithm"]][0]
 
@@ -434,7 +433,7 @@ def _default_key_usage_property(values: dict[str, Any]) -> tuple[int, str]:
 
 #: every [NewRequest] key, read in this order: a value's error is reported for the first bad key
 #: in this order, and X500NameFlags comes first because Subject is parsed with it
-NEW_REQUEST_TABLE: tuple[_Key, ...] = (
+NEWREQUEST_TABLE: tuple[_Key, ...] = (
     _Key("x500_name_flags", "X500NameFlags", _flags(X500_NAME_FLAGS, "X500NameFlags"), 0),
     _Key("subject", "Subject", _subject, None, reads=("x500_name_flags",)),
     _Key("exportable", "Exportable", parse_bool, False),
@@ -445,7 +444,7 @@ NEW_REQUEST_TABLE: tuple[_Key, ...] = (
     _Key("key_length", "KeyLength", _positive, _DependsOnOtherKeys(_default_key_length)),
     _Key("key_spec", "KeySpec", _choice(KEY_SPECS, "KeySpec"), _DependsOnOtherKeys(_default_key_spec)),
     _Key("key_usage", "KeyUsage", _flags(KEY_USAGE_BITS, "KeyUsage"), _DependsOnOtherKeys(_default_key_usage)),
-    _Key("key_usage_critical", None, _always(True), True, "certreq marks KeyUsage critical"),
+    _Key("key_usage_critical", None, None, True, "certreq marks KeyUsage critical"),
     _Key(
         "key_usage_property",
         "KeyUsageProperty",
@@ -478,7 +477,7 @@ NEW_REQUEST_TABLE: tuple[_Key, ...] = (
     _Key("encipher_only", "EncipherOnly", parse_bool, False),
     _Key("subject_name_flags", "SubjectNameFlags", _subject_name_flags, None),
 )
-NEWREQUEST_KEYS = frozenset(row.name for row in NEW_REQUEST_TABLE if row.key)
+NEWREQUEST_KEYS = frozenset(row.name for row in NEWREQUEST_TABLE if row.key)
 
 
 class _Resolver:
@@ -501,7 +500,7 @@ class _Resolver:
 
     def read(self, row: _Key) -> None:
         entry = self.entries.get(row.name)
-        if entry is None:
+        if entry is None or row.parse is None:
             if isinstance(row.default, _DependsOnOtherKeys):
                 self.values[row.field] = None  # until `fill_dependent_defaults`
             else:
@@ -515,7 +514,7 @@ class _Resolver:
         self.origins[row.field] = Origin("file", entry.line)
 
     def fill_dependent_defaults(self) -> None:
-        for row in NEW_REQUEST_TABLE:
+        for row in NEWREQUEST_TABLE:
             if isinstance(row.default, _DependsOnOtherKeys) and not self.given(row.name):
                 self.set_default(row.field, *row.default.compute(self.values))
 
@@ -535,7 +534,7 @@ def resolve(inf: InfFile, diag: Diagnostics) -> RequestPolicy:
     _check_sections(inf, diag)
     r = _Resolver(inf, diag)
     _warn_unknown_keys(r)
-    for row in NEW_REQUEST_TABLE:
+    for row in NEWREQUEST_TABLE:
         r.read(row)
     _expand_curve_shorthand(r)
     r.fill_dependent_defaults()
@@ -659,7 +658,7 @@ def _check_validity_keys_need_cert_request(r: _Resolver) -> None:
             r.diag.warning(r.line(key), f"{r.entries[key].key} is used only with RequestType = Cert; ignored")
 
 
-def _check_subject_name_flags_need_no_directory(r: _Resolver) -> None:
+def _check_subject_name_flags_unsupported(r: _Resolver) -> None:
     if r.values["subject_name_flags"]:
         r.diag.warning(
             r.line("subjectnameflags"),
@@ -667,7 +666,7 @@ def _check_subject_name_flags_need_no_directory(r: _Resolver) -> None:
         )
 
 
-def _check_security_descriptor_applies(r: _Resolver) -> None:
+def _check_security_descriptor_not_applicable(r: _Resolver) -> None:
     if r.values["security_descriptor"]:
         r.diag.warning(
             r.line("securitydescriptor"),
@@ -688,12 +687,13 @@ CROSS_KEY_CHECKS: tuple[Callable[[_Resolver], None], ...] = (
     _check_validity_period_has_units,
     _check_not_after_follows_not_before,
     _check_validity_keys_need_cert_request,
-    _check_subject_name_flags_need_no_directory,
-    _check_security_descriptor_applies,
+    _check_subject_name_flags_unsupported,
+    _check_security_descriptor_not_applicable,
 )
 
 
 def _check_someone_is_named(r: _Resolver) -> None:
+    """Run after the other sections: a SAN there names someone as well as Subject does."""
     named_in_extensions = any(e.oid == "2.5.29.17" for e in r.values["extensions"])
     if r.values["subject"] is None and r.values["san_attribute"] is None and not named_in_extensions:
         r.diag.warning(r.line("subject"), "no Subject and no SAN: the certificate will not name anyone")
@@ -847,7 +847,7 @@ def _check_critical_oids_are_extensions(
     critical: dict[str, int], specs: list[ExtensionSpec], diag: Diagnostics
 ) -> None:
     for oid, line in critical.items():
-        if not any(s.oid == oid for s in specs) and oid != "2.5.29.15":  # KeyUsage comes from KeyUsage =
+        if not any(s.oid == oid for s in specs) and oid != "2.5.29.15":  # the KeyUsage extension comes from KeyUsage =
             diag.warning(line, f"Critical names {oid}, which is not among the [Extensions]")
 
 
