@@ -14,7 +14,10 @@ from pyasn1_modules import rfc5280
 
 from tokenagent.errors import PolicyError
 from tokenagent.inf import RequestPolicy, load_policy, parse_policy
-from tokenagent.request import SoftwareSigner, armor, self_signed_certificate, signature_algorithm, validity
+from tokenagent.request import armor
+from tokenagent.request.algorithms import signature_algorithm
+from tokenagent.request.certificate import self_signed_certificate, validity
+from tokenagent.request.signer import SoftwareSigner
 
 SEEDS = Path(__file__).parent / "data" / "inf" / "seeds"
 NOW = datetime(2024, 1, 31, 12, 0, 0, 654321, tzinfo=UTC)

@@ -30,8 +30,7 @@ from pyasn1_modules import rfc2986, rfc5280, rfc5652, rfc6402
 from tests.ca import OpenSslCA, openssl
 from tokenagent.errors import InputError, VerificationError
 from tokenagent.inf import parse_policy
-from tokenagent.request import SoftwareSigner, build_request, signature_algorithm
-from tokenagent.request.algorithms import SignatureAlgorithm
+from tokenagent.request.algorithms import SignatureAlgorithm, signature_algorithm
 from tokenagent.request.asn1.cmc import TaggedCertificationRequest, TaggedRequest
 from tokenagent.request.cmc import (
     CRL_REASONS,
@@ -50,7 +49,9 @@ from tokenagent.request.cms_sign import (
 )
 from tokenagent.request.cms_verify import verify_certification_request, verify_signers
 from tokenagent.request.oids import OID_DATA
+from tokenagent.request.pkcs10 import build_request
 from tokenagent.request.signed_data import encapsulated, inner_certification_request
+from tokenagent.request.signer import SoftwareSigner
 
 DOMAIN_USER = "CONTOSO\\jsmith"
 OID_SIGNED_DATA = "1.2.840.113549.1.7.2"

@@ -17,15 +17,10 @@ from pyasn1_modules import rfc2986, rfc4055, rfc5280, rfc5751
 
 from tokenagent.errors import InputError, PolicyError
 from tokenagent.inf import RequestPolicy, load_policy, parse_policy
-from tokenagent.request import (
-    SoftwareSigner,
-    armor,
-    build_request,
-    planned_contents,
-    request_info,
-    signature_algorithm,
-    subject_text,
-)
+from tokenagent.request import armor
+from tokenagent.request.algorithms import signature_algorithm
+from tokenagent.request.pkcs10 import build_request, planned_contents, request_info, subject_text
+from tokenagent.request.signer import SoftwareSigner
 
 SEEDS = Path(__file__).parent / "data" / "inf" / "seeds"
 CURVES = {"P256": ec.SECP256R1(), "P384": ec.SECP384R1(), "P521": ec.SECP521R1()}

@@ -122,7 +122,9 @@ def _recover(store_path: Path, tokens: TokenArgs, as_json: bool) -> None:
     if not result.tokens:
         echo(f"nothing to recover: no interrupted `new` is recorded in {shown(str(store_path))}")
     for token in result.tokens:
-        if not token.recovered:
+        if token.empty_objects_removed:
+            echo(f"token '{shown(token.token_label)}': removed {token.empty_objects_removed} empty key object(s)")
+        if not token.recovered and not token.empty_objects_removed:
             echo(f"token '{shown(token.token_label)}': nothing to recover")
         for item in token.recovered:
             echo(f"token '{shown(token.token_label)}': {item.describe()}")

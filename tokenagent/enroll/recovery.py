@@ -69,35 +69,60 @@ def intent_objects(session: TokenSession, intent: KeyIntent) -> list[Any]:
 
 
 def recover_interrupted(
-    session: TokenSession, store_path: Path, *, on_warning: Callable[[str], None] | None = None
-) -> list[Recovered]:
-    """Remove what every open intent for this token left behind (the caller holds the token lock)."""
+    session: TokenSession,
+    store_path: Path,
+    *,
+    thorough: bool = False,
+    on_warning: Callable[[str], None] | None = None,
+) -> Recovery:
+    """Remove what every open intent for this token left behind, and any empty key object (the
+    caller holds the token lock). The whole token is scanned for attribute-less objects when an
+    intent is open, or with ``thorough`` (`tokenagent pending --recover`)."""
     handle = session.handle
+    warn = on_warning or (lambda message: log.info("%s", message))
+    # Empty key objects are looked for whether or not an intent is open: SoftHSM can make a key
+    # object valid only when another process next writes the token, after that process has
+    # already recovered the intent of the run that died (seen in the SIGKILL test).
     intents = IntentStore(store_path)
     found = intents.open_intents(token_serial=handle.serial, token_label=handle.label)
-    if not found:
-        return []
-    pending = PendingStore(store_path)
-    results = []
-    husks = empty_key_objects(session)  # left by a run killed inside C_GenerateKeyPair on SoftHSM
-    for intent in found:
-        if intent.key_id and pending.find_by_key(handle.serial, intent.key_id):
-            # a request explains the key (cannot happen: recording it ends the intent in one transaction)
-            objects = objects_with_id(session, bytes.fromhex(intent.temporary_id))
-        else:
-            objects = intent_objects(session, intent)
-        objects, husks = objects + husks, []  # told once, with the first interrupted generation
-        problems = destroy_objects(objects, what=f"interrupted generation {intent.id}") if objects else []
-        if not problems:
-            intents.end(intent.id)
-        result = Recovered(intent, len(objects) - len(problems), tuple(problems))
-        results.append(result)
-        message = f"token '{escape(handle.label)}': {result.describe()}"
-        if on_warning is not None and (objects or problems):
-            on_warning(message)
-        else:
-            log.info("%s", message)
-    return results
+    husks = empty_key_objects(session, thorough=thorough or bool(found))
+    problems = destroy_objects(husks, what="empty key objects") if husks else []
+    if husks:
+        warn(
+            f"token '{escape(handle.label)}': removed {len(husks) - len(problems)} empty key object(s) (no CKA_ID, "
+            "no label, no key) that a process killed inside key generation left"
+        )
+    results = [_recover(session, intents, intent, warn if on_warning else None) for intent in found]
+    return Recovery(tuple(results), len(husks) - len(problems))
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What recovery did on one token: the interrupted generations, and empty key objects removed."""
+
+    recovered: tuple[Recovered, ...]
+    empty_objects_removed: int
+
+
+def _recover(
+    session: TokenSession, intents: IntentStore, intent: KeyIntent, on_warning: Callable[[str], None] | None
+) -> Recovered:
+    handle = session.handle
+    if intent.key_id and PendingStore(intents.path).find_by_key(handle.serial, intent.key_id):
+        # a request explains the key (cannot happen: recording it ends the intent in one transaction)
+        objects = objects_with_id(session, bytes.fromhex(intent.temporary_id))
+    else:
+        objects = intent_objects(session, intent)
+    problems = destroy_objects(objects, what=f"interrupted generation {intent.id}") if objects else []
+    if not problems:
+        intents.end(intent.id)
+    result = Recovered(intent, len(objects) - len(problems), tuple(problems))
+    message = f"token '{escape(handle.label)}': {result.describe()}"
+    if on_warning is not None and (objects or problems):
+        on_warning(message)
+    else:
+        log.info("%s", message)
+    return result
 
 
 @dataclass(frozen=True)
@@ -107,11 +132,13 @@ class TokenRecovery:
     token_label: str
     token_serial: str
     recovered: tuple[Recovered, ...]
+    empty_objects_removed: int
 
     def to_json(self) -> dict[str, object]:
         return {
             "token": {"label": self.token_label, "serial": self.token_serial},
             "recovered": [r.to_json() for r in self.recovered],
+            "empty_objects_removed": self.empty_objects_removed,
         }
 
 
@@ -157,6 +184,6 @@ def recover_tokens(
                 handle, login=True, pin_source=target.pin_source, rw=True, force=target.force, on_warning=on_warning
             ) as session,
         ):
-            recovered = recover_interrupted(session, store_path)  # the caller reports the results
-        results.append(TokenRecovery(handle.label, handle.serial, tuple(recovered)))
+            recovery = recover_interrupted(session, store_path, thorough=True)  # the caller reports
+        results.append(TokenRecovery(handle.label, handle.serial, recovery.recovered, recovery.empty_objects_removed))
     return RecoveryResult(store_path, tuple(results))

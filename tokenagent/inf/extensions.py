@@ -26,13 +26,11 @@ from asn1crypto import core
 
 from tokenagent.inf.names import DistinguishedName, check_oid, parse_name
 from tokenagent.inf.values import ValueProblem
-
-OID_SAN = "2.5.29.17"
-OID_EKU = "2.5.29.37"
-OID_BASIC_CONSTRAINTS = "2.5.29.19"
-OID_KEY_USAGE = "2.5.29.15"
-OID_UPN = "1.3.6.1.4.1.311.20.2.3"
-OID_DS_GUID = "1.3.6.1.4.1.311.25.1"
+from tokenagent.request.oids import (
+    OID_BASIC_CONSTRAINTS,
+    OID_EXTENDED_KEY_USAGE,
+    OID_SUBJECT_ALT_NAME,
+)
 
 SAN_KINDS = {
     "upn": "upn",
@@ -297,9 +295,9 @@ def parse_extension(oid: str, fragments: list[str], line: int, critical: bool, n
     first = fragments[0].lstrip()
     if first.lower().startswith("{text}"):
         rest = [first[6:], *fragments[1:]]
-        if oid == OID_SAN:
+        if oid == OID_SUBJECT_ALT_NAME:
             return ExtensionSpec(oid, critical, line, "subject_alt_name", alt_names=parse_san_text(rest, name_flags))
-        if oid == OID_EKU:
+        if oid == OID_EXTENDED_KEY_USAGE:
             return ExtensionSpec(oid, critical, line, "extended_key_usage", usages=parse_eku_text(rest))
         if oid == OID_BASIC_CONSTRAINTS:
             ca, path_length = parse_basic_constraints_text(rest)

@@ -20,7 +20,7 @@ from typing import Any
 from tokenagent.display import escape, has_hidden
 from tokenagent.inf.diagnostics import Diagnostic, Diagnostics
 from tokenagent.inf.extensions import (
-    OID_EKU,
+    OID_EXTENDED_KEY_USAGE,
     ExtensionSpec,
     GeneralNameSpec,
     parse_eku_text,
@@ -769,7 +769,7 @@ def _extensions(inf: InfFile, diag: Diagnostics, name_flags: int) -> tuple[Exten
             "OID = ... in [Extensions] is read as [EnhancedKeyUsageExtension] (enhanced key usage)",
         )
     if in_extensions or eku_oids:
-        _merge_legacy_eku(specs, in_extensions + eku_oids, eku_critical or OID_EKU in critical, diag)
+        _merge_legacy_eku(specs, in_extensions + eku_oids, eku_critical or OID_EXTENDED_KEY_USAGE in critical, diag)
     _check_critical_oids_are_extensions(critical, specs, diag)
     return tuple(specs)
 
@@ -836,11 +836,11 @@ def _merge_legacy_eku(specs: list[ExtensionSpec], legacy: list[Entry], critical:
         usages = parse_eku_text([e.value for e in legacy])
     except ValueProblem as exc:
         diag.error(legacy[0].line, f"enhanced key usage: {exc}")
-    existing = next((s for s in specs if s.oid == OID_EKU), None)
+    existing = next((s for s in specs if s.oid == OID_EXTENDED_KEY_USAGE), None)
     if existing is not None:
         specs.remove(existing)
         usages = tuple(dict.fromkeys([*existing.usages, *usages]))
-    specs.append(ExtensionSpec(OID_EKU, critical, legacy[0].line, "extended_key_usage", usages=usages))
+    specs.append(ExtensionSpec(OID_EXTENDED_KEY_USAGE, critical, legacy[0].line, "extended_key_usage", usages=usages))
 
 
 def _check_critical_oids_are_extensions(

@@ -20,20 +20,33 @@ def objects_with_id(ts: TokenSession, object_id: bytes) -> list[pkcs11.Object]:
     return find_objects(ts.session, object_id=object_id)
 
 
-def empty_key_objects(ts: TokenSession) -> list[pkcs11.Object]:
-    """Key objects with no CKA_ID, no label and no key material: husks, not keys.
+def empty_key_objects(ts: TokenSession, *, thorough: bool = False) -> list[pkcs11.Object]:
+    """Objects in the token's store that carry nothing: husks left by a killed key generation.
 
-    SoftHSM 2.6.1 writes a new key object in two steps (the object with its defaults, then the
-    template and the key in one transaction), so a process killed in between leaves a key object
-    that carries nothing of the template (not even the temporary CKA_ID an intent knows it by)
-    and no key. It cannot be anyone's key, so recovery removes it. A key object that has key
-    material (a modulus, curve parameters) is never one of these, whatever its label or CKA_ID.
+    SoftHSM 2.6.1 writes a new object in steps (an empty object file, then its defaults, then the
+    template and the key in one transaction), so a process killed in between leaves an object with
+    no attributes at all, or with the defaults only: CKA_TOKEN FALSE although it is in the token's
+    store, no CKA_ID, no label, no key material (the class can even be the default, CKO_DATA). It
+    cannot be anyone's key or data, so recovery removes it. A real token object has CKA_TOKEN TRUE,
+    and a key with key material (a modulus, curve parameters) is never taken.
+
+    The targeted searches find husks that have their defaults; an object without any attribute
+    matches no search template, so ``thorough`` also reads every object's class (a scan of the
+    whole token: only when there is reason to, see enroll/recovery.py).
     """
     husks = []
+    empty = {Attribute.TOKEN: False, Attribute.LABEL: ""}
     for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
-        for obj in ts.session.get_objects({Attribute.CLASS: object_class, Attribute.ID: b"", Attribute.LABEL: ""}):
-            values = read_attributes(obj, [Attribute.KEY_TYPE, Attribute.MODULUS, Attribute.EC_PARAMS])
+        for obj in ts.session.get_objects({**empty, Attribute.CLASS: object_class, Attribute.ID: b""}):
+            values = read_attributes(obj, [Attribute.MODULUS, Attribute.EC_PARAMS])
             if not values.get(Attribute.MODULUS) and not values.get(Attribute.EC_PARAMS):
+                husks.append(obj)
+    data = {**empty, Attribute.CLASS: ObjectClass.DATA, Attribute.APPLICATION: "", Attribute.VALUE: b""}
+    husks += list(ts.session.get_objects(data))
+    if thorough:
+        known = {obj.handle for obj in husks}
+        for obj in ts.session.get_objects({}):
+            if obj.handle not in known and Attribute.CLASS not in read_attributes(obj, [Attribute.CLASS]):
                 husks.append(obj)
     return husks
 
