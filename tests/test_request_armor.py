@@ -13,9 +13,8 @@ from hypothesis import strategies as st
 
 from tokenagent.errors import InputError
 from tokenagent.inf import parse_policy
-from tokenagent.request import armor
 from tokenagent.request.algorithms import signature_algorithm
-from tokenagent.request.armor import REQUEST_LABEL, read_der
+from tokenagent.request.armor import REQUEST_LABEL, armor, read_der
 from tokenagent.request.pkcs10 import build_request
 from tokenagent.request.signer import SoftwareSigner
 

@@ -14,8 +14,8 @@ from pyasn1_modules import rfc5280
 
 from tokenagent.errors import PolicyError
 from tokenagent.inf import RequestPolicy, load_policy, parse_policy
-from tokenagent.request import armor
 from tokenagent.request.algorithms import signature_algorithm
+from tokenagent.request.armor import armor
 from tokenagent.request.certificate import self_signed_certificate, validity
 from tokenagent.request.signer import SoftwareSigner
 

@@ -17,8 +17,8 @@ from pyasn1_modules import rfc2986, rfc4055, rfc5280, rfc5751
 
 from tokenagent.errors import InputError, PolicyError
 from tokenagent.inf import RequestPolicy, load_policy, parse_policy
-from tokenagent.request import armor
 from tokenagent.request.algorithms import signature_algorithm
+from tokenagent.request.armor import armor
 from tokenagent.request.pkcs10 import build_request, planned_contents, request_info, subject_text
 from tokenagent.request.signer import SoftwareSigner
 
