@@ -13,6 +13,8 @@ Every damaged, truncated or unexpected input is an `InputError` naming the input
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from asn1crypto import cms, core, csr
 from cryptography import x509
 
@@ -125,23 +127,25 @@ def check_inner_der(der: bytes, what: str, name: str) -> None:
 
 
 def load_pki_data(content: bytes, what: str) -> PKIData:
-    check_inner_der(content, what, "CMC PKIData")
-    try:
-        pki_data = PKIData.load(content, strict=True)
-        parse_all(pki_data)
-    except PARSE_ERRORS as exc:
-        raise InputError(f"cannot read {what}: damaged CMC PKIData ({reason_of(exc)})") from None
-    return pki_data
+    return _load_cmc(PKIData, content, what, "CMC PKIData")
 
 
 def load_pki_response(content: bytes, what: str) -> PKIResponse:
-    check_inner_der(content, what, "CMC PKIResponse")
+    return _load_cmc(PKIResponse, content, what, "CMC PKIResponse")
+
+
+_Cmc = TypeVar("_Cmc", PKIData, PKIResponse)
+
+
+def _load_cmc(spec: type[_Cmc], content: bytes, what: str, name: str) -> _Cmc:
+    """An eContent as ``spec``, walked first (`check_inner_der`) and parsed in full."""
+    check_inner_der(content, what, name)
     try:
-        response = PKIResponse.load(content, strict=True)
-        parse_all(response)
+        value = spec.load(content, strict=True)
+        parse_all(value)
     except PARSE_ERRORS as exc:
-        raise InputError(f"cannot read {what}: damaged CMC PKIResponse ({reason_of(exc)})") from None
-    return response
+        raise InputError(f"cannot read {what}: damaged {name} ({reason_of(exc)})") from None
+    return value
 
 
 def load_certification_request(der: bytes, what: str) -> csr.CertificationRequest:
