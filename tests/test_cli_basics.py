@@ -78,6 +78,11 @@ def test_exit_codes_are_stable() -> None:
         "CAError": 12,
         "OutputError": 13,
         "RequestPendingError": 14,
+        "CAUnreachableError": 16,
+        "CAProtocolError": 17,
+        "CAConfigError": 18,
+        "CAAuthenticationError": 19,
+        "CANeedsRekeyError": 20,
         "Interrupted": 130,
         "Terminated": 143,
     }

@@ -94,7 +94,16 @@ def test_no_import_cycle() -> None:
         ("tokenagent.inf", ("pkcs11", "click", "tokenagent.token", "tokenagent.enroll", "tokenagent.cli")),
         ("tokenagent.providers", ("pkcs11", "click", "tokenagent.enroll", "tokenagent.cli")),
         ("tokenagent.request", ("pkcs11", "click", "tokenagent.token", "tokenagent.enroll", "tokenagent.cli")),
-        ("tokenagent.store", ("pkcs11", "click", "tokenagent.token", "tokenagent.enroll", "tokenagent.cli")),
+        (
+            "tokenagent.store",
+            ("pkcs11", "click", "tokenagent.token", "tokenagent.enroll", "tokenagent.cli", "tokenagent.ca"),
+        ),
+        # a CA connector knows nothing about tokens (certmonger's helpers do not either)
+        (
+            "tokenagent.ca",
+            ("pkcs11", "click", "tokenagent.token", "tokenagent.enroll", "tokenagent.cli", "tokenagent.store"),
+        ),
+        ("tokenagent.secret_sources", ("pkcs11", "click", "tokenagent.token", "tokenagent.request", "tokenagent.ca")),
         ("tokenagent.enroll", ("pkcs11", "click", "tokenagent.cli")),
         ("tokenagent.token", ("click", "tokenagent.enroll", "tokenagent.cli", "tokenagent.request")),
     ],

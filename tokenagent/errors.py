@@ -28,10 +28,13 @@ class TokenAgentError(Exception):
     #: certreq's code for the same failure, e.g. 0x80090011, when there is one.
     hresult: int | None = None
 
-    def __init__(self, message: str, *, hresult: int | None = None) -> None:
+    def __init__(self, message: str, *, hresult: int | None = None, details: dict[str, object] | None = None) -> None:
         super().__init__(message)
         if hresult is not None:
             self.hresult = hresult
+        #: facts a script needs besides the message (e.g. the CA's request ID of a pending request);
+        #: printed under "details" by --json, never holding a secret
+        self.details: dict[str, object] = dict(details or {})
 
     @property
     def message(self) -> str:
@@ -52,6 +55,7 @@ class TokenAgentError(Exception):
             "exit_code": self.exit_code,
             "message": self.message,
             "hresult": None if self.hresult is None else f"0x{self.hresult & 0xFFFFFFFF:08x}",
+            **({"details": self.details} if self.details else {}),
         }
 
 
@@ -160,7 +164,7 @@ class VerificationError(TokenAgentError):
 
 
 class CAError(TokenAgentError):
-    """The CA refused, failed, or answered something that is not a certificate."""
+    """The CA refused (rejected the request), failed, or answered something that is not a certificate."""
 
     exit_code = 12
 
@@ -169,6 +173,39 @@ class RequestPendingError(CAError):
     """The CA holds the request pending (CMC cMCStatus pending): retrieve the certificate later."""
 
     exit_code = 14
+
+
+class CAUnreachableError(CAError):
+    """The CA cannot be reached now: connection refused or reset, a timeout, HTTP 5xx. Try again
+    later; the request stays in the pending store."""
+
+    exit_code = 16
+
+
+class CAProtocolError(CAError):
+    """The CA answered something its protocol does not allow (garbage, a page where a certificate
+    belongs). Try again later; the request stays in the pending store."""
+
+    exit_code = 17
+
+
+class CAConfigError(CAError):
+    """The CA connection is misconfigured: unknown profile or scheme, wrong URL (HTTP 404), a TLS
+    certificate that does not verify, missing credentials."""
+
+    exit_code = 18
+
+
+class CAAuthenticationError(CAConfigError):
+    """The CA refused the credentials (HTTP 401). Never retried: a password may lock an account."""
+
+    exit_code = 19
+
+
+class CANeedsRekeyError(CAError):
+    """The CA will not certify this key (e.g. too short for the template): make a new request."""
+
+    exit_code = 20
 
 
 class OutputError(TokenAgentError):
@@ -213,6 +250,11 @@ EXIT_CODES: dict[str, int] = {
         VerificationError,
         CAError,
         RequestPendingError,
+        CAUnreachableError,
+        CAProtocolError,
+        CAConfigError,
+        CAAuthenticationError,
+        CANeedsRekeyError,
         OutputError,
         Interrupted,
         Terminated,

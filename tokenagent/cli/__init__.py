@@ -40,6 +40,21 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "revoke_request",
         "Make a signed CMC revocation request.",
     ),
+    "submit": (
+        "tokenagent.cli.submit",
+        "submit",
+        "Send a request to a CA; write the issued certificate (certreq -submit).",
+    ),
+    "retrieve": (
+        "tokenagent.cli.submit",
+        "retrieve",
+        "Ask a CA again about a pending request (certreq -retrieve).",
+    ),
+    "enroll": (
+        "tokenagent.cli.enroll",
+        "enroll",
+        "New key, request, agent co-signature, CA, certificate onto the token: one run.",
+    ),
     "repair": (
         "tokenagent.cli.repair",
         "repair",

@@ -24,6 +24,7 @@ from tokenagent.cli.state import STATE
 
 if TYPE_CHECKING:  # the library records are imported when a command runs, not for --help
     from tokenagent.enroll.agent import AgentOptions
+    from tokenagent.enroll.submit import CaOptions
     from tokenagent.request.cmc import CmcControls
     from tokenagent.token.target import TokenTarget
 
@@ -254,3 +255,92 @@ def cmc_options(f: F) -> F:
     return _grouped(
         f, list(reversed(options)), ("transaction_id", "identification", "shared_secret_source", "reg_info"), CmcArgs
     )
+
+
+# -- the CA --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaArgs:
+    """--config, --cas, --ca-bundle, --ca-trust, --ca-auth, --ca-user, --ca-password-source, --timeout,
+    --attrib as typed."""
+
+    parameter = "ca"
+    config: str | None
+    cas_files: tuple[str, ...]
+    ca_bundle: str | None
+    ca_trust: str | None
+    ca_auth: str | None
+    ca_user: str | None
+    ca_password_source: str | None
+    timeout: float | None
+    attributes: tuple[str, ...]
+
+    @classmethod
+    def from_values(cls, **values: Any) -> CaArgs:
+        return cls(**values)
+
+    @property
+    def given(self) -> bool:
+        return any(value not in (None, ()) for value in self.__dict__.values())
+
+    def options(self) -> CaOptions:
+        from pathlib import Path
+
+        from tokenagent.ca.profiles import CaOverrides
+        from tokenagent.enroll.submit import CaOptions
+
+        overrides = CaOverrides(
+            trust=Path(self.ca_trust) if self.ca_trust else None,
+            ca_bundle=Path(self.ca_bundle) if self.ca_bundle else None,
+            auth=self.ca_auth,
+            user=self.ca_user,
+            password_source=self.ca_password_source,
+            timeout=self.timeout,
+        )
+        return CaOptions(self.config, tuple(self.cas_files), overrides, tuple(self.attributes))
+
+
+def ca_options(f: F) -> F:
+    options = [
+        click.option(
+            "--config",
+            metavar="URL|PROFILE",
+            help="The CA (certreq -config): file:DIR, cmc+https://HOST/PATH, certsrv+https://HOST/certsrv, "
+            "HOST\\CA, or a profile of cas.toml (default: its `default`, else file: in the current directory).",
+        ),
+        click.option("--cas", "cas_files", multiple=True, metavar="FILE", help="A cas.toml with CA profiles."),
+        click.option("--ca-bundle", metavar="PEM", help="Trust for the CA's TLS certificate (default: system store)."),
+        click.option("--ca-trust", metavar="PEM", help="The CA certificates its answers must lead to (CMC: required)."),
+        click.option(
+            "--ca-auth",
+            type=click.Choice(["auto", "basic", "ntlm", "negotiate", "none"]),
+            help="HTTP authentication (default: auto, whatever the CA offers).",
+        ),
+        click.option("--ca-user", metavar="USER", help="User for the CA: DOMAIN\\user, user@domain or user."),
+        click.option(
+            "--ca-password-source",
+            metavar="SOURCE",
+            help="Where the CA password comes from: prompt, env:VAR, file:PATH or fd:N (never the password).",
+        ),
+        click.option("--timeout", type=float, metavar="SECONDS", help="For each request to the CA (default 30)."),
+        click.option(
+            "--attrib",
+            "attributes",
+            multiple=True,
+            metavar="NAME:VALUE",
+            help='Request attributes (certreq -attrib), e.g. "CertificateTemplate:User\\nSAN:upn=ada@example.com".',
+        ),
+    ]
+    names = (
+        "config",
+        "cas_files",
+        "ca_bundle",
+        "ca_trust",
+        "ca_auth",
+        "ca_user",
+        "ca_password_source",
+        "timeout",
+        "attributes",
+    )
+    return _grouped(f, options, names, CaArgs)

@@ -15,6 +15,7 @@ Anything written is destroyed again if a later step fails or the user presses Ct
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -80,7 +81,7 @@ CATEGORY_AUTHORITY = 2
 class AcceptOptions:
     """What `tokenagent accept` was asked; the library API takes the same."""
 
-    response: Path
+    response: Path | None = None  # None: `accept_response` is given the response's bytes
     target: TokenTarget = ANY_TOKEN  # --token (else the pending request's token), module, PIN
     machine: bool | None = None  # None: the user's pending store, then the machine's (as certreq)
     chain: bool = False  # also write the response's CA certificates (category authority)
@@ -187,49 +188,60 @@ class AcceptResult:
 
 def accept_certificate(options: AcceptOptions, *, on_warning: Warn | None = None) -> AcceptResult:
     """Run certreq -accept against the tokens. Raises a `TokenAgentError` with the token unchanged."""
-    warn = on_warning or (lambda message: log.warning("%s", message))
-    if options.trust and not options.chain:
-        raise UsageError("--trust marks the CA certificates of --chain trusted: give --chain as well")
-    if options.trust and options.so_pin_source is None:
-        raise PinError("--trust needs the SO PIN and none can be asked for: give --so-pin-source env:VAR, file:PATH")
-    what = str(options.response)
-    response = read_response(read_input(options.response), what)
-    response.raise_for_status()
-    if response.signature == "invalid":
-        raise VerificationError(f"{what}: the CA's signature on the CMC response does not verify; nothing installed")
-    if response.signature == "unverifiable":
-        log.info("%s: the CMC response's signer certificate is not included; its signature was not checked", what)
+    if options.response is None:
+        raise UsageError("accept needs the response file")
+    return accept_response(read_input(options.response), str(options.response), options, on_warning=on_warning)
 
+
+def accept_response(
+    data: bytes,
+    what: str,
+    options: AcceptOptions,
+    *,
+    on_warning: Warn | None = None,
+    session: TokenSession | None = None,
+) -> AcceptResult:
+    """`accept_certificate` for a response already in memory (``what`` names it), e.g. a CA's answer.
+
+    ``session``: a logged-in read-write session the caller holds (`tokenagent enroll` keeps the one
+    it made the key in, so the card sees one login); it is used when the key is on its token."""
+    warn = on_warning or (lambda message: log.warning("%s", message))
+    if options.trust and session is not None:
+        raise UsageError("--trust needs the security officer's login, which an enrollment run does not make")
+    response = _read_checked(data, what, options)
     stores = _stores(options)
     leaf, records = _choose_certificate(response, stores, what)
     certificate = load_certificate(leaf, what)
     spki = certificate_spki(leaf, what)
     record_store, record = records[0] if records else (None, None)
 
-    handle, found_by = _locate_token(options, spki, record)
+    if session is not None and (record is None or session.handle.serial == record.token_serial):
+        handle, found_by = session.handle, f"pending request {record.id}" if record else "the enrollment's token"
+        held = True
+    else:
+        handle, found_by = _locate_token(options, spki, record)
+        held = False
     warnings: list[str] = []
 
     def warning(message: str) -> None:
         warnings.append(message)
         warn(message)
 
-    session = open_session(
-        handle, login=True, pin_source=options.target.pin_source, rw=True, force=options.target.force, on_warning=warn
-    )
-    with session:
-        private = find_private_key_for(session.session, spki)
+    with contextlib.ExitStack() as stack:
+        user = session if held and session is not None else stack.enter_context(_open_user(handle, options, warn))
+        private = find_private_key_for(user.session, spki)
         if private is None:
             raise ObjectNotFoundError(f"{NO_KEY} (token '{handle.label}' has no private key for {display_name(leaf)})")
         key_label = label_of(private)
         capabilities = key_capabilities(private)
-        plan = AcceptPlan(response, options.response, leaf, handle, key_label, found_by)
+        plan = AcceptPlan(response, Path(what), leaf, handle, key_label, found_by)
         for message in validity_warnings(certificate, datetime.now(UTC)) + usage_warnings(
             certificate, capabilities, key_label
         ):
             warning(message)
-        tested = key_test(session, private, spki, capabilities) if options.run_key_test else NOT_RUN
+        tested = key_test(user, private, spki, capabilities) if options.run_key_test else NOT_RUN
         installed = _install(
-            session,
+            user,
             plan,
             key_id_of(private),
             _certificate_label(record, key_label, leaf),
@@ -248,6 +260,27 @@ def accept_certificate(options: AcceptOptions, *, on_warning: Warn | None = None
     if options.trust:
         chain = _install_trusted_chain(handle, leaf, response, options, warn)
     return AcceptResult(plan, AcceptOutcome(installed, chain, removed, store_path, tested, tuple(warnings)))
+
+
+def _read_checked(data: bytes, what: str, options: AcceptOptions) -> CertificateResponse:
+    """The response, refused before any token is touched if it says no or its signature is broken."""
+    if options.trust and not options.chain:
+        raise UsageError("--trust marks the CA certificates of --chain trusted: give --chain as well")
+    if options.trust and options.so_pin_source is None:
+        raise PinError("--trust needs the SO PIN and none can be asked for: give --so-pin-source env:VAR, file:PATH")
+    response = read_response(data, what)
+    response.raise_for_status()
+    if response.signature == "invalid":
+        raise VerificationError(f"{what}: the CA's signature on the CMC response does not verify; nothing installed")
+    if response.signature == "unverifiable":
+        log.info("%s: the CMC response's signer certificate is not included; its signature was not checked", what)
+    return response
+
+
+def _open_user(handle: TokenHandle, options: AcceptOptions, warn: Warn) -> TokenSession:
+    return open_session(
+        handle, login=True, pin_source=options.target.pin_source, rw=True, force=options.target.force, on_warning=warn
+    )
 
 
 class _Writes:

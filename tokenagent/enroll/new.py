@@ -49,6 +49,7 @@ from tokenagent.store.intents import IntentStore, KeyIntent
 from tokenagent.store.locks import selection_lock, token_lock
 from tokenagent.store.paths import pending_db_path
 from tokenagent.store.pending import NewPending, PendingRequest, PendingStore
+from tokenagent.store.submissions import CaSubmission
 from tokenagent.token.certs import write_certificate
 from tokenagent.token.facts import TokenFacts
 from tokenagent.token.generate import KeyPair, generate_key_pair
@@ -92,6 +93,8 @@ class NewOptions:
     agent: AgentOptions | None = None
     cmc_controls: CmcControls | None = None  # RequestType = CMC: transactionId, nonces, secret, regInfo
     pop_link: bool = False  # RequestType = CMC with a shared secret: popLinkWitnessV2 inside the PKCS#10
+    #: `tokenagent enroll`: the CA the request is for, recorded with it in one transaction
+    submission: CaSubmission | None = None
 
 
 @dataclass(frozen=True)
@@ -256,7 +259,7 @@ def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewRe
     with contextlib.ExitStack() as stack:
         if not options.dry_run:
             stack.enter_context(lock_selection(prepared, warn))
-        handle = _select_token(prepared.provider, options, prepared.machine)
+        handle = select_for(prepared)
         if not options.dry_run:
             stack.enter_context(lock_token(prepared, handle, warn))
         agent = None
@@ -561,6 +564,7 @@ class _Transaction:
                 machine=result.plan.machine,
             ),
             completes=completes,  # the intent ends in the same transaction
+            submission=self.options.submission,
         )
         self.intent = None
 
@@ -639,6 +643,11 @@ def _check_silent(policy: RequestPolicy, source: PinSource | None) -> None:
             f"{policy.where('silent')}: Silent = TRUE forbids prompting for the PIN; give --pin-source "
             "env:VAR, file:PATH, fd:N or pinpad (or set TOKENAGENT_PIN_SOURCE)"
         )
+
+
+def select_for(prepared: Prepared) -> TokenHandle:
+    """The token a prepared request's key goes on."""
+    return _select_token(prepared.provider, prepared.options, prepared.machine)
 
 
 def _select_token(provider: ProviderEntry, options: NewOptions, machine: bool) -> TokenHandle:

@@ -27,9 +27,11 @@ from tokenagent.request.oids import (
     OID_DATA,
     OID_PKI_DATA,
     OID_PKI_RESPONSE,
+    OID_RECIPIENT_NONCE,
     OID_SIGNED_DATA,
     OID_STATUS_INFO,
     OID_STATUS_INFO_V2,
+    OID_TRANSACTION_ID,
 )
 from tokenagent.request.signed_data import check_inner_der
 
@@ -54,6 +56,9 @@ class CertificateResponse:
     statuses: tuple[CmcStatus, ...]  # CMC only, in controlSequence order
     signature: str  # "unsigned" | "valid" | "invalid" | "unverifiable"
     signers: tuple[str, ...]  # RFC 4514 subjects of the signer certificates found in the response
+    signer_certificates: tuple[bytes, ...] = ()  # their certificates (DER), for a trust decision
+    recipient_nonce: bytes | None = None  # CMC recipientNonce: the request's senderNonce echoed
+    transaction_id: int | None = None  # CMC transactionId echoed
 
     def end_entities(self) -> list[bytes]:
         """The certificates that issued no other certificate of the response, in response order.
@@ -215,8 +220,11 @@ def _read_content_info(der: bytes, what: str) -> CertificateResponse:
     response = PKIResponse.load(econtent, strict=True)
     parse_native(response)
     statuses = tuple(_statuses(response))
-    signature, signers = _check_signatures(der, what)
-    return CertificateResponse("cmc", certificates, statuses, signature, signers)
+    signature, signers, signer_certificates = _check_signatures(der, what)
+    nonce, transaction = _identifiers(response)
+    return CertificateResponse(
+        "cmc", certificates, statuses, signature, signers, signer_certificates, nonce, transaction
+    )
 
 
 def _certificates(signed: cms.SignedData) -> tuple[bytes, ...]:
@@ -332,18 +340,38 @@ def _issued_by(subject: x509.Certificate, issuer: x509.Certificate) -> bool:
 # -- CMS signatures (RFC 5652 section 5.6) ------------------------------------------------------------
 
 
-def _check_signatures(der: bytes, what: str) -> tuple[str, tuple[str, ...]]:
-    """The response's verdict ("invalid" beats "unverifiable" beats "valid") and the signers found.
+def _check_signatures(der: bytes, what: str) -> tuple[str, tuple[str, ...], tuple[bytes, ...]]:
+    """The response's verdict ("invalid" beats "unverifiable" beats "valid"), the signers found and
+    their certificates.
 
     `cms.verify_signers` checks each SignerInfo; a signer counts as found when its certificate is
     in the response.
     """
     checks = verify_signers(der, what=what)
     if not checks:
-        return "unsigned", ()
+        return "unsigned", (), ()
     signers = tuple(check.signer_subject for check in checks if check.signer_subject is not None)
+    certificates = tuple(check.certificate for check in checks if check.certificate is not None)
     verdicts = {check.status for check in checks}
     for verdict in ("invalid", "unverifiable"):
         if verdict in verdicts:
-            return verdict, signers
-    return "valid", signers
+            return verdict, signers, certificates
+    return "valid", signers, certificates
+
+
+def _identifiers(response: PKIResponse) -> tuple[bytes | None, int | None]:
+    """recipientNonce and transactionId from the response's controls (RFC 5272 6.6, 6.5)."""
+    nonce: bytes | None = None
+    transaction: int | None = None
+    for attribute in response["control_sequence"]:
+        oid = attribute["attr_type"].dotted
+        if oid not in (OID_RECIPIENT_NONCE, OID_TRANSACTION_ID):
+            continue
+        values = control_values(attribute)
+        if not values:
+            continue
+        if oid == OID_RECIPIENT_NONCE:
+            nonce = bytes(values[0].native)
+        else:
+            transaction = int(values[0].native)
+    return nonce, transaction

@@ -1,5 +1,5 @@
 """The state database file: one SQLite file per context (user or machine) holding the pending
-requests and the key-generation intents.
+requests, the key-generation intents and what CAs answered about the requests.
 
 Written in single transactions with the default rollback journal and synchronous=FULL; no WAL, so
 the store stays one file that can be copied or backed up. Connections are opened per operation and
@@ -18,12 +18,13 @@ from pathlib import Path
 from tokenagent.errors import InputError, OutputError, TokenAgentError
 
 #: Stored in PRAGMA user_version; raise it (and add a migration) whenever a table changes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: How long to wait for another tokenagent process that holds the database lock.
 BUSY_TIMEOUT_SECONDS = 5.0
 
 PENDING_TABLE = "pending_requests"
 INTENT_TABLE = "key_intents"
+SUBMISSION_TABLE = "ca_submissions"
 
 _PENDING_SCHEMA = (
     # AUTOINCREMENT, so the ID of a deleted request is never handed out again: an ID someone
@@ -67,9 +68,33 @@ _INTENT_SCHEMA = (
         output TEXT
     )""",
 )
+_SUBMISSION_SCHEMA = (
+    # What a CA said about a pending request (store/submissions.py); one row per request at most,
+    # deleted with it. No password is ever stored: only the CA configuration and where its
+    # password comes from.
+    f"""CREATE TABLE IF NOT EXISTS {SUBMISSION_TABLE} (
+        pending_id INTEGER PRIMARY KEY,
+        config TEXT NOT NULL,
+        profile_json TEXT NOT NULL,
+        state TEXT NOT NULL,
+        cookie TEXT,
+        ca_request_id TEXT,
+        retry_after TEXT,
+        message TEXT,
+        attempts INTEGER NOT NULL,
+        updated TEXT NOT NULL,
+        response BLOB
+    )""",
+)
 #: The statements that make the current schema from nothing, and from each older version.
-_CREATE = _PENDING_SCHEMA + _INTENT_SCHEMA
-_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _INTENT_SCHEMA}
+_CREATE = _PENDING_SCHEMA + _INTENT_SCHEMA + _SUBMISSION_SCHEMA
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _INTENT_SCHEMA, 2: _SUBMISSION_SCHEMA}
+#: The tables of each schema version, sorted.
+_TABLES: dict[int, list[str]] = {
+    1: [PENDING_TABLE],
+    2: [INTENT_TABLE, PENDING_TABLE],
+    3: [SUBMISSION_TABLE, INTENT_TABLE, PENDING_TABLE],
+}
 #: The columns each table must have in the current schema (a foreign database is refused).
 COLUMNS: dict[str, frozenset[str]] = {}
 
@@ -182,8 +207,7 @@ class StateDatabase:
                 f"pending store {self.path} has schema version {version}, newer than the {SCHEMA_VERSION} "
                 "this tokenagent understands; use a newer tokenagent"
             )
-        expected = [PENDING_TABLE] if version == 1 else [INTENT_TABLE, PENDING_TABLE]
-        if 1 <= version <= SCHEMA_VERSION and tables == expected:
+        if 1 <= version <= SCHEMA_VERSION and tables == sorted(_TABLES[version]):
             for table in tables:
                 columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
                 if columns != _columns(table):
@@ -250,7 +274,7 @@ def _columns(table: str) -> frozenset[str]:
         try:
             for statement in _CREATE:
                 connection.execute(statement)
-            for name in (PENDING_TABLE, INTENT_TABLE):
+            for name in (PENDING_TABLE, INTENT_TABLE, SUBMISSION_TABLE):
                 COLUMNS[name] = frozenset(row[1] for row in connection.execute(f"PRAGMA table_info({name})"))
         finally:
             connection.close()

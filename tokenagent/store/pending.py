@@ -11,13 +11,14 @@ import base64
 import builtins
 import hashlib
 import string
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tokenagent.errors import InputError, ObjectNotFoundError
-from tokenagent.store.database import INTENT_TABLE, PENDING_TABLE, SCHEMA_VERSION, StateDatabase
+from tokenagent.store.database import INTENT_TABLE, PENDING_TABLE, SCHEMA_VERSION, SUBMISSION_TABLE, StateDatabase
+from tokenagent.store.submissions import CaSubmission, row_of, upsert_statement
 
 __all__ = ["REQUEST_TYPES", "SCHEMA_VERSION", "NewPending", "PendingRequest", "PendingStore"]
 
@@ -96,9 +97,13 @@ class PendingStore:
         self.path = Path(path)
         self.database = StateDatabase(self.path)
 
-    def add(self, record: NewPending, *, completes: int | None = None) -> PendingRequest:
+    def add(
+        self, record: NewPending, *, completes: int | None = None, submission: CaSubmission | None = None
+    ) -> PendingRequest:
         """Record ``record``; with ``completes``, the key-generation intent of that ID ends in the
-        same transaction (the request now explains the key)."""
+        same transaction (the request now explains the key); with ``submission`` (its pending_id is
+        ignored), the CA it is for is recorded in that transaction too (`tokenagent enroll`), so a
+        run that dies before the CA answers leaves a request `enroll --resume` sends."""
         _check_new(record)
         created = datetime.now(UTC)
         values: dict[str, Any] = {name: getattr(record, name) for name in _NEW_COLUMNS}
@@ -116,9 +121,11 @@ class PendingStore:
                 row,
             )
             request_id = cursor.lastrowid
+            assert request_id is not None
             if completes is not None:
                 connection.execute(f"DELETE FROM {INTENT_TABLE} WHERE id = ?", (completes,))
-        assert request_id is not None
+            if submission is not None:
+                connection.execute(upsert_statement(), row_of(replace(submission, pending_id=request_id)))
         return PendingRequest(id=request_id, created=created, **values)
 
     def list(self) -> builtins.list[PendingRequest]:
@@ -148,6 +155,7 @@ class PendingStore:
                 raise self._not_found(request_id)
             record = self._from_row(rows[0])
             connection.execute(f"DELETE FROM {_TABLE} WHERE id = ?", (request_id,))
+            connection.execute(f"DELETE FROM {SUBMISSION_TABLE} WHERE pending_id = ?", (request_id,))
         return record
 
     def _select(self, where: str, parameters: tuple[object, ...]) -> builtins.list[PendingRequest]:

@@ -16,43 +16,40 @@ every user of the machine through /proc.
 A PIN typed by mistake where a source belongs (``--pin-source 731946``, ``env:731946``) must not be
 printed back: a value that is not a valid source is never echoed, and a source argument made only
 of digits (other than a small file descriptor number) is shown as ``…``. Sources are read with a
-bound (`MAX_PIN_SOURCE_BYTES`), so ``file:/dev/zero`` cannot fill memory.
+bound (`MAX_SECRET_BYTES`), so ``file:/dev/zero`` cannot fill memory. The reading itself is shared
+with CA passwords: tokenagent/secret_sources.py.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from dataclasses import dataclass
 from typing import Literal
 
 from tokenagent.errors import PinError, UsageError
+from tokenagent.secret_sources import (
+    Secret,
+    describe_source,
+    parse_source_text,
+    read_env,
+    read_fd,
+    read_file,
+)
 from tokenagent.token.uri import is_pkcs11_uri, parse_uri
 
 log = logging.getLogger("tokenagent")
 
 ENV_PIN_SOURCE = "TOKENAGENT_PIN_SOURCE"
-#: A PIN, SO PIN or shared secret is read up to its first newline, and never more than this.
-MAX_PIN_SOURCE_BYTES = 4096
-#: File descriptors above this are refused as sources: a larger number is more likely a PIN.
-MAX_PIN_FD = 1023
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 PinKind = Literal["prompt", "env", "file", "fd", "pinpad", "literal"]
 
 
-class Pin:
+class Pin(Secret):
     """A PIN held in memory. Its str/repr are masked so it cannot leak into logs or exceptions."""
 
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
+    __slots__ = ()
 
     def __repr__(self) -> str:
         return "Pin(***)"
@@ -84,12 +81,7 @@ class PinSource:
         """Where the PIN comes from, safe to print (never the PIN itself)."""
         if self.kind == "literal":
             return "--pin (literal)"
-        if self.kind in ("prompt", "pinpad"):
-            return self.kind
-        argument = self.argument or ""
-        if argument.isdigit() and self.kind != "fd":
-            argument = "…"  # digits alone may well be the PIN itself, typed in the wrong place
-        return f"{self.kind}:{argument}"
+        return describe_source(self.kind, self.argument)
 
     def read(self, prompt: str = "PIN: ") -> Pin | ProtectedAuthentication:
         """Read the PIN once. Errors name the source, never the value."""
@@ -100,48 +92,23 @@ class PinSource:
             return self._literal
         if self.kind == "prompt":
             return _prompt(prompt)
+        assert self.argument is not None
+        label = f"PIN source {self.describe()}"
         if self.kind == "env":
-            assert self.argument is not None
-            value = os.environ.get(self.argument)
-            if value is None:
-                raise PinError(f"PIN source env:{self.argument}: the variable is not set")
-            return _checked(value, self)
-        if self.kind == "file":
-            assert self.argument is not None
-            try:
-                with open(self.argument, "rb") as handle:
-                    line = handle.readline(MAX_PIN_SOURCE_BYTES + 1)
-            except OSError as exc:
-                raise PinError(f"PIN source {self.describe()}: {_reason(exc)}") from None
-            return _checked(_first_line(line, self), self)
-        if self.kind == "fd":
-            assert self.argument is not None
-            return _checked(_read_fd(int(self.argument), self), self)
-        raise AssertionError(self.kind)
+            value = read_env(self.argument, label, PinError)
+        elif self.kind == "file":
+            value = read_file(self.argument, label, PinError)
+        else:
+            value = read_fd(int(self.argument), label, PinError)
+        if not value:
+            raise PinError(f"PIN source {self.describe()} gave an empty PIN")
+        return Pin(value)
 
 
 def parse_pin_source(text: str) -> PinSource:
     """``prompt`` | ``pinpad`` | ``env:VAR`` | ``file:PATH`` | ``fd:N`` (also ``file://PATH``)."""
-    if text in ("prompt", "pinpad"):
-        return PinSource(text)  # type: ignore[arg-type]
-    kind, sep, argument = text.partition(":")
-    usage = "use prompt, pinpad, env:VAR, file:PATH or fd:N"
-    if sep and argument:
-        if kind == "env":
-            if not _ENV_NAME.fullmatch(argument):
-                raise UsageError(f"PIN source env:… is not a valid variable name (not shown, it may be a PIN); {usage}")
-            return PinSource("env", argument)
-        if kind == "file":
-            # RFC 7512's pin-source is a URI; accept file:///path as well as file:path.
-            if argument.startswith("//"):
-                argument = argument[2:]
-            return PinSource("file", argument)
-        if kind == "fd":
-            if not argument.isdigit() or int(argument) > MAX_PIN_FD:
-                raise UsageError(f"PIN source fd:… is not a file descriptor number up to {MAX_PIN_FD}; {usage}")
-            return PinSource("fd", argument)
-    # never echoed: a PIN typed where its source belongs would be printed back
-    raise UsageError(f"unknown PIN source (not shown, in case it is the PIN itself): {usage}")
+    kind, argument = parse_source_text(text, "PIN", "PIN source", ("prompt", "pinpad"))
+    return PinSource(kind, argument)  # type: ignore[arg-type]
 
 
 def literal_pin_source(pin: str) -> PinSource:
@@ -169,42 +136,6 @@ def _prompt(prompt: str) -> Pin:
     if not value:
         raise PinError("no PIN entered")
     return Pin(value)
-
-
-def _read_fd(fd: int, source: PinSource) -> str:
-    data = b""
-    try:
-        while b"\n" not in data and len(data) <= MAX_PIN_SOURCE_BYTES:
-            chunk = os.read(fd, MAX_PIN_SOURCE_BYTES + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except OSError as exc:
-        raise PinError(f"PIN source {source.describe()}: {_reason(exc)}") from None
-    return _first_line(data, source)
-
-
-def _first_line(data: bytes, source: PinSource) -> str:
-    line, newline, _ = data.partition(b"\n")
-    if not newline and len(line) > MAX_PIN_SOURCE_BYTES:
-        raise PinError(f"PIN source {source.describe()}: no line end in the first {MAX_PIN_SOURCE_BYTES} bytes")
-    try:
-        return line.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PinError(f"PIN source {source.describe()}: not UTF-8 text") from None
-
-
-def _checked(value: str, source: PinSource) -> Pin:
-    value = value.rstrip("\r\n")
-    if not value:
-        raise PinError(f"PIN source {source.describe()} gave an empty PIN")
-    return Pin(value)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return type(exc).__name__
 
 
 def pin_source_for(pin_source: str | None, literal_pin: str | None, token: str | None) -> PinSource | None:

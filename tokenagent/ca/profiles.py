@@ -1,0 +1,313 @@
+"""``--config``: which CA, and how to reach it. A URL whose scheme picks the connector, certreq's
+``HOST\\CA Name``, or the name of a profile in ``cas.toml``.
+
+==============================  ==========================================================
+``file:DIR`` / ``file:``        write the request into DIR (default: the current directory)
+``cmc+https://HOST/PATH``       CMC over HTTP(S) (RFC 5273), e.g. django-ca-cmc's /cmc/SERIAL/
+``certsrv+https://HOST/certsrv`` AD CS web enrollment; a plain https URL ending in /certsrv too
+``HOST\\CA Name``                certreq's form: AD CS web enrollment at https://HOST/certsrv
+``NAME``                        the profile [ca.NAME] of cas.toml
+==============================  ==========================================================
+
+cas.toml files are read in this order, later ones overriding earlier profiles by name (as
+providers.toml): ``/etc/tokenagent/cas.toml``, ``$XDG_CONFIG_HOME/tokenagent/cas.toml``,
+``$TOKENAGENT_CAS``, ``--cas FILE``::
+
+  default = "corp"                   # the profile used when --config is not given
+
+  [ca.corp]
+  url = "certsrv+https://adcs.corp.example/certsrv"
+  ca_bundle = "corp-root.pem"        # TLS trust (default: the system store); relative to this file
+  auth = "ntlm"                      # auto (default), basic, ntlm, negotiate, none
+  user = 'CORP\\enroll-station'
+  password_source = "file:/etc/tokenagent/adcs.password"   # prompt, env:VAR, file:PATH, fd:N
+  template = "SmartcardLogon"        # sent as CertificateTemplate:NAME
+  attributes = ["SAN:upn=ada@corp.example"]
+  timeout = 30                       # seconds, for each request
+
+  [ca.lab]
+  url = "cmc+http://127.0.0.1:8000/cmc/4E1A.../"
+  trust = "lab-ca.pem"               # the CA certificates a response signer must lead to
+
+A password never goes into cas.toml, a URL or the command line: only its source does.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tokenagent.ca.connector import Connector
+from tokenagent.ca.http import AUTH_METHODS, DEFAULT_TIMEOUT, HttpSettings, parse_base_url
+from tokenagent.errors import CAConfigError, InputError, UsageError
+from tokenagent.inputs import read_input
+from tokenagent.secret_sources import parse_secret_source
+
+ENV_CAS = "TOKENAGENT_CAS"
+SYSTEM_CAS = Path("/etc/tokenagent/cas.toml")
+PROTOCOLS = ("file", "cmc", "certsrv")
+_KEYS = {"url", "trust", "ca_bundle", "auth", "user", "password_source", "template", "attributes", "timeout"}
+MAX_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class CaProfile:
+    """Everything a connector needs, except the password itself (only where it comes from)."""
+
+    config: str  # what --config said (a URL, HOST\\CA, or a profile name); stored with pending requests
+    protocol: str  # file | cmc | certsrv
+    url: str  # the transport URL: http(s)://... or the directory of file:
+    name: str | None = None  # the cas.toml profile
+    source: str = "--config"  # where it was defined
+    trust: Path | None = None
+    ca_bundle: Path | None = None
+    auth: str = "auto"
+    user: str | None = None
+    password_source: str | None = None
+    template: str | None = None
+    attributes: tuple[tuple[str, str], ...] = ()
+    timeout: float = DEFAULT_TIMEOUT
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.url})" if self.name else self.url
+
+    def to_json(self) -> dict[str, Any]:
+        """The profile as stored and printed: the password source's description, never a password."""
+        return {
+            "config": self.config,
+            "protocol": self.protocol,
+            "url": self.url,
+            "profile": self.name,
+            "source": self.source,
+            "trust": str(self.trust) if self.trust else None,
+            "ca_bundle": str(self.ca_bundle) if self.ca_bundle else None,
+            "auth": self.auth,
+            "user": self.user,
+            "password_source": self.password_source,
+            "template": self.template,
+            "attributes": [f"{n}:{v}" for n, v in self.attributes],
+            "timeout": self.timeout,
+        }
+
+
+@dataclass(frozen=True)
+class CaOverrides:
+    """What the command line adds to or changes in a profile."""
+
+    trust: Path | None = None
+    ca_bundle: Path | None = None
+    auth: str | None = None
+    user: str | None = None
+    password_source: str | None = None
+    timeout: float | None = None
+
+
+def resolve_config(
+    config: str | None,
+    *,
+    cas_files: Sequence[str | Path] = (),
+    overrides: CaOverrides = CaOverrides(),
+    env: Mapping[str, str] | None = None,
+) -> CaProfile:
+    """The CA for ``config``; without one, the cas.toml default, else ``file:`` (the current directory)."""
+    profiles, default = load_cas(cas_files, env)
+    if config is None:
+        config = default or "file:"
+    profile = profiles[config] if config in profiles else profile_for_url(config, known=sorted(profiles))
+    profile = _apply(profile, overrides)
+    _check(profile)
+    return profile
+
+
+def profile_for_url(config: str, *, known: Sequence[str] = ()) -> CaProfile:
+    text = config.strip()
+    if text == "file:" or text.startswith("file:"):
+        directory = text[5:]
+        if directory.startswith("//"):
+            directory = directory[2:]
+        return CaProfile(config, "file", str(Path(directory or ".").absolute()))
+    for protocol in ("cmc", "certsrv"):
+        for scheme in ("http", "https"):
+            prefix = f"{protocol}+{scheme}://"
+            if text.lower().startswith(prefix):
+                url = f"{scheme}://{text[len(prefix) :]}"
+                parse_base_url(url)
+                return CaProfile(config, protocol, url)
+    if text.lower().startswith(("http://", "https://")):
+        parts = parse_base_url(text)
+        if parts.path.rstrip("/").lower().endswith("/certsrv"):
+            return CaProfile(config, "certsrv", text.rstrip("/"))
+        raise CAConfigError(
+            f"--config {text}: which protocol? write cmc+{parts.scheme}://... for CMC over HTTP or "
+            f"certsrv+{parts.scheme}://.../certsrv for AD CS web enrollment"
+        )
+    if "\\" in text and "://" not in text:
+        host = text.split("\\", 1)[0].strip()
+        if host:
+            return CaProfile(config, "certsrv", f"https://{host}/certsrv")
+    listed = ", ".join(known) if known else "none (no cas.toml found)"
+    raise CAConfigError(
+        f"--config {text}: neither a CA URL (file:, cmc+https://, certsrv+https://, HOST\\CA) nor a profile "
+        f"of cas.toml (known: {listed})"
+    )
+
+
+def cas_files(explicit: Sequence[str | Path] = (), env: Mapping[str, str] | None = None) -> list[Path]:
+    """The cas.toml files to read, in order. Default locations are skipped when absent."""
+    env = os.environ if env is None else env
+    config_home = Path(env.get("XDG_CONFIG_HOME") or Path(env.get("HOME", "~")).expanduser() / ".config")
+    files = [path for path in (SYSTEM_CAS, config_home / "tokenagent" / "cas.toml") if path.is_file()]
+    if env.get(ENV_CAS):
+        files.append(Path(env[ENV_CAS]))
+    files.extend(Path(p) for p in explicit)
+    return files
+
+
+def load_cas(
+    explicit: Sequence[str | Path] = (), env: Mapping[str, str] | None = None
+) -> tuple[dict[str, CaProfile], str | None]:
+    """Every profile by name, and the default profile's name."""
+    profiles: dict[str, CaProfile] = {}
+    default: str | None = None
+    for path in cas_files(explicit, env):
+        try:
+            data = tomllib.loads(read_input(path, "CA profiles file").decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not valid TOML: {exc}") from None
+        unknown = set(data) - {"default", "ca"}
+        if unknown:
+            raise InputError(f"{path}: unknown keys {', '.join(sorted(unknown))} (expected default and [ca.NAME])")
+        if "default" in data:
+            if not isinstance(data["default"], str):
+                raise InputError(f"{path}: default must be the name of a [ca.NAME] profile")
+            default = data["default"]
+        tables = data.get("ca", {})
+        if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+            raise InputError(f"{path}: [ca] must hold one table per profile, [ca.NAME]")
+        for name, table in tables.items():
+            profiles[name] = _profile(name, table, path)
+    if default is not None and default not in profiles:
+        raise InputError(f"cas.toml: default = {default!r} names no [ca.{default}] profile")
+    return profiles, default
+
+
+def _profile(name: str, table: Mapping[str, Any], path: Path) -> CaProfile:
+    where = f"{path}: [ca.{name}]"
+    unknown = set(table) - _KEYS
+    if unknown:
+        raise InputError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+    url = table.get("url")
+    if not isinstance(url, str):
+        raise InputError(f'{where}: needs url = "file:DIR", "cmc+https://..." or "certsrv+https://..."')
+    try:
+        base = profile_for_url(url)
+    except CAConfigError as exc:
+        raise InputError(f"{where}: {exc.message}") from None
+    texts = {
+        key: _text(table, key, where) for key in ("trust", "ca_bundle", "auth", "user", "password_source", "template")
+    }
+    attributes = table.get("attributes", [])
+    if not isinstance(attributes, list) or not all(isinstance(a, str) for a in attributes):
+        raise InputError(f'{where}: attributes must be a list of "Name:Value" strings')
+    timeout = table.get("timeout", DEFAULT_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise InputError(f"{where}: timeout must be a number of seconds")
+    try:
+        pairs = parse_attributes(attributes)
+    except UsageError as exc:
+        raise InputError(f"{where}: {exc.message}") from None
+    return replace(
+        base,
+        config=name,
+        name=name,
+        source=str(path),
+        trust=_relative(texts["trust"], path),
+        ca_bundle=_relative(texts["ca_bundle"], path),
+        auth=texts["auth"] or "auto",
+        user=texts["user"],
+        password_source=texts["password_source"],
+        template=texts["template"],
+        attributes=pairs,
+        timeout=float(timeout),
+    )
+
+
+def _text(table: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = table.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"{where}: {key} must be a string")
+    return value
+
+
+def _relative(value: str | None, path: Path) -> Path | None:
+    if value is None:
+        return None
+    candidate = Path(value).expanduser()
+    return candidate if candidate.is_absolute() else path.parent / candidate
+
+
+def _apply(profile: CaProfile, overrides: CaOverrides) -> CaProfile:
+    changes: dict[str, Any] = {k: v for k, v in overrides.__dict__.items() if v is not None}
+    return replace(profile, **changes) if changes else profile
+
+
+def _check(profile: CaProfile) -> None:
+    if profile.auth not in AUTH_METHODS:
+        raise CAConfigError(f"auth {profile.auth!r}: use one of {', '.join(AUTH_METHODS)}")
+    if not 0 < profile.timeout <= MAX_TIMEOUT:
+        raise CAConfigError(f"timeout {profile.timeout:g}: give a number of seconds above 0 and up to {MAX_TIMEOUT:g}")
+    if profile.password_source is not None:
+        parse_secret_source(profile.password_source, "password", "CA password source")
+    if profile.protocol == "cmc" and profile.trust is None:
+        raise CAConfigError(
+            f"{profile.describe()}: CMC responses are signed by the CA and must be checked against its certificate: "
+            "give --ca-trust CA.pem (or trust in cas.toml)"
+        )
+
+
+def parse_attributes(texts: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """certreq -attrib: ``Name:Value`` pairs, several in one text separated by newlines or a literal ``\\n``."""
+    pairs: list[tuple[str, str]] = []
+    for text in texts:
+        for line in text.replace("\\n", "\n").splitlines():
+            if not line.strip():
+                continue
+            name, sep, value = line.partition(":")
+            if not sep or not name.strip():
+                raise UsageError(f"attribute {line.strip()!r} is not Name:Value (e.g. CertificateTemplate:User)")
+            if any(ord(c) < 0x20 for c in value):
+                raise UsageError(f"attribute {name.strip()}: its value holds a control character")
+            pairs.append((name.strip(), value.strip()))
+    return tuple(pairs)
+
+
+def open_connector(profile: CaProfile) -> Connector:
+    """The connector for a resolved profile (nothing is contacted yet)."""
+    from tokenagent.ca.trust import load_trust
+
+    trust = load_trust(profile.trust) if profile.trust is not None else ()
+    if profile.protocol == "file":
+        from tokenagent.ca.filedrop import FileDropConnector
+
+        return FileDropConnector(Path(profile.url), trust=trust)
+    source = (
+        parse_secret_source(profile.password_source, "password", "CA password source")
+        if profile.password_source
+        else None
+    )
+    settings = HttpSettings(
+        timeout=profile.timeout, ca_bundle=profile.ca_bundle, auth=profile.auth, user=profile.user, password=source
+    )
+    if profile.protocol == "cmc":
+        from tokenagent.ca.cmc_http import CmcHttpConnector
+
+        return CmcHttpConnector(profile.url, settings, trust=trust)
+    from tokenagent.ca.certsrv import CertsrvConnector
+
+    return CertsrvConnector(
+        profile.url, settings, template=profile.template, attributes=profile.attributes, trust=trust
+    )

@@ -1,0 +1,339 @@
+"""`tokenagent enroll`: new (with the agent's co-signature) + submit + accept in one run, and
+`enroll --resume`, which finishes what such runs left pending.
+
+One run, one login on the user's token: the session the key is made in is the one the certificate
+is installed in. The request is recorded in the pending store together with its CA (state
+"unsubmitted") in the transaction that ends the key-generation intent, so whatever happens next
+(the CA is down, answers "pending", the process is killed, the card is pulled) leaves a request
+that `enroll --resume` finishes, and never an orphan key. The token's lock is held until the
+certificate is on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tokenagent.ca.answers import Answer, Issued, error_for
+from tokenagent.ca.connector import ca_request
+from tokenagent.ca.profiles import CaProfile
+from tokenagent.enroll.accept import AcceptOptions, AcceptResult, accept_response
+from tokenagent.enroll.new import (
+    NewOptions,
+    NewResult,
+    enroll,
+    lock_selection,
+    lock_token,
+    open_user_session,
+    prepare,
+    select_for,
+)
+from tokenagent.enroll.recovery import recover_interrupted
+from tokenagent.enroll.submit import (
+    CaOptions,
+    Exchange,
+    check_for_request,
+    issued_from_store,
+    stored_ca_options,
+    stores,
+    submission_template,
+)
+from tokenagent.errors import (
+    CAError,
+    InputError,
+    Interrupted,
+    RequestPendingError,
+    TokenAgentError,
+    UsageError,
+)
+from tokenagent.store.pending import PendingRequest, PendingStore
+from tokenagent.store.submissions import RESUMABLE, CaSubmission, SubmissionStore
+from tokenagent.token.library import TokenSelector, modules_for, select_token
+from tokenagent.token.session import TokenSession, open_session
+from tokenagent.token.target import ANY_TOKEN, TokenTarget
+from tokenagent.token.tokeninfo import gather_facts
+
+log = logging.getLogger("tokenagent")
+Warn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class EnrollOptions:
+    new: NewOptions  # the INF, the user's token and PIN, the agent (RequestType = CMC or PKCS7)
+    ca: CaOptions = field(default_factory=CaOptions)
+    chain: bool = False  # also write the CA certificates onto the token
+    run_key_test: bool = True
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    new: NewResult
+    profile: CaProfile
+    issued: Issued
+    accepted: AcceptResult
+
+    def to_json(self) -> dict[str, Any]:
+        new = self.new.to_json()
+        return {
+            "format_version": 1,
+            "request": {k: new.get(k) for k in ("request_type", "token", "key", "pending") if k in new},
+            "ca": self.profile.to_json(),
+            "answer": self.issued.to_json(),
+            "accepted": self.accepted.to_json(),
+        }
+
+
+def enroll_policy(options: EnrollOptions, *, on_warning: Warn | None = None) -> EnrollResult:
+    """New + submit + accept. Raises the `CAError` of the CA's answer with the request kept pending."""
+    warn = on_warning or (lambda message: log.warning("%s", message))
+    if options.new.dry_run:
+        raise UsageError("enroll has no dry run: use tokenagent new --dry-run to see the plan")
+    profile = options.ca.resolve()  # a wrong --config fails before any key exists
+    pairs = options.ca.pairs()
+    new_options = replace(options.new, submission=submission_template(profile, options.ca))
+    prepared = prepare(new_options, warn)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(lock_selection(prepared, warn))
+        handle = select_for(prepared)
+        stack.enter_context(lock_token(prepared, handle, warn))
+        agent = None
+        if new_options.agent is not None:
+            from tokenagent.enroll.agent import open_agent
+
+            agent = stack.enter_context(open_agent(new_options.agent, on_warning=warn))
+        session = stack.enter_context(open_user_session(prepared, handle, warn))
+        recover_interrupted(session, prepared.store_path, on_warning=warn)
+        made = enroll(prepared, session, gather_facts(session), agent=agent)
+        assert made.outcome is not None and made.outcome.pending is not None
+        pending = made.outcome.pending
+        record = (PendingStore(prepared.store_path), pending)
+        with _kept_pending(pending):
+            request = ca_request(made.outcome.der, pairs, "the new request")
+            with Exchange(profile, options.ca, record) as exchange:
+                answer = exchange.ask(request)
+            issued = _issued(answer, profile, pending)
+            check_for_request(issued, request, profile)
+            accepted = accept_response(
+                issued.response,
+                f"the answer of {profile.describe()}",
+                AcceptOptions(
+                    target=options.new.target,
+                    machine=prepared.plan.machine,
+                    chain=options.chain,
+                    state_dir=options.new.state_dir,
+                    run_key_test=options.run_key_test,
+                ),
+                on_warning=warn,
+                session=session,
+            )
+    return EnrollResult(made, profile, issued, accepted)
+
+
+def _issued(answer: Answer, profile: CaProfile, pending: PendingRequest) -> Issued:
+    if isinstance(answer, Issued):
+        return answer
+    raise error_for(answer, profile.describe(), {"pending_id": pending.id})
+
+
+@contextlib.contextmanager
+def _kept_pending(pending: PendingRequest) -> Iterator[None]:
+    """Past this point the key and its request stay: every failure says how to finish later."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted: the key and request stay as pending request {pending.id}; "
+            "finish with tokenagent enroll --resume"
+        ) from None
+    except CAError as exc:
+        if "pending_id" not in exc.details:
+            exc.details["pending_id"] = pending.id
+        raise
+
+
+# -- resume ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResumeOptions:
+    pending_ids: tuple[int, ...] = ()  # none: every request left with a CA that is due
+    ca: CaOptions | None = None  # another CA configuration than the stored one
+    target: TokenTarget = ANY_TOKEN  # PIN source and modules for the tokens the keys are on
+    state_dir: Path | None = None
+    chain: bool = False
+    run_key_test: bool = True
+    now: bool = False  # ask even before the time the CA gave
+
+
+@dataclass(frozen=True)
+class ResumeItem:
+    pending_id: int
+    subject: str
+    outcome: str  # installed | pending | waiting | failed
+    message: str
+    error: TokenAgentError | None = None
+    accepted: AcceptResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pending_id": self.pending_id,
+            "subject": self.subject,
+            "outcome": self.outcome,
+            "message": self.message,
+            "error": self.error.to_json() if self.error else None,
+            "accepted": self.accepted.to_json() if self.accepted else None,
+        }
+
+
+@dataclass(frozen=True)
+class ResumeResult:
+    items: tuple[ResumeItem, ...]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything asked about was installed; the first failure's code; else 14 (pending)."""
+        for item in self.items:
+            if item.error is not None and not isinstance(item.error, RequestPendingError):
+                return item.error.exit_code
+        if any(item.outcome in ("pending", "waiting") for item in self.items):
+            return RequestPendingError.exit_code
+        return 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format_version": 1, "items": [item.to_json() for item in self.items], "exit_code": self.exit_code}
+
+
+@dataclass
+class _Work:
+    store: PendingStore
+    record: PendingRequest
+    submission: CaSubmission | None
+    named: bool
+    issued: Issued | None = None
+    item: ResumeItem | None = None
+
+
+def resume(options: ResumeOptions, *, on_warning: Warn | None = None) -> ResumeResult:
+    """Ask the CA about each request a run left with it; install what was issued, one login per token."""
+    warn = on_warning or (lambda message: log.warning("%s", message))
+    work = _select(options)
+    now = datetime.now(UTC)
+    for job in work:
+        if job.submission is not None and not (job.named or options.now or job.submission.due(now)):
+            assert job.submission.retry_after is not None
+            when = f"{job.submission.retry_after:%Y-%m-%d %H:%M:%S} UTC"
+            job.item = _item(job, "waiting", f"the CA asked to be asked again after {when} (--now asks anyway)")
+            continue
+        _ask(job, options)
+    by_token: dict[tuple[str, str], list[_Work]] = {}
+    for job in work:
+        if job.issued is not None and job.item is None:
+            by_token.setdefault((str(job.store.path), job.record.token_serial), []).append(job)
+    for jobs in by_token.values():
+        _install(jobs, options, warn)
+    return ResumeResult(tuple(job.item for job in work if job.item is not None))
+
+
+def _select(options: ResumeOptions) -> list[_Work]:
+    work: list[_Work] = []
+    wanted = set(options.pending_ids)
+    for store in stores(options.state_dir):
+        try:
+            records = store.list()
+            submissions = SubmissionStore(store.path).all()
+        except InputError:
+            if store is stores(options.state_dir)[0]:
+                raise
+            continue
+        for record in records:
+            submission = submissions.get(record.id)
+            if wanted:
+                if record.id in wanted:
+                    work.append(_Work(store, record, submission, named=True))
+                    wanted.discard(record.id)
+            elif submission is not None and submission.state in RESUMABLE:
+                work.append(_Work(store, record, submission, named=False))
+    if wanted:
+        raise InputError(f"no pending request with ID {', '.join(str(i) for i in sorted(wanted))}")
+    return work
+
+
+def _ask(job: _Work, options: ResumeOptions) -> None:
+    submission = job.submission
+    try:
+        if submission is not None and submission.state == "issued" and submission.response and options.ca is None:
+            job.issued = issued_from_store(submission)
+            return
+        ca_options = options.ca or (stored_ca_options(submission) if submission is not None else None)
+        if ca_options is None:
+            raise UsageError(f"pending request {job.record.id} was never sent to a CA: give --config")
+        profile = ca_options.resolve()
+        request = ca_request(job.record.request_der, ca_options.pairs(), f"pending request {job.record.id}")
+        with Exchange(profile, ca_options, (job.store, job.record)) as exchange:
+            answer = exchange.ask(request)
+        job.issued = _issued(answer, profile, job.record)
+        check_for_request(job.issued, request, profile)
+    except RequestPendingError as exc:
+        job.item = _item(job, "pending", exc.one_line(), exc)
+    except TokenAgentError as exc:
+        job.item = _item(job, "failed", exc.one_line(), exc)
+
+
+def _install(jobs: list[_Work], options: ResumeOptions, warn: Warn) -> None:
+    """All issued certificates of one token, in one session (one login)."""
+    first = jobs[0].record
+    try:
+        session = _open(first, options.target, warn)
+    except TokenAgentError as exc:
+        for job in jobs:
+            job.item = _item(job, "failed", f"the certificate is kept for later: {exc.one_line()}", exc)
+        return
+    with session:
+        for job in jobs:
+            assert job.issued is not None
+            try:
+                accepted = accept_response(
+                    job.issued.response,
+                    f"the CA's answer for pending request {job.record.id}",
+                    AcceptOptions(
+                        target=options.target,
+                        machine=job.record.machine,
+                        chain=options.chain,
+                        state_dir=options.state_dir,
+                        run_key_test=options.run_key_test,
+                    ),
+                    on_warning=warn,
+                    session=session,
+                )
+            except TokenAgentError as exc:
+                job.item = _item(job, "failed", exc.one_line(), exc)
+                continue
+            job.item = _item(job, "installed", accepted.outcome.installed.pair.certificate_uri, accepted=accepted)
+
+
+def _open(record: PendingRequest, target: TokenTarget, warn: Warn) -> TokenSession:
+    selector = TokenSelector.parse(f"pkcs11:serial={record.token_serial}")
+    modules = modules_for(list(target.modules) or [record.module_path], selector)
+    try:
+        handle = select_token(selector, modules)
+    except TokenAgentError as exc:
+        raise type(exc)(
+            f"the token of pending request {record.id} ('{record.token_label}', serial {record.token_serial}) "
+            f"is not present: insert it ({exc.one_line()})"
+        ) from None
+    return open_session(handle, login=True, pin_source=target.pin_source, rw=True, force=target.force, on_warning=warn)
+
+
+def _item(
+    job: _Work,
+    outcome: str,
+    message: str,
+    error: TokenAgentError | None = None,
+    accepted: AcceptResult | None = None,
+) -> ResumeItem:
+    return ResumeItem(job.record.id, job.record.subject, outcome, message, error, accepted)
