@@ -16,6 +16,8 @@ Tokens (user PIN 1234, SO PIN 87654321 unless said otherwise):
   ta-crash    `new` killed with SIGKILL, then recovered (test_hardening.py)
   ta-race     concurrent `new` runs with one KeyContainer (test_hardening.py)
   ta-intr     `new` interrupted with SIGINT while it waits (test_hardening.py)
+  ta-cagent   enrollment agents for the CA tests (test_ca_*.py): keys with certificates from the CAs
+  ta-causer   the users' card of the CA tests: `enroll` writes keys and certificates here
 
 TOKENAGENT_STATE_DIR (the pending store) and XDG_CONFIG_HOME (providers.toml) point into the
 session's temporary directory, so tests never read or write the developer's own state.
@@ -52,6 +54,8 @@ TOKENS = [
     "ta-crash",
     "ta-race",
     "ta-intr",
+    "ta-cagent",
+    "ta-causer",
 ]
 
 
@@ -276,3 +280,98 @@ def run_in_terminal(args: list[str], env: dict[str, str], prompt: bytes, reply: 
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+# -- CA servers, each started once per test session on 127.0.0.1 (docs/development.md) ------------------
+
+#: The enrollment station's account at the AD CS stand-in: distinctive, so a leak check cannot
+#: match anything else by chance.
+CA_USER = "EXAMPLE\\station"
+CA_PASSWORD = "St4tion-Secret-9c1f"
+
+
+@pytest.fixture(scope="session")
+def django_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """django-ca 2.2.1 + django-ca-cmc 0.0.1 (tests/peers/djangoca.py), in its own venv."""
+    from tests.peers.djangoca import DjangoCa, ensure_venv
+
+    ensure_venv()
+    peer = DjangoCa.create(tmp_path_factory.mktemp("django-ca"))
+    peer.start()
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture(scope="session")
+def certsrv_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The AD CS web enrollment stand-in (tests/peers/certsrv.py): HTTPS, Basic and NTLM."""
+    from tests.peers.certsrv import DEFAULT_USERS, CertsrvPeer
+
+    peer = CertsrvPeer.start(tmp_path_factory.mktemp("certsrv"), users={**DEFAULT_USERS, CA_USER: CA_PASSWORD})
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture(scope="session")
+def faulty_ca(django_ca: object) -> Iterator[object]:
+    """A broken endpoint (500, 503, hang, garbage, not HTTP) and a tampering proxy to django_ca."""
+    from tests.peers.faulty import FaultyServer
+
+    server = FaultyServer(upstream=django_ca.url)  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+@dataclass(frozen=True)
+class CaAgent:
+    """An enrollment agent key on ta-cagent with a Certificate Request Agent certificate from a test CA."""
+
+    label: str
+    certificate: Path  # PEM
+
+    @property
+    def uri(self) -> str:
+        return f"pkcs11:token=ta-cagent;object={self.label};type=private"
+
+
+def make_ca_agent(softhsm: SoftHSM, directory: Path, label: str, issue: object) -> CaAgent:
+    """`tokenagent new` makes the agent's key on ta-cagent, ``issue(csr_der) -> PEM`` certifies it,
+    `tokenagent accept` puts the certificate next to the key."""
+    inf = directory / f"{label}.inf"
+    inf.write_text((ROOT / "docs" / "examples" / "agent.inf").read_text().replace("enrollment-agent", label))
+    request = directory / f"{label}.req"
+    env = softhsm.env(TA_PIN=USER_PIN)
+    token = ("--token", "ta-cagent", "--pin-source", "env:TA_PIN")
+    made = run_cli("new", str(inf), str(request), "--binary", *token, env=env)
+    assert made.returncode == 0, made.stderr
+    certificate = directory / f"{label}.pem"
+    certificate.write_bytes(issue(request.read_bytes()))  # type: ignore[operator]
+    accepted = run_cli("accept", str(certificate), *token, env=env)
+    assert accepted.returncode == 0, accepted.stderr
+    return CaAgent(label, certificate)
+
+
+@pytest.fixture(scope="session")
+def django_agents(softhsm: SoftHSM, django_ca: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, CaAgent]:
+    """Three agents certified by django_ca: cmc-agent-1 and cmc-agent-2 registered as CMC clients,
+    cmc-agent-3 not (yet)."""
+    directory = tmp_path_factory.mktemp("django-agents")
+    agents = {}
+    for number in (1, 2, 3):
+        label = f"cmc-agent-{number}"
+        agents[label] = make_ca_agent(
+            softhsm,
+            directory,
+            label,
+            lambda csr: django_ca.issue(csr, agent=True),  # type: ignore[attr-defined]
+        )
+        if number != 3:
+            django_ca.add_client(agents[label].certificate.read_bytes())  # type: ignore[attr-defined]
+    return agents
+
+
+@pytest.fixture(scope="session")
+def certsrv_agent(softhsm: SoftHSM, certsrv_peer: object, tmp_path_factory: pytest.TempPathFactory) -> CaAgent:
+    """An agent certified by the AD CS stand-in's CA (it checks agent signatures against that CA)."""
+    directory = tmp_path_factory.mktemp("certsrv-agent")
+    return make_ca_agent(softhsm, directory, "adcs-agent", certsrv_peer.issue_agent)  # type: ignore[attr-defined]

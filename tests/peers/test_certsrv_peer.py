@@ -9,7 +9,6 @@ import re
 import ssl
 import subprocess
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -103,10 +102,9 @@ class Client:
 
 
 @pytest.fixture(scope="module")
-def peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CertsrvPeer]:
-    running = CertsrvPeer.start(tmp_path_factory.mktemp("certsrv"))
-    yield running
-    running.stop()
+def peer(certsrv_peer: CertsrvPeer) -> CertsrvPeer:
+    """The session's server (tests/conftest.py), started once for every test that needs it."""
+    return certsrv_peer
 
 
 def submit(peer: CertsrvPeer, request: str, template: str | None) -> tuple[str, int | None]:

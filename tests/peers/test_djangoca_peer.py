@@ -135,11 +135,9 @@ def extensions(certificate_der: bytes) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def ca(tmp_path_factory):
-    peer = DjangoCa.create(tmp_path_factory.mktemp("djangoca"))
-    peer.start()
-    yield peer
-    peer.stop()
+def ca(django_ca: DjangoCa) -> DjangoCa:
+    """The session's server (tests/conftest.py): started once for every test that needs it."""
+    return django_ca
 
 
 @pytest.fixture(scope="module")

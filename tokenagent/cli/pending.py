@@ -84,6 +84,16 @@ def _list(store: PendingStore, as_json: bool) -> None:
             f"key '{shown(record.key_label)}' "
             f"CKA_ID {record.key_id}{'' if record.key_generated else ' (existing key)'}"
         )
+        submission = listing.submissions.get(record.id)
+        if submission is not None:
+            parts = [f"      CA: {submission.state} at {shown(submission.config)}"]
+            if submission.ca_request_id:
+                parts.append(f", CA request ID {shown(submission.ca_request_id)}")
+            if submission.retry_after and submission.state != "issued":
+                parts.append(f", ask again after {submission.retry_after:%Y-%m-%d %H:%M}Z")
+            if submission.message:
+                parts.append(f": {shown(submission.message)}")
+            echo("".join(parts))
 
 
 def _delete(store: PendingStore, delete_id: int, with_key: bool, tokens: TokenArgs, yes: bool, as_json: bool) -> None:

@@ -116,7 +116,7 @@ def enroll_policy(options: EnrollOptions, *, on_warning: Warn | None = None) -> 
             request = ca_request(made.outcome.der, pairs, "the new request")
             with Exchange(profile, options.ca, record) as exchange:
                 answer = exchange.ask(request)
-            issued = _issued(answer, profile, pending)
+            issued = _issued(answer, profile)
             check_for_request(issued, request, profile)
             accepted = accept_response(
                 issued.response,
@@ -134,10 +134,11 @@ def enroll_policy(options: EnrollOptions, *, on_warning: Warn | None = None) -> 
     return EnrollResult(made, profile, issued, accepted)
 
 
-def _issued(answer: Answer, profile: CaProfile, pending: PendingRequest) -> Issued:
+def _issued(answer: Answer, profile: CaProfile, pending: PendingRequest | None = None) -> Issued:
+    """The issued answer, or the error for any other (with ``pending``'s ID in its details)."""
     if isinstance(answer, Issued):
         return answer
-    raise error_for(answer, profile.describe(), {"pending_id": pending.id})
+    raise error_for(answer, profile.describe(), {"pending_id": pending.id} if pending else None)
 
 
 @contextlib.contextmanager
@@ -150,9 +151,14 @@ def _kept_pending(pending: PendingRequest) -> Iterator[None]:
             f"interrupted: the key and request stay as pending request {pending.id}; "
             "finish with tokenagent enroll --resume"
         ) from None
-    except CAError as exc:
+    except TokenAgentError as exc:
         if "pending_id" not in exc.details:
             exc.details["pending_id"] = pending.id
+            exc.args = (
+                f"{exc.message}; the key and request stay as pending request {pending.id} "
+                f"(tokenagent enroll --resume {pending.id})",
+                *exc.args[1:],
+            )
         raise
 
 

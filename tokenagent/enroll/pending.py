@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenagent.errors import KeyMismatchError, ObjectNotFoundError, TokenOperationError, UsageError
 from tokenagent.store.intents import IntentStore, KeyIntent
 from tokenagent.store.paths import pending_db_path
 from tokenagent.store.pending import PendingRequest, PendingStore
+from tokenagent.store.submissions import CaSubmission, SubmissionStore
 from tokenagent.token.keypairs import key_pair_objects
 from tokenagent.token.library import TokenSelector, modules_for, select_token
 from tokenagent.token.objects import destroy_objects, public_key_info
@@ -38,18 +39,29 @@ class PendingListing:
     store: Path
     records: tuple[PendingRequest, ...]
     interrupted: tuple[KeyIntent, ...]
+    #: what the CA said about each request sent to one (by pending ID)
+    submissions: dict[int, CaSubmission] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
+        pending = []
+        for record in self.records:
+            submission = self.submissions.get(record.id)
+            pending.append({**record.to_json(), "ca": submission.to_json() if submission else None})
         return {
             "format_version": 1,
             "store": str(self.store),
-            "pending": [record.to_json() for record in self.records],
+            "pending": pending,
             "interrupted": [intent.to_json() for intent in self.interrupted],
         }
 
 
 def list_pending(store: PendingStore) -> PendingListing:
-    return PendingListing(store.path, tuple(store.list()), tuple(IntentStore(store.path).open_intents()))
+    return PendingListing(
+        store.path,
+        tuple(store.list()),
+        tuple(IntentStore(store.path).open_intents()),
+        SubmissionStore(store.path).all(),
+    )
 
 
 def delete_pending(
