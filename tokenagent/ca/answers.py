@@ -132,7 +132,9 @@ def error_for(answer: Answer, where: str, details: dict[str, object] | None = No
         text = f": {answer.message}" if answer.message else ""
         return RequestPendingError(f"{where} holds the request pending{ident}{when}{text}", details=extra)
     if isinstance(answer, Rejected):
-        code = f" ({answer.code})" if answer.code else ""
+        said = answer.message.lower()
+        repeated = answer.code is not None and all(word.lower() in said for word in answer.code.split())
+        code = f" ({answer.code})" if answer.code and not repeated else ""
         meaning = f"; {answer.explanation}" if answer.explanation else ""
         ident = f" request {answer.request_id}" if answer.request_id else " the request"
         return CAError(f"{where} rejected{ident}: {answer.message}{code}{meaning}", details=extra)

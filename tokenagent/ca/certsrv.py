@@ -34,6 +34,7 @@ _PENDING_ID = re.compile(r"Your Request Id is (\d+)")
 _DISPOSITION = re.compile(r'The disposition message is "([^"]*)"?')
 _RETRIEVE_DISPOSITION = re.compile(r"Disposition message:[^\t]*\t\t([^\r\n<]+)")
 _HRESULT = re.compile(r"0x([0-9a-fA-F]{8})")
+_ERROR = re.compile(r"Error:\s+(.*?0x[0-9a-fA-F]{8}(?:\s*\([^)]*\))?)")
 _RENEWALS = re.compile(r"var nRenewals=(\d+);")
 _TAKEN_UNDER_SUBMISSION = "Taken Under Submission"
 _WAITING = "taken under submission (a CA officer must issue it)"
@@ -151,9 +152,9 @@ class CertsrvConnector:
             if _TAKEN_UNDER_SUBMISSION.lower() in message.lower():
                 return Pending(request_id, request_id, None, _WAITING)
             return _denial(message, request_id)
-        code = _HRESULT.search(text)
-        if code:
-            return _denial(_gist(text), request_id)
+        error = _ERROR.search(_gist(text, limit=2000))
+        if error:
+            return _denial(error.group(1), request_id)
         page = f"certnew.cer for request {request_id} answered a page without a certificate: {_gist(text)}"
         return Unreachable(page, True)
 
@@ -228,10 +229,10 @@ def _text(response: HttpResponse) -> str:
     return response.body.decode("utf-8", "replace")
 
 
-def _gist(text: str) -> str:
+def _gist(text: str, limit: int = 200) -> str:
     """A page reduced to its first words, for an error line."""
     words = " ".join(re.sub(r"<[^>]*>", " ", text).split())
-    return words[:200] + ("…" if len(words) > 200 else "") if words else "(an empty page)"
+    return words[:limit] + ("…" if len(words) > limit else "") if words else "(an empty page)"
 
 
 def _der_of(body: bytes) -> bytes | None:

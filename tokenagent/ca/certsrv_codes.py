@@ -23,6 +23,9 @@ CODES: dict[int, CertsrvCode] = {
     0x80094003: CertsrvCode(
         "CERTSRV_E_BAD_REQUESTSTATUS", "the request's state does not allow this (e.g. it was already denied)"
     ),
+    0x80094004: CertsrvCode(
+        "CERTSRV_E_PROPERTY_EMPTY", "the CA has nothing under that request ID (no such request, or no certificate)"
+    ),
     0x80094009: CertsrvCode(
         "CERTSRV_E_RESTRICTEDOFFICER",
         "the enrollment agent is restricted and may not enroll for this user or template (CA restrictions)",
