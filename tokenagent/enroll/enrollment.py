@@ -44,7 +44,6 @@ from tokenagent.enroll.submit import (
     submission_template,
 )
 from tokenagent.errors import (
-    CAError,
     InputError,
     Interrupted,
     RequestPendingError,
