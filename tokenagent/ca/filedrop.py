@@ -59,7 +59,12 @@ class FileDropConnector:
         )
 
     def poll(self, cookie: str, request: CaRequest | None) -> Answer:
+        """``cookie``: the request file's path, or its name in the directory (the "request ID")."""
         path = Path(cookie)
+        if not path.is_absolute():
+            path = self.directory / path
+        if path.suffix != ".req":
+            path = path.with_name(path.name + ".req")
         for suffix in ANSWER_SUFFIXES:
             answer_path = path.with_suffix(suffix)
             if answer_path.is_file():

@@ -73,7 +73,8 @@ class CaProfile:
     timeout: float = DEFAULT_TIMEOUT
 
     def describe(self) -> str:
-        return f"{self.name} ({self.url})" if self.name else self.url
+        where = f"file:{self.url}" if self.protocol == "file" else self.url
+        return f"{self.name} ({where})" if self.name else where
 
     def to_json(self) -> dict[str, Any]:
         """The profile as stored and printed: the password source's description, never a password."""
@@ -173,6 +174,7 @@ def load_cas(
     """Every profile by name, and the default profile's name."""
     profiles: dict[str, CaProfile] = {}
     default: str | None = None
+    default_file: Path | None = None
     for path in cas_files(explicit, env):
         try:
             data = tomllib.loads(read_input(path, "CA profiles file").decode("utf-8"))
@@ -184,14 +186,14 @@ def load_cas(
         if "default" in data:
             if not isinstance(data["default"], str):
                 raise InputError(f"{path}: default must be the name of a [ca.NAME] profile")
-            default = data["default"]
+            default, default_file = data["default"], path
         tables = data.get("ca", {})
         if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
             raise InputError(f"{path}: [ca] must hold one table per profile, [ca.NAME]")
         for name, table in tables.items():
             profiles[name] = _profile(name, table, path)
     if default is not None and default not in profiles:
-        raise InputError(f"cas.toml: default = {default!r} names no [ca.{default}] profile")
+        raise InputError(f"{default_file}: default = {default!r} names no [ca.{default}] profile")
     return profiles, default
 
 
