@@ -17,7 +17,7 @@ APT_PACKAGES := softhsm2 opensc opensc-pkcs11 gnutls-bin pcscd swig libpcsclite-
 	libengine-pkcs11-openssl openssl python3-venv make p11-kit
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup apt venv demo test lint bench clean
+.PHONY: setup apt venv peers demo test lint bench clean
 
 setup: apt venv
 
@@ -39,10 +39,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@
 
-demo: setup
+# The CA servers the demo and the tests run: django-ca + django-ca-cmc in a venv of their own
+# (build/peers/djangoca-venv; they need older cryptography than tokenagent). Fast once installed.
+peers: venv
+	@$(BIN)/python tests/peers/djangoca.py ensure-venv >/dev/null
+
+demo: setup peers
 	@bash softhsm/demo.sh
 
-test: setup
+test: setup peers
 	$(BIN)/python -m pytest -q
 
 # ruff (with complexity bounds, pyproject.toml) and mypy on tokenagent/ (configuration in pyproject.toml)

@@ -1,67 +1,83 @@
 #!/usr/bin/env bash
-# `make demo`: the main job end to end on embedded defaults (fresh SoftHSM tokens).
-# Each run starts from nothing, in build/demo: tokens, new, a local CA, accept, OpenSSL using the card.
+# `make demo`: the enrollment-station story end to end, against a real CA server on 127.0.0.1.
+#
+#   two SoftHSM cards (the agent's, a user's) -> django-ca + django-ca-cmc (CMC over HTTP, its own
+#   venv in build/peers, installed on first use) -> the agent's key born on its card, certified by
+#   the CA and registered with it -> `tokenagent enroll` for the user: key on the user's card, CMC
+#   request co-signed by the agent with RequesterName, sent to the CA, issued, installed next to the
+#   key -> pkcs11-tool and OpenSSL check the card. The server is stopped at the end, whatever happens.
+#
+# Everything lives in build/demo and starts from nothing on each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ta=.venv/bin/tokenagent
+py=.venv/bin/python
 demo=build/demo
 rm -rf "$demo"
-eval "$(softhsm/softhsm-env.sh "$demo/softhsm" user-card:87654321:1234 agent-card:87654321:5678)"
-export USER_PIN=1234   # demo tokens only: real PINs come from a prompt, a file or an fd
+mkdir -p "$demo"
 
+# Each step prints one line saying what it does, then the command and its output.
 step() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "${*:2}"; "${@:2}"; }
+said() { printf '\033[1m== %s\033[0m\n' "$1"; }
+
+eval "$(softhsm/softhsm-env.sh "$demo/softhsm" user-card:87654321:1234 agent-card:87654321:5678)"
+export TOKENAGENT_STATE_DIR="$demo/state"   # keep the demo's pending store out of ~/.local/state
+# Demo cards only: real PINs come from a prompt, a file or an fd (docs/tokens.md).
+export USER_PIN=1234 AGENT_PIN=5678
+said "Two SoftHSM cards created in $demo/softhsm: user-card and agent-card"
+
+# The CA: django-ca with its CMC endpoint, on a free loopback port.
+$py tests/peers/djangoca.py ensure-venv >/dev/null
+$py tests/peers/djangoca.py create "$demo/ca" >/dev/null
+stop_ca() { $py tests/peers/djangoca.py stop "$demo/ca" >/dev/null 2>&1 || true; }
+trap stop_ca EXIT
+$py tests/peers/djangoca.py start "$demo/ca" >/dev/null
+ca_url=$($py -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "$demo/ca/server.json")
+ca_pem="$demo/ca/ca.pem"
+said "CA started: django-ca-cmc at $ca_url (RSA CA, SHA-256; log in $demo/ca/server.log)"
 
 step "Modules, slots and tokens" $ta tokens
-step "The user's card (empty so far)" $ta objects --token user-card --pin-source env:USER_PIN
-step "Same, as JSON" $ta objects --token pkcs11:token=agent-card --no-login --json
-export TOKENAGENT_STATE_DIR="$demo/state"   # keep the demo's pending store out of ~/.local/state
-step "What 'new' would do (touches nothing)" \
-    $ta new docs/examples/smartcard-logon.inf --dry-run --token user-card --pin-source env:USER_PIN
-step "Key generated on the user's card, request signed there" \
-    $ta new docs/examples/smartcard-logon.inf "$demo/ada.req" --token user-card --pin-source env:USER_PIN
-step "OpenSSL checks the request" openssl req -in "$demo/ada.req" -verify -noout -subject
-step "The key on the card: sensitive, never extractable, sign only" \
-    $ta objects --token user-card --pin-source env:USER_PIN --type private-key
-step "Pending requests" $ta pending
 
-# A local CA (OpenSSL) issues the certificate.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=Demo Issuing CA" \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
-    -keyout "$demo/ca.key" -out "$demo/ca.pem" -days 30 2>/dev/null
-step "The local CA issues the certificate" openssl x509 -req -in "$demo/ada.req" -CA "$demo/ca.pem" \
-    -CAkey "$demo/ca.key" -copy_extensions copy -days 30 -out "$demo/ada.cer"
-step "Issued" openssl x509 -in "$demo/ada.cer" -noout -subject -issuer -ext subjectAltName,extendedKeyUsage
-openssl crl2pkcs7 -nocrl -certfile "$demo/ada.cer" -certfile "$demo/ca.pem" -outform DER -out "$demo/ada.p7b"
-step "certreq -accept: the certificate and its CA go onto the card next to the key" \
-    $ta accept "$demo/ada.p7b" --chain --token user-card --pin-source env:USER_PIN
-step "Accepting again changes nothing" $ta accept "$demo/ada.p7b" --chain --token user-card --pin-source env:USER_PIN
-step "The card now: key and certificate share one CKA_ID" $ta objects --token user-card --pin-source env:USER_PIN
-step "No request pending any more" $ta pending
-uri=$($ta accept "$demo/ada.p7b" --token user-card --pin-source env:USER_PIN --json | python3 -c \
-    'import json,sys; print(json.load(sys.stdin)["key"]["uri"])')
+step "The agent's key is born on the agent card; the request is signed there" \
+    $ta new docs/examples/agent.inf "$demo/agent.req" --token agent-card --pin-source env:AGENT_PIN
+step "The CA issues the agent's certificate (Certificate Request Agent EKU)" \
+    $py tests/peers/djangoca.py issue "$demo/ca" "$demo/agent.req" "$demo/agent.cer" --agent
+step "OpenSSL shows the agent's certificate" openssl x509 -in "$demo/agent.cer" -noout -subject -issuer -ext extendedKeyUsage
+step "The agent's certificate goes onto the agent card next to its key" \
+    $ta accept "$demo/agent.cer" --token agent-card --pin-source env:AGENT_PIN
+step "The CA registers the agent's certificate as a CMC client it accepts signatures from" \
+    $py tests/peers/djangoca.py add-client "$demo/ca" "$demo/agent.cer"
+
+agent=(--agent "pkcs11:token=agent-card;object=enrollment-agent;type=private" --agent-pin-source env:AGENT_PIN)
+step "What enroll will put into the request (touches nothing)" \
+    $ta new docs/examples/smartcard-logon-cmc.inf --dry-run --token user-card --pin-source env:USER_PIN "${agent[@]}"
+step "Enroll Grace on behalf of EXAMPLE\\grace: key on her card, CMC co-signed by the agent card, issued, installed" \
+    $ta enroll docs/examples/smartcard-logon-cmc.inf --config "cmc+$ca_url" --ca-trust "$ca_pem" \
+    --token user-card --pin-source env:USER_PIN "${agent[@]}" --chain
+step "pkcs11-tool lists Grace's card: the key pair, its certificate under the same ID, the CA certificate" \
+    pkcs11-tool --module "$TOKENAGENT_MODULE" --token-label user-card --login --pin "$USER_PIN" -O
+step "Nothing left pending" $ta pending
+
+cert_id=$(pkcs11-tool --module "$TOKENAGENT_MODULE" --token-label user-card -O --type cert 2>/dev/null |
+    awk '/label:.*Grace Hopper/ {found=1} found && /ID:/ {print $2; exit}')
+pkcs11-tool --module "$TOKENAGENT_MODULE" --token-label user-card --read-object --type cert --id "$cert_id" \
+    -o "$demo/grace.der" >/dev/null 2>&1
+openssl x509 -inform DER -in "$demo/grace.der" -out "$demo/grace.pem"
+step "OpenSSL verifies the certificate read back from the card against the CA" \
+    openssl verify -CAfile "$ca_pem" "$demo/grace.pem"
+step "... and shows what the CA put into it" \
+    openssl x509 -in "$demo/grace.pem" -noout -subject -issuer -ext subjectAltName,extendedKeyUsage
+
+uri=$($ta objects --token user-card --pin-source env:USER_PIN --type private-key --json | $py -c \
+    'import json,sys; print([o["uri"] for o in json.load(sys.stdin)["objects"] if o["label"] == "grace-logon"][0])')
 printf 'Signed with the card through its pkcs11: URI\n' > "$demo/message.txt"
-openssl x509 -in "$demo/ada.cer" -pubkey -noout > "$demo/ada.pub"
-step "OpenSSL signs with the card's key through the pkcs11 engine" env PKCS11_MODULE_PATH="$TOKENAGENT_MODULE" \
+openssl x509 -in "$demo/grace.pem" -pubkey -noout > "$demo/grace.pub"
+step "OpenSSL signs with Grace's key on the card through the pkcs11 engine" env PKCS11_MODULE_PATH="$TOKENAGENT_MODULE" \
     openssl dgst -sha256 -engine pkcs11 -keyform engine -sign "$uri?pin-value=$USER_PIN" \
     -out "$demo/message.sig" "$demo/message.txt"
-step "... and the signature verifies with the accepted certificate" \
-    openssl dgst -sha256 -verify "$demo/ada.pub" -signature "$demo/message.sig" "$demo/message.txt"
+step "... and the signature verifies with the certificate the CA issued" \
+    openssl dgst -sha256 -verify "$demo/grace.pub" -signature "$demo/message.sig" "$demo/message.txt"
 
-# The enrollment station: the agent's own key and certificate (Certificate Request Agent EKU) on its card
-export AGENT_PIN=5678
-$ta new docs/examples/agent.inf "$demo/agent.req" --token agent-card --pin-source env:AGENT_PIN >/dev/null
-openssl x509 -req -in "$demo/agent.req" -CA "$demo/ca.pem" -CAkey "$demo/ca.key" -copy_extensions copy \
-    -days 30 -out "$demo/agent.cer" 2>/dev/null
-$ta accept "$demo/agent.cer" --token agent-card --pin-source env:AGENT_PIN >/dev/null
-step "Enroll on behalf of Grace: key born on her card, the agent's card co-signs (certreq -new -cert)" \
-    $ta new docs/examples/smartcard-logon-eobo.inf "$demo/grace.req" --binary --token user-card --pin-source env:USER_PIN \
-    --agent "pkcs11:token=agent-card;object=enrollment-agent;type=private" --agent-pin-source env:AGENT_PIN
-step "What the CA receives (certutil -dump)" $ta show "$demo/grace.req"
-step "OpenSSL verifies the agent's signature" openssl cms -verify -in "$demo/grace.req" -inform DER \
-    -CAfile "$demo/ca.pem" -purpose any -binary -out "$demo/grace.csr.der"
-openssl x509 -req -in "$demo/grace.csr.der" -inform DER -CA "$demo/ca.pem" -CAkey "$demo/ca.key" \
-    -copy_extensions copy -days 30 -out "$demo/grace.cer" 2>/dev/null
-step "The CA issued Grace's certificate; onto her card it goes" \
-    $ta accept "$demo/grace.cer" --token user-card --pin-source env:USER_PIN
-
-printf '\nDemo tokens live in %s (SOFTHSM2_CONF=%s).\n' "$demo/softhsm" "$SOFTHSM2_CONF"
+stop_ca
+trap - EXIT
+said "CA stopped. Demo cards live in $demo/softhsm (SOFTHSM2_CONF=$SOFTHSM2_CONF)."
