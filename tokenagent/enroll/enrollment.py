@@ -77,10 +77,9 @@ class EnrollResult:
     accepted: AcceptResult
 
     def to_json(self) -> dict[str, Any]:
-        new = self.new.to_json()
         return {
             "format_version": 1,
-            "request": {k: new.get(k) for k in ("request_type", "token", "key", "pending") if k in new},
+            "new": self.new.to_json(),  # as `new --json`
             "ca": self.profile.to_json(),
             "answer": self.issued.to_json(),
             "accepted": self.accepted.to_json(),
@@ -247,6 +246,8 @@ def resume(options: ResumeOptions, *, on_warning: Warn | None = None) -> ResumeR
 def _select(options: ResumeOptions) -> list[_Work]:
     work: list[_Work] = []
     wanted = set(options.pending_ids)
+    # a new CA configuration may fix what the old one could not
+    states = RESUMABLE + (("misconfigured", "unverified") if options.ca is not None else ())
     for store in stores(options.state_dir):
         try:
             records = store.list()
@@ -261,7 +262,7 @@ def _select(options: ResumeOptions) -> list[_Work]:
                 if record.id in wanted:
                     work.append(_Work(store, record, submission, named=True))
                     wanted.discard(record.id)
-            elif submission is not None and submission.state in RESUMABLE:
+            elif submission is not None and submission.state in states:
                 work.append(_Work(store, record, submission, named=False))
     if wanted:
         raise InputError(f"no pending request with ID {', '.join(str(i) for i in sorted(wanted))}")
