@@ -4,15 +4,19 @@ thumbprint (RenewalCert), and the empty key objects a killed generation can leav
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import pkcs11
 from asn1crypto import x509
 from pkcs11 import Attribute, ObjectClass
+from pkcs11.exceptions import PKCS11Error
 
 from tokenagent.errors import AmbiguousObjectError, ObjectNotFoundError
 from tokenagent.token.generate import KeyPair
-from tokenagent.token.objects import find_objects, find_private_key_for, public_key_info, read_attributes
+from tokenagent.token.objects import find_objects, find_private_key_for, public_key_info, read_attributes, search
 from tokenagent.token.session import TokenSession
+
+log = logging.getLogger("tokenagent")
 
 
 def objects_with_id(ts: TokenSession, object_id: bytes) -> list[pkcs11.Object]:
@@ -36,19 +40,37 @@ def empty_key_objects(ts: TokenSession, *, thorough: bool = False) -> list[pkcs1
     """
     husks = []
     empty = {Attribute.TOKEN: False, Attribute.LABEL: ""}
-    for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
-        for obj in ts.session.get_objects({**empty, Attribute.CLASS: object_class, Attribute.ID: b""}):
+    searches = [
+        {**empty, Attribute.CLASS: c, Attribute.ID: b""} for c in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
+    ]
+    searches.append({**empty, Attribute.CLASS: ObjectClass.DATA, Attribute.APPLICATION: "", Attribute.VALUE: b""})
+    failed = False
+    for template in searches:
+        found = _targeted(ts, template)
+        failed = failed or found is None
+        for obj in found or []:
+            if template[Attribute.CLASS] == ObjectClass.DATA:
+                husks.append(obj)
+                continue
             values = read_attributes(obj, [Attribute.MODULUS, Attribute.EC_PARAMS])
             if not values.get(Attribute.MODULUS) and not values.get(Attribute.EC_PARAMS):
                 husks.append(obj)
-    data = {**empty, Attribute.CLASS: ObjectClass.DATA, Attribute.APPLICATION: "", Attribute.VALUE: b""}
-    husks += list(ts.session.get_objects(data))
-    if thorough:
+    if thorough or failed:
         known = {obj.handle for obj in husks}
-        for obj in ts.session.get_objects({}):
+        for obj in search(ts.session, {}):
             if obj.handle not in known and Attribute.CLASS not in read_attributes(obj, [Attribute.CLASS]):
                 husks.append(obj)
     return husks
+
+
+def _targeted(ts: TokenSession, template: dict[Attribute, object]) -> list[pkcs11.Object] | None:
+    """A search for husks; None when the token fails it (a half-written object can make SoftHSM
+    refuse a template it otherwise takes): the whole-token scan then looks for them instead."""
+    try:
+        return list(ts.session.get_objects(template))
+    except PKCS11Error as exc:
+        log.info("token '%s': a search for empty key objects failed (%s); scanning every object", ts.handle.label, exc)
+        return None
 
 
 def key_pair_objects(ts: TokenSession, key_id: bytes) -> list[pkcs11.Object]:

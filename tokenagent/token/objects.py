@@ -19,6 +19,7 @@ from asn1crypto import core, keys
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.exceptions import PKCS11Error
 
+from tokenagent.errors import TokenOperationError
 from tokenagent.token.library import TokenHandle
 from tokenagent.token.names import rv
 from tokenagent.token.uri import Pkcs11Uri
@@ -256,7 +257,15 @@ def find_objects(
         template[Attribute.ID] = object_id
     if label is not None:
         template[Attribute.LABEL] = label
-    return list(session.get_objects(template))
+    return search(session, template)
+
+
+def search(session: pkcs11.Session, template: dict[Attribute, Any]) -> list[pkcs11.Object]:
+    """C_FindObjects*; a token that fails the search is a `TokenOperationError`, not a crash."""
+    try:
+        return list(session.get_objects(template))
+    except PKCS11Error as exc:
+        raise TokenOperationError(f"the token failed a search of its objects ({rv(exc)})") from None
 
 
 def public_key_info(obj: pkcs11.Object, session: pkcs11.Session | None = None) -> bytes | None:
