@@ -13,8 +13,10 @@ BIN := $(VENV)/bin
 #   pcscd, swig, libpcsclite-dev, gcc, python3-dev   PC/SC daemon and what pyscard needs to build
 #   libengine-pkcs11-openssl   OpenSSL engine to use token keys by pkcs11: URI
 #   openssl, python3-venv, make, p11-kit
+#   libkrb5-dev       what python-gssapi and krb5 (pyspnego[kerberos]: Negotiate to AD CS) build against
+#   krb5-kdc, krb5-admin-server, krb5-user   a real KDC and kinit for the Kerberos tests
 APT_PACKAGES := softhsm2 opensc opensc-pkcs11 gnutls-bin pcscd swig libpcsclite-dev gcc python3-dev \
-	libengine-pkcs11-openssl openssl python3-venv make p11-kit
+	libengine-pkcs11-openssl openssl python3-venv make p11-kit libkrb5-dev krb5-kdc krb5-admin-server krb5-user
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup apt venv peers demo test lint bench clean

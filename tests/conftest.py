@@ -375,3 +375,28 @@ def certsrv_agent(softhsm: SoftHSM, certsrv_peer: object, tmp_path_factory: pyte
     """An agent certified by the AD CS stand-in's CA (it checks agent signatures against that CA)."""
     directory = tmp_path_factory.mktemp("certsrv-agent")
     return make_ca_agent(softhsm, directory, "adcs-agent", certsrv_peer.issue_agent)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def kdc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real MIT KDC (realm EXAMPLE.TEST) on 127.0.0.1 with the station's principal and HTTP/localhost."""
+    from tests.peers.kdc import KDC, available
+
+    if not available():
+        pytest.fail("the Kerberos tests need krb5-kdc, krb5-admin-server and krb5-user (make setup installs them)")
+    server = KDC.start(tmp_path_factory.mktemp("kdc"), principals={"station": CA_PASSWORD}, services=["HTTP/localhost"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kerberos_certsrv(tmp_path_factory: pytest.TempPathFactory, kdc: object) -> Iterator[object]:
+    """The AD CS stand-in offering only Negotiate (Kerberos, with the TLS channel binding)."""
+    from tests.peers.certsrv import CertsrvPeer
+
+    env = {**kdc.env(), "KRB5_KTNAME": str(kdc.keytab)}  # type: ignore[attr-defined]
+    peer = CertsrvPeer.start(
+        tmp_path_factory.mktemp("certsrv-kerberos"), auth=("negotiate",), users={CA_USER: CA_PASSWORD}, env=env
+    )
+    yield peer
+    peer.stop()

@@ -342,3 +342,42 @@ def test_failures_keep_the_request_pending_and_it_completes_later(
     assert done.returncode == 0, done.stderr + done.stdout
     assert certificate_with_id(softhsm, key_id) is not None
     assert pending_record(softhsm, pending_id) is None
+
+
+# -- Negotiate (Kerberos) ------------------------------------------------------------------------------------
+
+
+def test_negotiate_uses_the_kerberos_ticket_cache(
+    softhsm: SoftHSM, kdc: Any, kerberos_certsrv: Any, tmp_path: Path
+) -> None:
+    """No user and no password on tokenagent's side: `kinit` made a ticket, a real MIT KDC issues the
+    service ticket for HTTP/localhost, the server checks it (and the TLS channel binding)."""
+    request = tmp_path / "k.csr"
+    subprocess.run(
+        ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(tmp_path / "k.key"), "-subj", "/CN=kerberos", "-out", str(request)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    url = kerberos_certsrv.url.replace("127.0.0.1", "localhost")  # the service principal is HTTP/localhost
+    config = ["--config", f"certsrv+{url}", "--ca-bundle", str(kerberos_certsrv.tls_ca_pem)]
+    attrib = ["--attrib", "CertificateTemplate:User"]
+
+    no_ticket = tokenagent(
+        softhsm, "submit", str(request), *config, *attrib, **kdc.env(), KRB5CCNAME=f"FILE:{tmp_path / 'none'}"
+    )
+    assert no_ticket.returncode == 19, no_ticket.stderr
+    assert "kinit" in one_error_line(no_ticket)
+
+    ccache = tmp_path / "ccache"
+    kdc.kinit("station", CA_PASSWORD, ccache)
+    cert = tmp_path / "k.pem"
+    run = tokenagent(
+        softhsm, "submit", str(request), str(cert), *config, *attrib, **kdc.env(), KRB5CCNAME=f"FILE:{ccache}"
+    )
+    assert run.returncode == 0, run.stderr
+    log = (kerberos_certsrv.directory / "server.log").read_text()
+    assert "Negotiate: station@EXAMPLE.TEST authenticated as EXAMPLE\\station" in log
+    done = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(kerberos_certsrv.ca_chain_pem), str(cert)], capture_output=True
+    )
+    assert done.returncode == 0, done.stderr

@@ -1048,9 +1048,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _unauthorized(self, reason: str) -> None:
         self.server.log(f"401 {self.path}: {reason}")
         realm = (self.headers.get("Host") or "127.0.0.1").rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
-        challenges = [
-            ("WWW-Authenticate", "NTLM" if s == "ntlm" else f'Basic realm="{realm}"') for s in self.server.auth
-        ]
+        names = {"ntlm": "NTLM", "negotiate": "Negotiate"}
+        challenges = [("WWW-Authenticate", names.get(s, f'Basic realm="{realm}"')) for s in self.server.auth]
         self._send(401, _UNAUTHORIZED, headers=tuple(challenges))
 
     # -- authentication ------------------------------------------------------------------------------------------
@@ -1065,10 +1064,38 @@ class _Handler(BaseHTTPRequestHandler):
             return user
         if scheme == "ntlm" and "ntlm" in self.server.auth:
             return self._ntlm_step(value.strip())
+        if scheme == "negotiate" and "negotiate" in self.server.auth:
+            return self._negotiate(value.strip())
         if not scheme and self._ntlm_user is not None:
             return self._ntlm_user  # NTLM authenticates the connection (IIS authPersistSingleRequest=false)
         self._unauthorized(f"no usable Authorization ({scheme or 'none'})")
         return None
+
+    def _negotiate(self, value: str) -> str | None:
+        """SPNEGO with Kerberos (one leg; the server's mutual-authentication token goes back on the answer)."""
+        import spnego
+
+        try:
+            token = base64.b64decode(value, validate=True)
+            context = spnego.server(
+                hostname="localhost", service="HTTP", protocol="negotiate",
+                channel_bindings=self.server.channel_bindings,
+            )  # fmt: skip
+            context.step(token)
+        except Exception as error:  # pyspnego raises GSSError, BadBindingsError, InvalidTokenError...
+            self._unauthorized(f"Negotiate: {type(error).__name__}: {error}")
+            return None
+        if not context.complete:
+            self._unauthorized("Negotiate: the handshake needs more than one leg (NTLM inside SPNEGO is not offered)")
+            return None
+        principal = context.client_principal or ""
+        user = self.server.canonical_user(principal.partition("@")[0])
+        if user is None:
+            self._unauthorized(f"Negotiate: unknown principal {principal}")
+            return None
+        self._ntlm_user = user  # the connection is authenticated, as with NTLM
+        self.server.log(f"Negotiate: {principal} authenticated as {user}")
+        return user
 
     def _ntlm_step(self, value: str) -> str | None:
         import spnego
@@ -1257,17 +1284,21 @@ class CertsrvPeer:
         first_request_id: int = 1,
         extended_protection: bool = True,
         timeout: float = 15.0,
+        env: Mapping[str, str] | None = None,
     ) -> CertsrvPeer:
         """Make the CAs (once per directory), write the configuration and run the server.
 
         ``extended_protection`` (TLS only): NTLM must carry the tls-server-end-point channel binding
         (IIS "Extended Protection: Required"); False accepts NTLM without one (IIS "Off").
+        ``auth`` may include "negotiate" (Kerberos through python-gssapi): ``env`` then gives the
+        server its KRB5_CONFIG and KRB5_KTNAME (tests/peers/kdc.py), and a Kerberos principal
+        user@REALM is the configured account DOMAIN\\user.
         """
         directory = Path(directory).resolve()
         directory.mkdir(parents=True, exist_ok=True)
-        unknown = set(auth) - {"basic", "ntlm"}
+        unknown = set(auth) - {"basic", "ntlm", "negotiate"}
         if unknown or not auth:
-            raise ValueError(f"auth is a non-empty tuple of 'basic' and 'ntlm', not {auth!r}")
+            raise ValueError(f"auth is a non-empty tuple of 'basic', 'ntlm', 'negotiate', not {auth!r}")
         users = dict(DEFAULT_USERS if users is None else users)
         templates = {k: dict(v) for k, v in (DEFAULT_TEMPLATES if templates is None else templates).items()}
         _make_pki(directory, tls=tls)
@@ -1288,11 +1319,11 @@ class CertsrvPeer:
         _write_private(directory / "ntlm_users", "\n".join(ntlm_lines) + "\n")
         Authority(directory).initialize(first_request_id)
         (directory / "port").unlink(missing_ok=True)
-        env = dict(os.environ, NTLM_USER_FILE=str(directory / "ntlm_users"), LM_COMPAT_LEVEL="5")
+        child_env = dict(os.environ, NTLM_USER_FILE=str(directory / "ntlm_users"), LM_COMPAT_LEVEL="5", **(env or {}))
         with open(directory / "server.stdout", "ab") as out, open(directory / "server.stderr", "ab") as err:
             process = subprocess.Popen(
                 [sys.executable, __file__, "serve", str(directory), "--parent", str(os.getpid())],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=directory,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=child_env, cwd=directory,
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while not (directory / "port").exists():

@@ -301,10 +301,11 @@ class HttpClient:
                     continue
                 return self._usable(scheme)
         if self.settings.user is None:
+            kerberos = " or get a Kerberos ticket (kinit; needs pyspnego[kerberos])" if "negotiate" in offered else ""
             raise HttpFailure(
                 Misconfigured(
                     f"the CA asks for authentication ({names}): give --ca-user and --ca-password-source "
-                    "(or user and password_source in cas.toml)",
+                    f"(or user and password_source in cas.toml){kerberos}",
                     True,
                 )
             )
@@ -440,9 +441,10 @@ def _end_point_hash(certificate_der: bytes) -> bytes:
 
 
 def _kerberos_available() -> bool:
-    """A ticket cache to use, and python-gssapi to use it with."""
+    """A ticket cache to use, and pyspnego's Kerberos extra (python-gssapi and krb5) to use it with."""
     try:
         import gssapi  # type: ignore[import-not-found]  # noqa: F401
+        import krb5  # type: ignore[import-not-found]  # noqa: F401
     except ImportError:
         return False
     cache = os.environ.get("KRB5CCNAME")
