@@ -442,10 +442,9 @@ def _end_point_hash(certificate_der: bytes) -> bytes:
 
 def _kerberos_available() -> bool:
     """A ticket cache to use, and pyspnego's Kerberos extra (python-gssapi and krb5) to use it with."""
-    try:
-        import gssapi  # type: ignore[import-not-found]  # noqa: F401
-        import krb5  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
+    from importlib.util import find_spec
+
+    if find_spec("gssapi") is None or find_spec("krb5") is None:
         return False
     cache = os.environ.get("KRB5CCNAME")
     if cache:
