@@ -22,11 +22,17 @@ from tests.conftest import CA_PASSWORD, CA_USER, ROOT, USER_PIN, CaAgent, Run, S
 from tests.peers.faulty import FaultyServer, closed_port
 
 EOBO_INF = ROOT / "docs" / "examples" / "smartcard-logon-eobo.inf"
+CMC_INF = ROOT / "docs" / "examples" / "smartcard-logon-cmc.inf"
 
 
-def user_inf(directory: Path, container: str, template: str = "SmartcardLogon") -> Path:
+def user_inf(directory: Path, container: str, template: str = "SmartcardLogon", form: str = "pkcs7") -> Path:
+    """The on-behalf-of INF as a PKCS7 (EOBO) or CMC request, for ``template``."""
     inf = directory / f"{container}.inf"
-    text = EOBO_INF.read_text().replace("grace-logon", container)
+    if form == "cmc":  # AD CS reads the template of a CMC request from the PKCS#10's attributes
+        text = CMC_INF.read_text() + "\n[RequestAttributes]\nCertificateTemplate = SmartcardLogon\n"
+    else:
+        text = EOBO_INF.read_text()
+    text = text.replace("grace-logon", container)
     inf.write_text(text.replace("CertificateTemplate = SmartcardLogon", f"CertificateTemplate = {template}"))
     return inf
 
@@ -104,19 +110,20 @@ def auth_failures(peer: Any) -> int:
 # -- issued ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("auth", ["basic", "ntlm"])
+@pytest.mark.parametrize(("auth", "form"), [("basic", "pkcs7"), ("ntlm", "pkcs7"), ("ntlm", "cmc")])
 def test_enroll_on_behalf_of_is_issued_and_installed(
-    softhsm: SoftHSM, certsrv_peer: Any, certsrv_agent: CaAgent, tmp_path: Path, auth: str
+    softhsm: SoftHSM, certsrv_peer: Any, certsrv_agent: CaAgent, tmp_path: Path, auth: str, form: str
 ) -> None:
-    container = f"adcs-{auth}"
-    run = enroll(softhsm, certsrv_peer, user_inf(tmp_path, container), certsrv_agent, "--chain", auth=auth)
+    container = f"adcs-{auth}-{form}"
+    inf = user_inf(tmp_path, container, form=form)
+    run = enroll(softhsm, certsrv_peer, inf, certsrv_agent, "--chain", auth=auth)
     assert run.returncode == 0, run.stderr
     issued = re.search(r"issued .* as request (\d+)", run.stdout)
     assert issued, run.stdout
     record = next(r for r in certsrv_peer.requests() if r["id"] == int(issued.group(1)))
     assert record["caller"].lower() == CA_USER.lower()  # authenticated as the station's account
     assert record["requester"] == "EXAMPLE\\grace" and record["signatures"] == 1
-    assert record["template"] == "SmartcardLogon" and record["request_type"] == "pkcs7"
+    assert record["template"] == "SmartcardLogon" and record["request_type"] == form
     certificate = certificate_with_id(softhsm, key_id_of(softhsm, container))
     assert certificate is not None
     text = verified_by_peer(certsrv_peer, certificate)
@@ -151,6 +158,32 @@ def test_submit_with_attributes_writes_cert_and_chain(softhsm: SoftHSM, certsrv_
     assert printed.returncode == 0 and printed.stdout.count(b"subject=") >= 2
     last = certsrv_peer.requests()[-1]
     assert last["template"] == "User" and last["attributes"]["san"] == "dns=web.example.com"
+
+
+def test_ca_certificates_come_from_certcarc_and_certnew_p7b(certsrv_peer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connector interface's ca_certificates(): the CA chain as the web pages give it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tokenagent.ca.certsrv import CertsrvConnector
+    from tokenagent.ca.http import HttpSettings
+    from tokenagent.secret_sources import SecretSource
+
+    monkeypatch.setenv("CA_PW", CA_PASSWORD)
+    settings = HttpSettings(
+        ca_bundle=certsrv_peer.tls_ca_pem, auth="basic", user=CA_USER, password=SecretSource("env", "CA_PW")
+    )
+    connector = CertsrvConnector(certsrv_peer.url, settings)
+    try:
+        found = connector.ca_certificates()
+    finally:
+        connector.close()
+    expected = [
+        c.public_bytes(Encoding.DER) for c in x509.load_pem_x509_certificates(certsrv_peer.ca_chain_pem.read_bytes())
+    ]
+    assert sorted(found) == sorted(expected)
+    issuing = x509.load_der_x509_certificate(found[0])
+    assert issuing.subject != issuing.issuer  # the issuing CA first, then its root
 
 
 # -- pending, denied ---------------------------------------------------------------------------------------
