@@ -54,6 +54,8 @@ def test_file_without_a_directory_is_the_current_directory(tmp_path: Path, monke
         ("cmc+https://ca.example.com:99999/x", "not a usable URL"),
         ("certsrv+https://adcs.example.com/certsrv?x=1", "query"),
         ("nosuchprofile", "known: none"),
+        ("certsrv+https://adcs.example.com/cert srv", "space or control character"),
+        ("cmc+https://ca.example.com/\r\nX-Injected: 1", "space or control character"),
     ],
 )
 def test_bad_configs_are_config_errors(config: str, says: str) -> None:
@@ -146,7 +148,7 @@ def test_attributes_as_certreq_writes_them() -> None:
         ("Y", "2"),
     )
     assert cert_attrib("T", (("SAN", "dns=a"),)) == "CertificateTemplate:T\r\nSAN:dns=a\r\n"
-    for bad in ("novalue", ":x", "A:b\x07"):
+    for bad in ("novalue", ":x", "A:b\x07", "A\x1b[2J:b"):
         with pytest.raises(UsageError):
             parse_attributes([bad])
 

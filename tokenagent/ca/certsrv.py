@@ -208,7 +208,12 @@ def cert_attrib(template: str | None, attributes: tuple[tuple[str, str], ...]) -
     return "".join(line + "\r\n" for line in lines)
 
 
+#: The longest CA message kept: a disposition message is a sentence, not a page.
+MAX_MESSAGE = 500
+
+
 def _denial(message: str, request_id: str | None) -> Answer:
+    message = message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + "…"
     found = _HRESULT.search(message)
     if not found:
         return Rejected(message.strip() or "denied", None, None, request_id)

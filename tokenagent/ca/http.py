@@ -118,6 +118,8 @@ def transport_failure(response: HttpResponse, where: str) -> Unreachable | Misco
 
 def parse_base_url(url: str, schemes: tuple[str, ...] = ("http", "https")) -> urllib.parse.SplitResult:
     """An http(s) URL without credentials, query or fragment; `CAConfigError` otherwise."""
+    if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
+        raise CAConfigError("the CA URL holds a space or control character (percent-encode it)")
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 -- raises ValueError for a bad port

@@ -281,8 +281,8 @@ def parse_attributes(texts: Sequence[str]) -> tuple[tuple[str, str], ...]:
             name, sep, value = line.partition(":")
             if not sep or not name.strip():
                 raise UsageError(f"attribute {line.strip()!r} is not Name:Value (e.g. CertificateTemplate:User)")
-            if any(ord(c) < 0x20 for c in value):
-                raise UsageError(f"attribute {name.strip()}: its value holds a control character")
+            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in line):
+                raise UsageError(f"attribute {name.strip()!r} holds a control character")
             pairs.append((name.strip(), value.strip()))
     return tuple(pairs)
 
