@@ -15,11 +15,6 @@ from tokenagent.cli.output import echo, emit_json, shown, warn
 @click.option("--chain", is_flag=True, help="Also write the response's CA certificates (CKA_CERTIFICATE_CATEGORY 2).")
 @click.option("--trust", is_flag=True, help="With --chain: mark the CA certificates CKA_TRUSTED (needs the SO PIN).")
 @click.option(
-    "--so-pin-source",
-    metavar="SOURCE",
-    help="Where the SO PIN for --trust comes from: prompt, pinpad, env:VAR, file:PATH or fd:N.",
-)
-@click.option(
     "--machine/--user",
     "machine",
     default=None,
@@ -33,7 +28,6 @@ def accept(
     response: Path,
     chain: bool,
     trust: bool,
-    so_pin_source: str | None,
     machine: bool | None,
     state_dir: Path | None,
     no_key_test: bool,
@@ -42,17 +36,13 @@ def accept(
 ) -> None:
     """Install the certificate in RESPONSE (.cer, .p7b or CMC .rsp) on the token next to its private
     key, and remove its pending request. Accepting the same certificate twice changes nothing."""
-    import sys
-
     from tokenagent.enroll.accept import AcceptOptions, accept_certificate
-    from tokenagent.token.pins import default_pin_source, parse_pin_source
 
-    so_source = None
-    if trust:
-        so_source = parse_pin_source(so_pin_source) if so_pin_source else default_pin_source(sys.stdin.isatty())
+    target = tokens.target()
+    so_source = target.so_pin_source if trust else None
     options = AcceptOptions(
         response=response,
-        target=tokens.target(),
+        target=target,
         machine=machine,
         chain=chain,
         trust=trust,

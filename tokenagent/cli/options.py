@@ -14,6 +14,7 @@ thing done here; the rules (which PIN source wins, reading a shared secret) are 
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # the library records are imported when a command runs, not f
     from tokenagent.enroll.agent import AgentOptions
     from tokenagent.enroll.submit import CaOptions
     from tokenagent.request.cmc import CmcControls
+    from tokenagent.token.pins import PinSource
     from tokenagent.token.target import TokenTarget
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -91,6 +93,7 @@ class TokenArgs:
     pin_source: str | None
     literal_pin: str | None
     force: bool
+    so_pin_source: str | None = None
 
     @classmethod
     def from_values(cls, **values: Any) -> TokenArgs:
@@ -103,7 +106,21 @@ class TokenArgs:
         from tokenagent.token.target import TokenTarget
 
         pin_source = pin_source_for(self.pin_source, self.literal_pin, pin_hint or self.token)
-        return TokenTarget(self.token, tuple(self.modules), pin_source, self.force)
+        return TokenTarget(
+            self.token, tuple(self.modules), pin_source, self.force, so_pin_source_for(self.so_pin_source)
+        )
+
+
+def so_pin_source_for(text: str | None) -> PinSource | None:
+    """--so-pin-source, else TOKENAGENT_SO_PIN_SOURCE, else a prompt on a terminal (asked only when used)."""
+    import os
+
+    from tokenagent.token.pins import PinSource, parse_pin_source
+
+    text = text or os.environ.get("TOKENAGENT_SO_PIN_SOURCE")
+    if text:
+        return parse_pin_source(text)
+    return PinSource("prompt") if sys.stdin.isatty() else None
 
 
 def token_options(f: F) -> F:
@@ -127,8 +144,14 @@ def token_options(f: F) -> F:
             help="The PIN itself. Visible to every local user through argv: for throw-away tokens only.",
         ),
         click.option("--force", is_flag=True, help="Try the PIN even when the token says it is the final try."),
+        click.option(
+            "--so-pin-source",
+            metavar="SOURCE",
+            help="The SO PIN; on PIV cards the management key (48 hex digits): prompt, env:VAR, file:PATH or fd:N "
+            "(default: TOKENAGENT_SO_PIN_SOURCE, else prompt on a terminal).",
+        ),
     ]
-    names = ("token", "modules", "pin_source", "literal_pin", "force")
+    names = ("token", "modules", "pin_source", "literal_pin", "force", "so_pin_source")
     return _grouped(f, options, names, TokenArgs)
 
 

@@ -278,6 +278,17 @@ def _read_checked(data: bytes, what: str, options: AcceptOptions) -> Certificate
 
 
 def _open_user(handle: TokenHandle, options: AcceptOptions, warn: Warn) -> TokenSession:
+    """The user's login; on a PIV card the management key's, with the user PIN for the key test."""
+    if handle.is_piv:
+        from tokenagent.enroll.new import open_piv_session
+
+        if options.chain:
+            raise UsageError(
+                f"token '{handle.label}' is a PIV card: it keeps certificates only in its key slots, so --chain "
+                "cannot write the CA certificates; accept without --chain"
+            )
+        so_pin_source = options.so_pin_source or options.target.so_pin_source
+        return open_piv_session(handle, so_pin_source, options.target.pin_source, force=options.target.force, warn=warn)
     return open_session(
         handle, login=True, pin_source=options.target.pin_source, rw=True, force=options.target.force, on_warning=warn
     )
@@ -295,8 +306,16 @@ class _Writes:
         self.session = session
         self.new_values: list[bytes] = []
         self.relinks: list[tuple[Any, dict[str, Any]]] = []
+        #: PIV: what each slot's certificate object held before this run replaced it
+        self.replaced: list[tuple[bytes, bytes]] = []
 
     def write(self, der: bytes, *, key_id: bytes, label: str, category: int, trusted: bool = False) -> None:
+        if self.session.handle.is_piv:
+            # a PIV slot has one certificate object: writing replaces it (ykcs11's placeholder after
+            # generation, or an older certificate), so undo must put that back, not delete
+            for old in certificate_objects(self.session.session):
+                if old.key_id == key_id:
+                    self.replaced.append((key_id, old.der))
         self.new_values.append(der)
         write_certificate(self.session, der, key_id=key_id, label=label, category=category, trusted=trusted)
 
@@ -304,6 +323,13 @@ class _Writes:
         self.relinks.append((update_attributes(self.session, obj, new), old))
 
     def undo(self) -> None:
+        if self.replaced:
+            for key_id, old_der in reversed(self.replaced):
+                try:
+                    write_certificate(self.session, old_der, key_id=key_id, label="", category=None)
+                except TokenAgentError as exc:
+                    log.error("could not restore the slot's certificate (CKA_ID %s): %s", key_id.hex(), exc.one_line())
+            return
         for der in reversed(self.new_values):
             found = [c.obj for c in certificate_objects(self.session.session, der=der)]
             destroy_objects(found, what="certificates written by accept")

@@ -332,6 +332,10 @@ def _open(record: PendingRequest, target: TokenTarget, warn: Warn) -> TokenSessi
             f"the token of pending request {record.id} ('{record.token_label}', serial {record.token_serial}) "
             f"is not present: insert it ({exc.one_line()})"
         ) from None
+    if handle.is_piv:  # the management key writes the certificate into the key's slot
+        from tokenagent.enroll.new import open_piv_session
+
+        return open_piv_session(handle, target.so_pin_source, target.pin_source, force=target.force, warn=warn)
     return open_session(handle, login=True, pin_source=target.pin_source, rw=True, force=target.force, on_warning=warn)
 
 

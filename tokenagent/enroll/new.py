@@ -40,7 +40,7 @@ from tokenagent.errors import (
 from tokenagent.inf.policy import RequestPolicy, RequestType, load_policy
 from tokenagent.providers.capacity import CapacityVerdict, check_capacity
 from tokenagent.providers.plan import KeyPlan, plan_key
-from tokenagent.providers.registry import ProviderEntry, ProviderRegistry, load_registry
+from tokenagent.providers.registry import Profile, ProviderEntry, ProviderRegistry, load_registry
 from tokenagent.request.algorithms import SignatureAlgorithm
 from tokenagent.request.armor import REQUEST_LABEL, armor
 from tokenagent.request.certificate import self_signed_certificate
@@ -57,7 +57,7 @@ from tokenagent.token.keypairs import find_key_pair_by_certificate, find_key_pai
 from tokenagent.token.library import TokenHandle, TokenSelector, modules_for, select_token
 from tokenagent.token.modules import ENV_MODULE
 from tokenagent.token.objects import destroy_objects, key_id_for
-from tokenagent.token.pins import PinSource, parse_pin_source
+from tokenagent.token.pins import Pin, PinSource, parse_pin_source
 from tokenagent.token.session import TokenSession, open_session
 from tokenagent.token.target import ANY_TOKEN, TokenTarget
 from tokenagent.token.tokeninfo import gather_facts
@@ -276,8 +276,16 @@ def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewRe
 
 
 def open_user_session(prepared: Prepared, handle: TokenHandle, warn: Warn) -> TokenSession:
-    """The one login on the token the key is made on (read-only for a dry run)."""
+    """The one login on the token the key is made on (read-only for a dry run).
+
+    A PIV card (ykcs11) is the exception: only its security officer, whose PIN is the management
+    key, may generate a key or write a certificate, so that is the one login, and each signature
+    adds the user PIN as a context-specific login (asked once).
+    """
     options = prepared.options
+    if handle.is_piv and not options.dry_run:
+        force = options.target.force
+        return open_piv_session(handle, options.target.so_pin_source, prepared.pin_source, force=force, warn=warn)
     return open_session(
         handle,
         login=True,
@@ -286,6 +294,37 @@ def open_user_session(prepared: Prepared, handle: TokenHandle, warn: Warn) -> To
         force=options.target.force,
         on_warning=warn,
     )
+
+
+def open_piv_session(
+    handle: TokenHandle, so_pin_source: PinSource | None, pin_source: PinSource | None, *, force: bool, warn: Warn
+) -> TokenSession:
+    """The management-key login on a PIV card, with the user PIN for signatures; warns when the
+    card still has the factory management key."""
+    from tokenagent.providers.piv import FACTORY_MANAGEMENT_KEY
+
+    if so_pin_source is None:
+        raise PinError(
+            f"token '{handle.label}' is a PIV card: generating a key or writing a certificate needs its management "
+            "key, and none can be asked for: give --so-pin-source env:VAR, file:PATH or fd:N"
+        )
+    session = open_session(
+        handle,
+        login=True,
+        pin_source=so_pin_source,
+        rw=True,
+        force=force,
+        on_warning=warn,
+        so=True,
+        signing_pin_source=pin_source,
+    )
+    credential = session._pin
+    if isinstance(credential, Pin) and credential.reveal().strip().lower() == FACTORY_MANAGEMENT_KEY:
+        warn(
+            f"token {handle.describe()} still has the factory default management key, which anyone can use to "
+            "replace its keys and certificates: change it (ykman piv access change-management-key)"
+        )
+    return session
 
 
 def lock_selection(prepared: Prepared, warn: Warn) -> contextlib.AbstractContextManager[Path]:
@@ -310,6 +349,7 @@ class Prepared:
     machine: bool
     plan: KeyPlan
     pin_source: PinSource | None
+    piv_profile: Profile | None = None  # the registry's 'piv' profile, for a token that turns out to be one
 
     @property
     def store_path(self) -> Path:
@@ -339,13 +379,37 @@ def prepare(options: NewOptions, warn: Warn, *, registry: ProviderRegistry | Non
     pin_source = options.target.pin_source
     if provider.profile.pin_pad and (pin_source is None or pin_source.kind == "prompt"):
         pin_source = parse_pin_source("pinpad")  # the profile says the reader has a PIN pad: use it
-    return Prepared(options, policy, provider, machine, plan, pin_source)
+    return Prepared(options, policy, provider, machine, plan, pin_source, registry.profiles.get("piv"))
+
+
+def for_token(prepared: Prepared, handle: TokenHandle) -> Prepared:
+    """The plan for the token actually selected: a PIV card (ykcs11) gets the 'piv' profile's slots
+    and templates whatever provider the INF named, and the 'piv' profile needs ykcs11."""
+    provider = prepared.provider
+    if handle.is_piv and provider.profile.name != "piv" and prepared.piv_profile is not None:
+        provider = replace(provider, profile=prepared.piv_profile)
+        plan = plan_key(prepared.policy, provider, machine=prepared.machine)
+        for note in plan.notes:
+            log.info("%s", note)
+        return replace(prepared, provider=provider, plan=plan)
+    if provider.profile.name == "piv" and not handle.is_piv:
+        opensc = (
+            "OpenSC's PIV driver cannot generate keys or write certificates; "
+            if "OpenSC" in (handle.module.manufacturer)
+            else ""
+        )
+        raise PolicyError(
+            f"{prepared.policy.where('provider_name')}: profile 'piv' needs Yubico's ykcs11, and token "
+            f"{handle.describe()} is served by {handle.module.path}: {opensc}give --module ykcs11"
+        )
+    return prepared
 
 
 def enroll(prepared: Prepared, session: TokenSession, facts: TokenFacts, *, agent: Agent | None = None) -> NewResult:
     """The capacity check against ``facts``, then (unless --dry-run) the `_Transaction` in ``session``."""
-    options, policy, plan = prepared.options, prepared.policy, prepared.plan
     handle = session.handle
+    prepared = for_token(prepared, handle)
+    options, policy, plan = prepared.options, prepared.policy, prepared.plan
     is_cert = policy.request_type == RequestType.CERT
     verdict = check_capacity(plan, facts, extra_objects=1 if is_cert else 0)
     planned = NewPlanned(
@@ -449,7 +513,10 @@ class _Transaction:
             _check_existing_key(self.result.policy, plan, pair)
             return pair
         token = self.session.handle
-        temporary_id = TEMPORARY_ID_PREFIX + secrets.token_bytes(TEMPORARY_ID_RANDOM_BYTES)
+        # a PIV key is born with its slot's CKA_ID (the slot was empty: capacity checked), which
+        # then names it in the intent as the temporary ID names a key on other tokens
+        fixed_id = plan.fixed_id
+        temporary_id = fixed_id or TEMPORARY_ID_PREFIX + secrets.token_bytes(TEMPORARY_ID_RANDOM_BYTES)
         self.intent = self.intents.begin(
             token_label=token.label,
             token_serial=token.serial,
@@ -469,9 +536,10 @@ class _Transaction:
             private_template=plan.private_template,
             temporary_id=temporary_id,
             before_final_id=lambda key_id: self.intents.note_key_id(intent_id, key_id),
+            fixed_id=fixed_id,
         )
         self.created.extend([pair.public, pair.private])
-        return pair
+        return pair if pair.label else replace(pair, label=plan.label)
 
     def _cmc_controls(self) -> tuple[CmcControls | None, list[Any]]:
         """The CMC controls, and what must go inside the PKCS#10 before it is signed: the

@@ -66,6 +66,9 @@ REQUEST_TYPES: dict[str, RequestType] = {
     "SCEP": RequestType.SCEP,
 }
 KEY_SPECS: dict[str, KeySpec] = {spec.name: spec for spec in KeySpec}
+#: PivPinPolicy / PivTouchPolicy values (ykman's names)
+PIV_PIN_POLICIES: dict[str, str] = {name.upper(): name for name in ("default", "never", "once", "always")}
+PIV_TOUCH_POLICIES: dict[str, str] = {name.upper(): name for name in ("default", "never", "always", "cached")}
 KEY_PROTECTIONS: dict[str, KeyProtection] = {
     "NCRYPT_UI_NO_PROTECTION_FLAG": KeyProtection.NO_PROTECTION,
     "NCRYPT_UI_NO_PROTCTION_FLAG": KeyProtection.NO_PROTECTION,  # the certreq reference's spelling
@@ -224,6 +227,11 @@ class RequestPolicy:
     certificate_template: str | None
     request_attributes: tuple[tuple[str, str], ...]  # [RequestAttributes] name-value pairs, in order
     san_attribute: tuple[GeneralNameSpec, ...] | None  # [RequestAttributes] SAN = "..."
+    # tokenagent's own keys for PIV cards (docs/piv.md): the slot's PIN and touch policy, and
+    # whether a key already in the slot may be replaced
+    piv_pin_policy: str
+    piv_touch_policy: str
+    piv_overwrite: bool
     origins: dict[str, Origin] = field(default_factory=dict)
     warnings: tuple[Diagnostic, ...] = ()
 
@@ -476,6 +484,11 @@ NEWREQUEST_TABLE: tuple[_Key, ...] = (
     _Key("user_protected", "UserProtected", parse_bool, False),
     _Key("encipher_only", "EncipherOnly", parse_bool, False),
     _Key("subject_name_flags", "SubjectNameFlags", _subject_name_flags, None),
+    _Key("piv_pin_policy", "PivPinPolicy", _choice(PIV_PIN_POLICIES, "PivPinPolicy"), "default", "the PIV slot's own"),
+    _Key(
+        "piv_touch_policy", "PivTouchPolicy", _choice(PIV_TOUCH_POLICIES, "PivTouchPolicy"), "default", "the card's own"
+    ),
+    _Key("piv_overwrite", "PivOverwrite", parse_bool, False),
 )
 NEWREQUEST_KEYS = frozenset(row.name for row in NEWREQUEST_TABLE if row.key)
 

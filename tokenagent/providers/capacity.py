@@ -43,7 +43,7 @@ class CapacityVerdict:
             message = f"dry run: the token would refuse: {first.detail}"
         else:
             message = f"token {token}: {first.detail}; nothing was created"
-        if first.name == "label":
+        if first.name in ("label", "slot"):
             raise KeyExistsError(message)
         raise CapacityError(message)
 
@@ -122,8 +122,9 @@ def check_capacity(plan: KeyPlan, facts: TokenFacts, *, extra_objects: int = 0) 
                     if free >= needed
                     else f"only {free} bytes of {kind} memory free, about {needed} needed for the key",
                 )
-        taken = plan.label in facts.private_key_labels
-        if taken:
+        if plan.piv_slot is not None:
+            _check_slot(plan, facts, add)
+        elif plan.label in facts.private_key_labels:
             add(
                 "label",
                 False,
@@ -171,3 +172,20 @@ def _check_generation(plan: KeyPlan, facts: TokenFacts, add: Any) -> None:
             add("curve", False, f"{mechanism} does not accept named curves ({plan.curve})")
         else:
             add("curve", True, f"{plan.curve} as a named curve")
+
+
+def _check_slot(plan: KeyPlan, facts: TokenFacts, add: Any) -> None:
+    """A PIV slot holds one key: generating into a taken slot destroys its key for good."""
+    slot = plan.piv_slot
+    assert slot is not None
+    if slot.cka_id not in facts.slot_ids:
+        add("slot", True, f"{slot.describe()} is empty")
+    elif plan.piv_overwrite:
+        add("slot", True, f"{slot.describe()} holds a key: it will be replaced (PivOverwrite = TRUE)")
+    else:
+        add(
+            "slot",
+            False,
+            f"{slot.describe()} already holds a key or certificate; choose another slot "
+            '(KeyContainer = "PIV 9c") or set PivOverwrite = TRUE to replace it',
+        )

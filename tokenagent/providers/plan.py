@@ -13,6 +13,7 @@ from typing import Any
 
 from tokenagent.errors import PolicyError
 from tokenagent.inf.policy import KeyProtection, RequestPolicy, RequestType
+from tokenagent.providers.piv import PivSlot, choose_slot
 from tokenagent.providers.registry import ProviderEntry, check_provider_type
 from tokenagent.token.facts import SignMechanism
 
@@ -65,10 +66,18 @@ class KeyPlan:
     silent: bool
     existing: ExistingKey | None
     notes: tuple[str, ...]  # how INF keys were read, for --dry-run and warnings
+    #: a PIV card (profile 'piv'): the slot the key is generated in; its CKA_ID is fixed by ykcs11
+    piv_slot: PivSlot | None = None
+    piv_overwrite: bool = False  # PivOverwrite = TRUE: a key already in the slot may be replaced
 
     @property
     def new_objects(self) -> int:
         return 0 if self.existing else 2
+
+    @property
+    def fixed_id(self) -> bytes | None:
+        """The CKA_ID the key must be born with (PIV: the slot's), None: SHA-1 of the public key."""
+        return self.piv_slot.cka_id if self.piv_slot is not None else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +99,7 @@ class KeyPlan:
             "always_authenticate": self.always_authenticate,
             "silent": self.silent,
             "existing_key": self.existing.describe() if self.existing else None,
+            "piv_slot": self.piv_slot.name if self.piv_slot else None,
             "notes": list(self.notes),
         }
 
@@ -105,6 +115,9 @@ def plan_key(policy: RequestPolicy, provider: ProviderEntry, *, machine: bool | 
     is the order --dry-run prints them in.
     """
     family = policy.key_family
+    if provider.profile.name == "piv":
+        return _plan_piv(policy, provider, family, machine)
+    _refuse_piv_keys(policy, provider)
     _check_algorithm(policy, provider, family)
     _refuse_scep(policy)
     _check_key_size(policy, provider, family)
@@ -338,3 +351,124 @@ def sign_mechanisms(padding: str, hash_name: str) -> tuple[SignMechanism, ...]:
         SignMechanism(combined, "data", hash_name),
         SignMechanism("CKM_RSA_PKCS", "digest_info", hash_name),
     )
+
+
+# -- PIV cards through ykcs11 (providers/piv.py, docs/piv.md) -------------------------------------------
+
+#: ykcs11 2.2's generation templates accept only these attributes (anything else is
+#: CKR_ATTRIBUTE_TYPE_INVALID) and ignore the boolean ones: a slot's key can do what the card lets it
+_YKCS11_LABELS = {
+    "9a": "PIV Authentication",
+    "9c": "Digital Signature",
+    "9d": "Key Management",
+    "9e": "Card Authentication",
+}
+
+
+def piv_key_label(slot: PivSlot) -> str:
+    """The label ykcs11 gives a slot's private key (it cannot be set)."""
+    return f"Private key for {_YKCS11_LABELS.get(slot.name, slot.purpose.replace(' Management', ''))}"
+
+
+def _refuse_piv_keys(policy: RequestPolicy, provider: ProviderEntry) -> None:
+    """PivPinPolicy and the other PIV keys on a token that is not a PIV card: say so, do not ignore."""
+    for key, name, default in (
+        ("piv_pin_policy", "PivPinPolicy", "default"),
+        ("piv_touch_policy", "PivTouchPolicy", "default"),
+        ("piv_overwrite", "PivOverwrite", False),
+    ):
+        if getattr(policy, key) != default:
+            raise PolicyError(
+                f"{policy.where(key)}: {name} is for PIV cards (ykcs11), and profile "
+                f"'{provider.profile.name}' of {provider.name} is not one; remove it"
+            )
+
+
+def _plan_piv(policy: RequestPolicy, provider: ProviderEntry, family: str, machine: bool | None) -> KeyPlan:
+    """A key in a fixed slot of a PIV card: the slot's CKA_ID, the slot's PIN policy, ykcs11's templates."""
+    _check_algorithm(policy, provider, family)
+    _refuse_scep(policy)
+    _check_key_size(policy, provider, family)
+    _export(policy, provider)  # refuses Exportable on a smart card
+    _check_archival(policy, provider)
+    if policy.use_existing_key_set:
+        raise PolicyError(
+            f"{policy.where('use_existing_key_set')}: UseExistingKeySet on a PIV card is not supported yet: "
+            "request a new key (the slot's old one is replaced only with PivOverwrite = TRUE)"
+        )
+    slot, why = choose_slot(policy)
+    notes = [f"{slot.describe()}: {why}"]
+    always_authenticate = _piv_pin_policy(policy, slot, notes)
+    _piv_touch_policy(policy, slot)
+    usages, usage_notes = _usages(policy, family)
+    notes += usage_notes
+    notes.append("ykcs11 ignores CKA_SIGN/CKA_DECRYPT/CKA_DERIVE: a PIV key can do what its slot allows")
+    if policy.key_container is not None and policy.key_container.strip().upper() != f"PIV {slot.name.upper()}":
+        notes.append(f"KeyContainer = {policy.key_container}: PIV keys keep ykcs11's own label")
+    public: dict[str, Any] = {"CKA_TOKEN": True, "CKA_PRIVATE": False, "CKA_ID": slot.cka_id, "CKA_VERIFY": True}
+    private: dict[str, Any] = {"CKA_TOKEN": True, "CKA_PRIVATE": True, "CKA_SENSITIVE": True, "CKA_ID": slot.cka_id}
+    private["CKA_SIGN"] = usages.sign
+    if family == "RSA":
+        public.update({"CKA_MODULUS_BITS": policy.key_length, "CKA_PUBLIC_EXPONENT": RSA_PUBLIC_EXPONENT})
+        public["CKA_ENCRYPT"] = usages.decrypt
+        private["CKA_DECRYPT"] = usages.decrypt
+        key_type, generation = "CKK_RSA", "CKM_RSA_PKCS_KEY_PAIR_GEN"
+    else:
+        assert policy.curve is not None
+        public["CKA_EC_PARAMS"] = CURVES[policy.curve][1]
+        private["CKA_DERIVE"] = usages.derive
+        key_type, generation = "CKK_EC", "CKM_EC_KEY_PAIR_GEN"
+    padding, padding_notes = _padding(policy, family)
+    return KeyPlan(
+        provider=provider,
+        machine=policy.machine_key_set if machine is None else machine,
+        key_algorithm=policy.key_algorithm,
+        family=family,
+        key_type=key_type,
+        bits=policy.key_length,
+        curve=policy.curve,
+        generation_mechanism=generation,
+        label=piv_key_label(slot),
+        label_generated=False,
+        public_template=public,
+        private_template=private,
+        hash=policy.hash_algorithm,
+        padding=padding,
+        sign_candidates=sign_mechanisms(padding, policy.hash_algorithm),
+        always_authenticate=always_authenticate,
+        silent=policy.silent,
+        existing=None,
+        notes=(*notes, *padding_notes),
+        piv_slot=slot,
+        piv_overwrite=policy.piv_overwrite,
+    )
+
+
+def _piv_pin_policy(policy: RequestPolicy, slot: PivSlot, notes: list[str]) -> bool:
+    """The slot decides the PIN policy on ykcs11 2.2 (it has no template attribute for it): an INF
+    that asks for another one is refused rather than silently given the slot's."""
+    wanted = policy.piv_pin_policy
+    if policy.key_protection == KeyProtection.FORCE_HIGH_PROTECTION:
+        if wanted not in ("default", "always"):
+            raise PolicyError(
+                f"{policy.where('piv_pin_policy')}: PivPinPolicy = {wanted} contradicts "
+                "KeyProtection = FORCE_HIGH_PROTECTION (a PIN for every use)"
+            )
+        wanted = "always"
+    if wanted not in ("default", slot.pin_policy):
+        raise PolicyError(
+            f"{policy.where('piv_pin_policy')}: PIN policy '{wanted}' cannot be set through ykcs11; slot "
+            f"{slot.name} uses '{slot.pin_policy}'. Choose a slot with that policy (9c: always, 9e: never) or "
+            "generate the key with `ykman piv keys generate --pin-policy`"
+        )
+    notes.append(f"PIN policy of slot {slot.name}: {slot.pin_policy}")
+    return slot.always_authenticate
+
+
+def _piv_touch_policy(policy: RequestPolicy, slot: PivSlot) -> None:
+    wanted = policy.piv_touch_policy
+    if wanted not in ("default", slot.touch_policy):
+        raise PolicyError(
+            f"{policy.where('piv_touch_policy')}: touch policy '{wanted}' cannot be set through ykcs11 2.2; "
+            "generate the key with `ykman piv keys generate --touch-policy`, or leave PivTouchPolicy out"
+        )

@@ -88,8 +88,9 @@ BUILTIN_PROFILES: dict[str, Profile] = {
         Profile(
             "piv",
             "smartcard",
-            "PIV card or YubiKey: 24 key containers (9a, 9c, 9d, 9e and 20 retired slots)",
-            {"RSA": (1024, 2048, 3072, 4096), "ECDSA": (256, 384), "ECDH": (256, 384)},
+            "PIV card or YubiKey through ykcs11: 24 fixed key slots (9a, 9c, 9d, 9e and 20 retired)",
+            # ykcs11 2.2 generates RSA-1024 (too weak to offer) and RSA-2048, P-256 and P-384
+            {"RSA": (2048,), "ECDSA": (256, 384), "ECDH": (256, 384)},
             exportable=False,
             key_containers=24,
         ),

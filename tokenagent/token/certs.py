@@ -163,12 +163,14 @@ def update_attributes(ts: TokenSession, obj: pkcs11.Object, changes: Mapping[str
 
 
 def write_certificate(
-    ts: TokenSession, der: bytes, *, key_id: bytes, label: str, category: int = 1, trusted: bool = False
+    ts: TokenSession, der: bytes, *, key_id: bytes, label: str, category: int | None = 1, trusted: bool = False
 ) -> pkcs11.Object:
     """A CKO_CERTIFICATE token object next to its key (same CKA_ID), as OpenSC and NSS expect.
 
     ``trusted`` sets CKA_TRUSTED, which PKCS#11 lets only a security-officer session set; it is
     given at creation because SoftHSM 2.6.1 refuses to change it afterwards even for the SO.
+    On a PIV card (ykcs11) the object is the slot's certificate (CKA_ID = the slot's): writing it
+    replaces what the slot held, and ykcs11 refuses CKA_CERTIFICATE_CATEGORY, so it is left out.
     """
     name = f"'{ts.handle.label}'"
     cert = x509.Certificate.load(der)
@@ -183,8 +185,9 @@ def write_certificate(
         Attribute.ISSUER: cert.issuer.dump(),
         Attribute.SERIAL_NUMBER: cert["tbs_certificate"]["serial_number"].dump(),
         Attribute.VALUE: der,
-        Attribute.CERTIFICATE_CATEGORY: category,
     }
+    if category is not None and not ts.handle.is_piv:
+        attrs[Attribute.CERTIFICATE_CATEGORY] = category
     if trusted:
         attrs[Attribute.TRUSTED] = True
     try:

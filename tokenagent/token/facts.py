@@ -64,6 +64,8 @@ class TokenFacts:
     free_private_memory: int | None
     pin_pad: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    #: PIV cards: the CKA_IDs of the key and certificate objects, i.e. the occupied slots
+    slot_ids: frozenset[bytes] = frozenset()
 
     @property
     def private_key_count(self) -> int:

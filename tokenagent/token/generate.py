@@ -38,6 +38,7 @@ def generate_key_pair(
     private_template: Mapping[str, Any],
     temporary_id: bytes | None = None,
     before_final_id: Callable[[bytes], None] | None = None,
+    fixed_id: bytes | None = None,
 ) -> KeyPair:
     """Generate on the token, then set CKA_ID = SHA-1 of the public key on both halves.
 
@@ -46,11 +47,16 @@ def generate_key_pair(
     final CKA_ID before it is set, to record it in the intent. If anything fails after
     C_GenerateKeyPair (reading the public key, setting CKA_ID, Ctrl-C), both halves are destroyed
     before the exception propagates.
+
+    ``fixed_id``: the key is born with this CKA_ID and keeps it (a PIV slot's: ykcs11 picks the
+    slot by it and cannot change it afterwards); no temporary ID, no C_SetAttributeValue.
     """
     name = f"'{ts.handle.label}'"
     public_attrs = template(public_template)
     private_attrs = template(private_template)
-    if temporary_id is not None:
+    if fixed_id is not None:
+        public_attrs[Attribute.ID] = private_attrs[Attribute.ID] = fixed_id
+    elif temporary_id is not None:
         public_attrs[Attribute.ID] = private_attrs[Attribute.ID] = temporary_id
     kind = _KEY_TYPES[key_type]
     bits = public_attrs.pop(Attribute.MODULUS_BITS, None) if kind == KeyType.RSA else None
@@ -78,11 +84,12 @@ def generate_key_pair(
         spki = public_key_info(public)
         if spki is None:
             raise TokenOperationError(f"token {name}: cannot read the new public key")
-        key_id = key_id_for(spki)
+        key_id = fixed_id if fixed_id is not None else key_id_for(spki)
         if before_final_id is not None:
             before_final_id(key_id)
-        public[Attribute.ID] = key_id
-        private[Attribute.ID] = key_id
+        if fixed_id is None:
+            public[Attribute.ID] = key_id
+            private[Attribute.ID] = key_id
     except BaseException as exc:
         destroy_objects([public, private], what="new key pair")
         if isinstance(exc, p11.PKCS11Error):

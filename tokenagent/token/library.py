@@ -21,6 +21,9 @@ from tokenagent.token.uri import Pkcs11Uri, is_pkcs11_uri, parse_uri
 
 log = logging.getLogger("tokenagent")
 
+#: CK_INFO.manufacturerID of Yubico's ykcs11 ("Yubico (www.yubico.com)")
+YKCS11_MANUFACTURER = "Yubico"
+
 
 def _text(value: object) -> str:
     if isinstance(value, bytes):
@@ -107,6 +110,12 @@ class TokenHandle:
     @property
     def initialized(self) -> bool:
         return bool(self.token.flags & TokenFlag.TOKEN_INITIALIZED)
+
+    @property
+    def is_piv(self) -> bool:
+        """A PIV card served by Yubico's ykcs11: fixed slots, the management key as SO PIN
+        (providers/piv.py). OpenSC's PIV driver is not one: it cannot write to the card."""
+        return self.module.manufacturer.startswith(YKCS11_MANUFACTURER)
 
     def refresh(self) -> TokenHandle:
         """Re-read CK_TOKEN_INFO (PIN state flags change after every C_Login)."""

@@ -107,6 +107,28 @@ class TokenSession:
         self.rw = rw
         #: kept only for CKA_ALWAYS_AUTHENTICATE keys (context-specific login); never logged.
         self._pin: Pin | ProtectedAuthentication | None = None
+        #: a PIV card's security-officer session (ykcs11): the management key logged in, and every
+        #: signature needs the user PIN as a context-specific login; read once, when first needed.
+        self._signing_pin_source: PinSource | None = None
+        self._signing_pin: Pin | ProtectedAuthentication | None = None
+        self.so = False
+
+    @property
+    def signs_with_context_login(self) -> bool:
+        """Every C_Sign in this session needs a context-specific login (a PIV SO session)."""
+        return self._signing_pin_source is not None
+
+    def signing_pin(self) -> Pin | ProtectedAuthentication | None:
+        """The PIN for a context-specific login: the user PIN of a PIV SO session (asked once), else
+        the PIN this session logged in with."""
+        if self._signing_pin_source is None:
+            return self._pin
+        if self._signing_pin is None:
+            state = PinState.from_flags(self.handle.refresh().flags)
+            for message in check_pin_state(state, f"'{self.handle.label}'", force=False):
+                log.warning("%s", message)
+            self._signing_pin = self._signing_pin_source.read(prompt=f"User PIN for token '{self.handle.label}': ")
+        return self._signing_pin
 
     def close(self) -> None:
         try:
@@ -132,11 +154,14 @@ def open_session(
     force: bool = False,
     on_warning: Callable[[str], None] | None = None,
     so: bool = False,
+    signing_pin_source: PinSource | None = None,
 ) -> TokenSession:
     """Open one session; with ``login``, make exactly one C_Login attempt.
 
-    ``so`` logs in as the security officer instead of the user (only `accept --trust` does: PKCS#11
-    lets only the SO set CKA_TRUSTED). The SO PIN follows the same rules as the user PIN.
+    ``so`` logs in as the security officer instead of the user (`accept --trust`: PKCS#11 lets only
+    the SO set CKA_TRUSTED; PIV cards: the management key writes keys and certificates). The SO PIN
+    follows the same rules as the user PIN. ``signing_pin_source`` (with ``so``): the user PIN that
+    each signature in the SO session logs in with (ykcs11 allows that context-specific login).
     """
     warn = on_warning or (lambda message: log.warning("%s", message))
     # CK_TOKEN_INFO read earlier may be stale: the PIN state flags change after every C_Login
@@ -152,6 +177,11 @@ def open_session(
         raise _session_error(exc, name, so=so) from None
     result = TokenSession(handle, session, logged_in=credential is not None, rw=rw)
     result._pin = credential
+    result.so = so and credential is not None
+    if so and signing_pin_source is not None:
+        if signing_pin_source.kind == "pinpad":
+            raise PinError(f"token {name}: a PIN pad cannot give the PIN for signing in a security-officer session")
+        result._signing_pin_source = signing_pin_source
     return result
 
 

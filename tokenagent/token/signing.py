@@ -33,8 +33,8 @@ def sign_raw(ts: TokenSession, key: pkcs11.Object, how: SignMechanism, data: byt
         hash_mech, mgf, salt = how.pss
         param = (mechanism(hash_mech), MGF[mgf.removeprefix("CKG_MGF1_")], salt)
     pin = None
-    if context_login:
-        credential = ts._pin
+    if context_login or ts.signs_with_context_login:
+        credential = ts.signing_pin()
         if credential is None or isinstance(credential, ProtectedAuthentication):
             raise PinError(
                 f"token {name}: the key needs the PIN for every use (CKA_ALWAYS_AUTHENTICATE) and no PIN was entered"

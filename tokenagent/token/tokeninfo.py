@@ -46,6 +46,13 @@ def gather_facts(ts: TokenSession) -> TokenFacts:
         for obj in find_objects(ts.session, object_class=ObjectClass.PRIVATE_KEY)
     ]
     free_public, free_private = _free_memory(ts)
+    slot_ids: frozenset[bytes] = frozenset()
+    if handle.is_piv:  # a slot is taken when ykcs11 shows a key or a certificate with its CKA_ID
+        slot_ids = frozenset(
+            bytes(read_attributes(obj, [Attribute.ID]).get(Attribute.ID) or b"")
+            for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY, ObjectClass.CERTIFICATE)
+            for obj in find_objects(ts.session, object_class=object_class)
+        )
     return TokenFacts(
         label=handle.label,
         serial=handle.serial,
@@ -60,6 +67,7 @@ def gather_facts(ts: TokenSession) -> TokenFacts:
         free_public_memory=free_public,
         free_private_memory=free_private,
         pin_pad=state.protected_authentication_path,
+        slot_ids=slot_ids,
     )
 
 
