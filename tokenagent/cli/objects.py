@@ -50,18 +50,30 @@ def objects(
                 "format_version": 1,
                 "token": {"label": handle.label, "serial": handle.serial, "uri": str(handle.uri())},
                 "logged_in": logged_in,
-                "objects": [_object_json(i) for i in infos],
+                "piv": handle.is_piv,
+                "objects": [_object_json(i, handle.is_piv) for i in infos],
             }
         )
         return
     echo(f"Token {handle.describe()}{'  [logged in]' if logged_in else ''}")
     if not infos:
         echo("  (no objects)")
+    if handle.is_piv:
+        echo("  PIV card (ykcs11): each key, public key and certificate sits in a fixed slot; its CKA_ID names it")
     for info in infos:
-        _print_object(info)
+        _print_object(info, handle.is_piv)
 
 
-def _object_json(info: object) -> dict[str, object]:
+def _piv_slot(info: object, piv: bool) -> str | None:
+    """The PIV slot (9a, 9c, ...) an object's CKA_ID names on a PIV card."""
+    from tokenagent.providers.piv import slot_for_id
+
+    ident = getattr(info, "id", None)
+    slot = slot_for_id(ident) if piv and ident else None
+    return slot.name if slot is not None else None
+
+
+def _object_json(info: object, piv: bool = False) -> dict[str, object]:
     from tokenagent.token.objects import ObjectInfo
 
     assert isinstance(info, ObjectInfo)
@@ -71,6 +83,8 @@ def _object_json(info: object) -> dict[str, object]:
         "id": info.id.hex() if info.id is not None else None,
         "uri": str(info.uri),
     }
+    if piv:
+        data["piv_slot"] = _piv_slot(info, piv)
     if info.key_type is not None or info.object_class.endswith("key"):
         data.update(
             {
@@ -98,11 +112,14 @@ def _object_json(info: object) -> dict[str, object]:
     return data
 
 
-def _print_object(info: object) -> None:
+def _print_object(info: object, piv: bool = False) -> None:
     from tokenagent.token.objects import ObjectInfo
 
     assert isinstance(info, ObjectInfo)
     ident = info.id.hex() if info.id else "-"
+    slot = _piv_slot(info, piv)
+    if slot is not None:
+        ident += f" (PIV slot {slot})"
     line = f"  {info.object_class:<12}"
     if info.key_type:
         size = f" {info.key_size}" if info.key_size else ""

@@ -49,6 +49,12 @@ def tokens(modules: tuple[str, ...], mechanisms: bool, as_json: bool) -> None:
             echo(field_line("flags", ", ".join(token.flags)))
             echo(field_line("user PIN", _pin_summary(token.pin)))
             echo(field_line("uri", token.uri))
+            if token.piv:
+                echo(
+                    field_line(
+                        "PIV slots", "9a 9c 9d 9e 82-95 (CKA_ID 01-18); keys and certificates need the management key"
+                    )
+                )
             if token.mechanisms is not None:
                 echo(field_line("mechanisms", len(token.mechanisms)))
                 for mech in token.mechanisms:

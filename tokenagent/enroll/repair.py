@@ -42,6 +42,7 @@ from tokenagent.errors import (
     Interrupted,
     ObjectNotFoundError,
     TokenAgentError,
+    UsageError,
 )
 from tokenagent.inputs import read_input
 from tokenagent.request.response import read_response
@@ -192,7 +193,13 @@ def repair_certificate(options: RepairOptions, *, on_warning: Warn | None = None
             warnings.append(f"the certificate is on the token {len(copies)} times; each copy is relinked, none deleted")
         for message in warnings:
             warn(message)
-        changes = _plan(ts, private, key_id, target_id, certificate_label, spki, copies)
+        if handle.is_piv:
+            _check_piv_slot(handle, key_id, copies, der)
+            changes: list[
+                tuple[Any, Change, dict[str, Any]]
+            ] = []  # the slot is the link; ykcs11 cannot change a CKA_ID or a label anyway
+        else:
+            changes = _plan(ts, private, key_id, target_id, certificate_label, spki, copies)
         tested = key_test(ts, private, spki, capabilities) if options.run_key_test else NOT_RUN
         plan = RepairPlan(
             der,
@@ -207,6 +214,22 @@ def repair_certificate(options: RepairOptions, *, on_warning: Warn | None = None
         if changes:
             _apply(ts, changes)
     return RepairResult(plan, RepairOutcome(applied=bool(changes)))
+
+
+def _check_piv_slot(handle: TokenHandle, key_id: bytes, copies: list[CertificateObject], der: bytes) -> None:
+    """On a PIV card (ykcs11) a certificate belongs to the key of the slot it is in: nothing to relink
+    when it is in its key's slot; in another slot, only writing it into the key's slot helps."""
+    from tokenagent.providers.piv import slot_for_id
+
+    misplaced = [c for c in copies if c.key_id != key_id]
+    if not misplaced:
+        return
+    key_slot, cert_slot = slot_for_id(key_id), slot_for_id(misplaced[0].key_id)
+    raise UsageError(
+        f"token '{handle.label}' is a PIV card, where the slot links a key and its certificate: the certificate "
+        f"{hashlib.sha1(der).hexdigest()} is in slot {cert_slot.name if cert_slot else '?'} but its key is in slot "
+        f"{key_slot.name if key_slot else '?'}; write it into the key's slot with `tokenagent accept` (management key)"
+    )
 
 
 def _plan(

@@ -76,6 +76,7 @@ class TokenReport:
     pin: PinState
     uri: str
     mechanisms: list[MechanismReport] | None = None
+    piv: bool = False  # a PIV card through ykcs11 (fixed slots, management key)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -87,6 +88,7 @@ class TokenReport:
             "initialized": "TOKEN_INITIALIZED" in self.flags,
             "flags": self.flags,
             "pin": self.pin.as_dict(),
+            "piv": self.piv,
         }
         if self.mechanisms is not None:
             data["mechanisms"] = [m.to_json() for m in self.mechanisms]
@@ -147,6 +149,7 @@ def token_report(handle: TokenHandle, *, mechanisms: bool = False) -> TokenRepor
         pin=PinState.from_flags(int(handle.flags)),
         uri=str(handle.uri()),
         mechanisms=mechanisms_of(handle) if mechanisms else None,
+        piv=handle.is_piv,
     )
 
 

@@ -27,6 +27,17 @@ from tokenagent.errors import ModuleError
 PROGRAM_NAME = "tokenagent"
 ENV_MODULE = "TOKENAGENT_MODULE"
 
+#: Modules known by name where p11-kit has no module file for them: absolute paths only, so a
+#: file of that name in the working directory is never loaded
+KNOWN_MODULE_PATHS: dict[str, tuple[str, ...]] = {
+    "ykcs11": (
+        "/usr/lib/x86_64-linux-gnu/libykcs11.so.2",
+        "/usr/lib/aarch64-linux-gnu/libykcs11.so.2",
+        "/usr/lib/libykcs11.so.2",
+        "/usr/local/lib/libykcs11.so.2",
+    ),
+}
+
 SYSTEM_REGISTRY_DIRS = ("/usr/share/p11-kit/modules", "/etc/pkcs11/modules")
 USER_REGISTRY_DIR = "~/.config/pkcs11/modules"
 
@@ -141,6 +152,9 @@ def resolve_module(spec: str, source: str, dirs: Iterable[str] | None = None) ->
             if not os.path.exists(module.path):
                 raise ModuleError(f"p11-kit module '{spec}' points at a missing file: {module.path}")
             return ModuleRef(name=spec, path=_canonical(module.path), source=module.config_file)
+    for path in KNOWN_MODULE_PATHS.get(spec, ()):
+        if os.path.exists(path):  # Debian's ykcs11 registers no p11-kit module file
+            return ModuleRef(name=spec, path=_canonical(path), source="default")
     raise ModuleError(f"PKCS#11 module not found: '{spec}' is neither a file nor a p11-kit module name")
 
 
