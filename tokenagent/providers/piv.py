@@ -18,7 +18,8 @@ Which slot an INF's key goes to (docs/piv.md):
   1. KeyContainer = "PIV 9c" names it;
   2. a smart-card logon or client authentication EKU -> 9a;
   3. KeySpec = AT_KEYEXCHANGE with key encipherment / key agreement and no signing usage -> 9d;
-  4. KeySpec = AT_SIGNATURE with a document-signing or e-mail EKU, or non-repudiation -> 9c;
+  4. KeySpec = AT_SIGNATURE with a document-signing or e-mail EKU, or a KeyUsage written out
+     with non-repudiation -> 9c;
   5. otherwise 9a.
 """
 
@@ -118,8 +119,10 @@ def choose_slot(policy: RequestPolicy) -> tuple[PivSlot, str]:
     encrypts = bool(policy.key_usage & (_KEY_ENCIPHERMENT | _KEY_AGREEMENT))
     if policy.key_spec == KeySpec.AT_KEYEXCHANGE and encrypts and not signs:
         return SLOTS_BY_NAME["9d"], "KeySpec = AT_KEYEXCHANGE for encryption or key agreement only"
-    if policy.key_spec == KeySpec.AT_SIGNATURE and (
-        any(oid in usages for oid in _SIGNING_EKUS) or policy.key_usage & _NON_REPUDIATION
-    ):
+    # certreq's default KeyUsage for signature keys includes non-repudiation: only a KeyUsage the
+    # INF writes out says "document signing" (9c asks the PIN for every signature)
+    written = policy.origins.get("key_usage")
+    non_repudiation = bool(policy.key_usage & _NON_REPUDIATION) and written is not None and written.source == "file"
+    if policy.key_spec == KeySpec.AT_SIGNATURE and (any(oid in usages for oid in _SIGNING_EKUS) or non_repudiation):
         return SLOTS_BY_NAME["9c"], "KeySpec = AT_SIGNATURE for document or e-mail signing"
     return SLOTS_BY_NAME["9a"], "the default slot (PIV Authentication)"
