@@ -55,7 +55,7 @@ from tokenagent.token.facts import TokenFacts
 from tokenagent.token.generate import KeyPair, generate_key_pair
 from tokenagent.token.keypairs import find_key_pair_by_certificate, find_key_pair_by_label
 from tokenagent.token.library import TokenHandle, TokenSelector, modules_for, select_token
-from tokenagent.token.modules import ENV_MODULE
+from tokenagent.token.modules import ENV_MODULE, installed
 from tokenagent.token.objects import destroy_objects, key_id_for
 from tokenagent.token.pins import Pin, PinSource, parse_pin_source
 from tokenagent.token.session import TokenSession, open_session
@@ -729,8 +729,10 @@ def _select_token(provider: ProviderEntry, options: NewOptions, machine: bool) -
         specs = []
     else:
         specs = [provider.module] if provider.module else []
+        if provider.profile.kind == "smartcard" and installed("ykcs11"):
+            specs.append("ykcs11")  # PIV cards (YubiKeys): OpenSC cannot write to them
     selector = TokenSelector.parse(options.target.selector or provider.token_for(machine))
-    return select_token(selector, modules_for(specs, selector))
+    return select_token(selector, modules_for(specs, selector), piv_first=True)
 
 
 def _verify_request(der: bytes) -> None:

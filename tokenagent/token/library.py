@@ -251,9 +251,24 @@ def modules_for(module_specs: Sequence[str], selector: TokenSelector) -> list[Lo
     return loaded
 
 
-def select_token(selector: TokenSelector, modules: Sequence[LoadedModule]) -> TokenHandle:
-    """The one token the selector names; a one-line error listing candidates otherwise."""
+def _reader(handle: TokenHandle) -> str:
+    return _text(handle.slot.slot_description)
+
+
+def prefer_piv(handles: list[TokenHandle]) -> list[TokenHandle]:
+    """A card that ykcs11 serves as a PIV card, and another module (OpenSC) serves too, is kept
+    only through ykcs11: both name the slot after the PC/SC reader, and OpenSC's PIV driver cannot
+    generate keys or write certificates."""
+    piv_readers = {_reader(h) for h in handles if h.is_piv and _reader(h)}
+    return [h for h in handles if h.is_piv or not any(_reader(h).startswith(r) for r in piv_readers)]
+
+
+def select_token(selector: TokenSelector, modules: Sequence[LoadedModule], *, piv_first: bool = False) -> TokenHandle:
+    """The one token the selector names; a one-line error listing candidates otherwise.
+    ``piv_first``: see `prefer_piv` (the built-in smart-card providers search OpenSC and ykcs11)."""
     handles = list(iter_tokens(modules))
+    if piv_first:
+        handles = prefer_piv(handles)
     found = [handle for handle in handles if selector.matches(handle)]
     if len(found) == 1:
         return found[0]

@@ -158,6 +158,15 @@ def resolve_module(spec: str, source: str, dirs: Iterable[str] | None = None) ->
     raise ModuleError(f"PKCS#11 module not found: '{spec}' is neither a file nor a p11-kit module name")
 
 
+def installed(spec: str) -> bool:
+    """Whether a module name resolves (a built-in provider adds an optional module only then)."""
+    try:
+        resolve_module(spec, "built-in")
+    except ModuleError:
+        return False
+    return True
+
+
 def discover_modules(
     explicit: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
