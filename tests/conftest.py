@@ -400,3 +400,23 @@ def kerberos_certsrv(tmp_path_factory: pytest.TempPathFactory, kdc: object) -> I
     )
     yield peer
     peer.stop()
+
+
+@pytest.fixture(scope="session")
+def piv_station(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """pcscd with two virtual PIV cards (YubiKey look-alikes) for ykcs11 and OpenSC, started once per
+    session (tests/peers/piv.py). Tests that need blank cards call insert_blank() themselves."""
+    from tests.peers.piv import PivStation, PivStationError, missing, namespace_unavailable
+
+    reason = namespace_unavailable()
+    if reason:
+        pytest.skip(f"virtual PIV cards need a private network namespace: {reason}")
+    reason = missing()
+    if reason:
+        pytest.fail(f"the virtual PIV card tests need Debian packages and jcecard ({reason}): run `make setup`")
+    try:
+        station = PivStation.start(tmp_path_factory.mktemp("piv"))
+    except PivStationError as error:
+        pytest.fail(str(error))
+    yield station
+    station.stop()
