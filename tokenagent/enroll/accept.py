@@ -498,7 +498,8 @@ def _locate_token(options: AcceptOptions, spki: bytes, record: PendingRequest | 
     target = options.target
     if record is not None and target.selector is not None:
         selector = TokenSelector.parse(target.selector)
-        handle = select_token(selector, modules_for(target.modules, selector))
+        # the module that made the key first (ykcs11 registers no p11-kit module to be discovered by)
+        handle = select_token(selector, modules_for(list(target.modules) or [record.module_path], selector))
         if handle.serial == record.token_serial:
             return handle, f"pending request {record.id}"
     elif record is not None:

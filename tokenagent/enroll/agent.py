@@ -128,6 +128,7 @@ def _agent_token(options: AgentOptions) -> tuple[TokenHandle, str | None, bytes 
     token: str | None = options.target.selector
     label: str | None = options.key
     key_id: bytes | None = None
+    modules = list(options.target.modules)
     if is_pkcs11_uri(options.key):
         uri = parse_uri(options.key)
         if uri.type not in (None, "private"):
@@ -137,8 +138,10 @@ def _agent_token(options: AgentOptions) -> tuple[TokenHandle, str | None, bytes 
         label, key_id = uri.object, uri.object_id
         if token is None and uri.token_part().path:
             token = str(uri.token_part())
+        if not modules:  # RFC 7512: the key's URI may name its module (module-path=, module-name=)
+            modules = [spec for spec in (uri.module_path, uri.module_name) if spec][:1]
     selector = TokenSelector.parse(token)
-    return select_token(selector, modules_for(options.target.modules, selector)), label, key_id
+    return select_token(selector, modules_for(modules, selector), piv_first=True), label, key_id
 
 
 def _agent_key(session: TokenSession, label: str | None, key_id: bytes | None) -> Any:

@@ -411,6 +411,8 @@ def enroll(prepared: Prepared, session: TokenSession, facts: TokenFacts, *, agen
     prepared = for_token(prepared, handle)
     options, policy, plan = prepared.options, prepared.policy, prepared.plan
     is_cert = policy.request_type == RequestType.CERT
+    if plan.piv_slot is not None:
+        facts = _with_discarded_slots(facts, prepared.store_path, handle.serial)
     verdict = check_capacity(plan, facts, extra_objects=1 if is_cert else 0)
     planned = NewPlanned(
         policy=policy,
@@ -427,6 +429,15 @@ def enroll(prepared: Prepared, session: TokenSession, facts: TokenFacts, *, agen
         return NewResult(planned, None)
     verdict.raise_if_refused(f"'{handle.label}'")
     return NewResult(planned, _Transaction(session, options, planned, agent).run())
+
+
+def _with_discarded_slots(facts: TokenFacts, store_path: Path, serial: str) -> TokenFacts:
+    """The PIV slots whose key is exactly one an earlier rollback on this card discarded."""
+    from tokenagent.store.discarded import DiscardedKeys
+
+    discarded = DiscardedKeys(store_path).for_token(serial)
+    reusable = frozenset(slot for slot, digest in discarded.items() if facts.slot_keys.get(slot) == digest)
+    return replace(facts, discarded_slots=reusable)
 
 
 class _Transaction:
@@ -446,6 +457,7 @@ class _Transaction:
         self.intents = IntentStore(self.store_path)
         self.intent: KeyIntent | None = None  # open from before C_GenerateKeyPair until the record
         self.generating = False  # C_GenerateKeyPair was called (its objects are gone after an undo)
+        self.generated_spki: bytes | None = None  # the new key's public key, once read
 
     def run(self) -> NewOutcome:
         try:
@@ -539,6 +551,7 @@ class _Transaction:
             fixed_id=fixed_id,
         )
         self.created.extend([pair.public, pair.private])
+        self.generated_spki = pair.spki
         return pair if pair.label else replace(pair, label=plan.label)
 
     def _cmc_controls(self) -> tuple[CmcControls | None, list[Any]]:
@@ -636,6 +649,19 @@ class _Transaction:
         )
         self.intent = None
 
+    def _discard_piv_key(self) -> None:
+        """A PIV card keeps the key bits of a rolled-back generation: record them as ours to reuse."""
+        slot = self.result.plan.piv_slot
+        if slot is None or self.generated_spki is None:
+            return
+        from tokenagent.store.discarded import DiscardedKeys
+
+        try:
+            digest = hashlib.sha256(self.generated_spki).hexdigest()
+            DiscardedKeys(self.store_path).add(self.session.handle.serial, slot.cka_id, digest)
+        except TokenAgentError as exc:
+            log.error("slot %s: the discarded key was not recorded: %s", slot.name, exc.one_line())
+
     def _end_intent(self) -> None:
         if self.intent is not None:
             self.intents.end(self.intent.id)
@@ -660,6 +686,8 @@ class _Transaction:
             except Exception as exc:  # the token may be gone: the next run on it recovers
                 log.error("cannot look for the new key pair: %s", exc)
         problems = destroy_objects(objects, what="new key pair") if objects else []
+        if not problems:
+            self._discard_piv_key()
         if self.intent is not None and not problems:
             # an intent left open (objects not destroyed) is recovered by the next run on the token
             try:

@@ -18,6 +18,7 @@ from typing import Any
 
 from tokenagent.display import escape
 from tokenagent.errors import TokenAgentError
+from tokenagent.store.discarded import DiscardedKeys
 from tokenagent.store.intents import IntentStore, KeyIntent
 from tokenagent.store.locks import token_lock
 from tokenagent.store.pending import PendingStore
@@ -26,6 +27,7 @@ from tokenagent.token.library import TokenSelector, find_token, modules_for, sel
 from tokenagent.token.objects import destroy_objects
 from tokenagent.token.session import TokenSession, open_session
 from tokenagent.token.target import ANY_TOKEN, TokenTarget
+from tokenagent.token.tokeninfo import piv_slots
 
 log = logging.getLogger("tokenagent")
 
@@ -113,8 +115,13 @@ def _recover(
         objects = objects_with_id(session, bytes.fromhex(intent.temporary_id))
     else:
         objects = intent_objects(session, intent)
+    slot_keys = piv_slots(session).keys if handle.is_piv and objects else {}
     problems = destroy_objects(objects, what=f"interrupted generation {intent.id}") if objects else []
     if not problems:
+        # a PIV card keeps the key bits: the slot's key is recorded as discarded, so it can be reused
+        for object_id in intent.object_ids():
+            if object_id in slot_keys:
+                DiscardedKeys(intents.path).add(handle.serial, object_id, slot_keys[object_id])
         intents.end(intent.id)
     result = Recovered(intent, len(objects) - len(problems), tuple(problems))
     message = f"token '{escape(handle.label)}': {result.describe()}"

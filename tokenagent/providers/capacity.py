@@ -180,6 +180,8 @@ def _check_slot(plan: KeyPlan, facts: TokenFacts, add: Any) -> None:
     assert slot is not None
     if slot.cka_id not in facts.slot_ids:
         add("slot", True, f"{slot.describe()} is empty")
+    elif slot.cka_id in facts.discarded_slots and slot.cka_id not in facts.slot_certificates:
+        add("slot", True, f"{slot.describe()} holds only the key an earlier, rolled-back run discarded: reused")
     elif plan.piv_overwrite:
         add("slot", True, f"{slot.describe()} holds a key: it will be replaced (PivOverwrite = TRUE)")
     else:

@@ -18,13 +18,14 @@ from pathlib import Path
 from tokenagent.errors import InputError, OutputError, TokenAgentError
 
 #: Stored in PRAGMA user_version; raise it (and add a migration) whenever a table changes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: How long to wait for another tokenagent process that holds the database lock.
 BUSY_TIMEOUT_SECONDS = 5.0
 
 PENDING_TABLE = "pending_requests"
 INTENT_TABLE = "key_intents"
 SUBMISSION_TABLE = "ca_submissions"
+DISCARDED_TABLE = "piv_discarded_keys"
 
 _PENDING_SCHEMA = (
     # AUTOINCREMENT, so the ID of a deleted request is never handed out again: an ID someone
@@ -86,14 +87,27 @@ _SUBMISSION_SCHEMA = (
         response BLOB
     )""",
 )
+_DISCARDED_SCHEMA = (
+    # PIV slots whose key a rolled-back `new` left behind (store/discarded.py): a PIV card cannot
+    # delete a key, so the slot looks taken; this row says whose key it is, so the next run may
+    # generate over it. One row per slot of a card.
+    f"""CREATE TABLE IF NOT EXISTS {DISCARDED_TABLE} (
+        token_serial TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        public_key_sha256 TEXT NOT NULL,
+        discarded TEXT NOT NULL,
+        PRIMARY KEY (token_serial, key_id)
+    )""",
+)
 #: The statements that make the current schema from nothing, and from each older version.
-_CREATE = _PENDING_SCHEMA + _INTENT_SCHEMA + _SUBMISSION_SCHEMA
-_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _INTENT_SCHEMA, 2: _SUBMISSION_SCHEMA}
+_CREATE = _PENDING_SCHEMA + _INTENT_SCHEMA + _SUBMISSION_SCHEMA + _DISCARDED_SCHEMA
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _INTENT_SCHEMA, 2: _SUBMISSION_SCHEMA, 3: _DISCARDED_SCHEMA}
 #: The tables of each schema version, sorted.
 _TABLES: dict[int, list[str]] = {
     1: [PENDING_TABLE],
     2: [INTENT_TABLE, PENDING_TABLE],
     3: [SUBMISSION_TABLE, INTENT_TABLE, PENDING_TABLE],
+    4: [SUBMISSION_TABLE, DISCARDED_TABLE, INTENT_TABLE, PENDING_TABLE],
 }
 #: The columns each table must have in the current schema (a foreign database is refused).
 COLUMNS: dict[str, frozenset[str]] = {}
@@ -274,7 +288,7 @@ def _columns(table: str) -> frozenset[str]:
         try:
             for statement in _CREATE:
                 connection.execute(statement)
-            for name in (PENDING_TABLE, INTENT_TABLE, SUBMISSION_TABLE):
+            for name in (PENDING_TABLE, INTENT_TABLE, SUBMISSION_TABLE, DISCARDED_TABLE):
                 COLUMNS[name] = frozenset(row[1] for row in connection.execute(f"PRAGMA table_info({name})"))
         finally:
             connection.close()

@@ -66,6 +66,12 @@ class TokenFacts:
     extra: dict[str, Any] = field(default_factory=dict)
     #: PIV cards: the CKA_IDs of the key and certificate objects, i.e. the occupied slots
     slot_ids: frozenset[bytes] = frozenset()
+    #: PIV cards: slots holding a certificate (ykcs11's attestation certificates not counted)
+    slot_certificates: frozenset[bytes] = frozenset()
+    #: PIV cards: slot CKA_ID -> SHA-256 of the DER SubjectPublicKeyInfo of the key it holds
+    slot_keys: dict[bytes, str] = field(default_factory=dict)
+    #: PIV cards: slots whose key is one a rolled-back run discarded (store/discarded.py): free
+    discarded_slots: frozenset[bytes] = frozenset()
 
     @property
     def private_key_count(self) -> int:

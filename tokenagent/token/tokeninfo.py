@@ -4,6 +4,8 @@ of its private keys, its object count and free memory (CK_TOKEN_INFO)."""
 from __future__ import annotations
 
 import ctypes
+import hashlib
+from dataclasses import dataclass
 
 import pkcs11
 from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass
@@ -13,7 +15,7 @@ from tokenagent.errors import TokenOperationError
 from tokenagent.token.facts import MechanismRange, TokenFacts
 from tokenagent.token.library import TokenHandle
 from tokenagent.token.names import rv as _rv
-from tokenagent.token.objects import find_objects, read_attributes
+from tokenagent.token.objects import find_objects, public_key_info, read_attributes
 from tokenagent.token.session import PinState, TokenSession
 
 _UNAVAILABLE = (1 << 64) - 1  # CK_UNAVAILABLE_INFORMATION for a 64-bit CK_ULONG
@@ -46,13 +48,7 @@ def gather_facts(ts: TokenSession) -> TokenFacts:
         for obj in find_objects(ts.session, object_class=ObjectClass.PRIVATE_KEY)
     ]
     free_public, free_private = _free_memory(ts)
-    slot_ids: frozenset[bytes] = frozenset()
-    if handle.is_piv:  # a slot is taken when ykcs11 shows a key or a certificate with its CKA_ID
-        slot_ids = frozenset(
-            bytes(read_attributes(obj, [Attribute.ID]).get(Attribute.ID) or b"")
-            for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY, ObjectClass.CERTIFICATE)
-            for obj in find_objects(ts.session, object_class=object_class)
-        )
+    slots = piv_slots(ts) if handle.is_piv else None
     return TokenFacts(
         label=handle.label,
         serial=handle.serial,
@@ -67,8 +63,44 @@ def gather_facts(ts: TokenSession) -> TokenFacts:
         free_public_memory=free_public,
         free_private_memory=free_private,
         pin_pad=state.protected_authentication_path,
-        slot_ids=slot_ids,
+        slot_ids=slots.occupied if slots else frozenset(),
+        slot_certificates=slots.certificates if slots else frozenset(),
+        slot_keys=slots.keys if slots else {},
     )
+
+
+#: ykcs11 labels the attestation certificate it makes for a slot's key like this: it proves where
+#: the key was generated and is not the slot's certificate
+_ATTESTATION_LABEL = "X.509 Certificate for PIV Attestation"
+
+
+@dataclass(frozen=True)
+class PivSlots:
+    occupied: frozenset[bytes]  # CKA_IDs with a key or a certificate
+    certificates: frozenset[bytes]  # CKA_IDs with a certificate (not an attestation)
+    keys: dict[bytes, str]  # CKA_ID -> SHA-256 of the public key
+
+
+def piv_slots(ts: TokenSession) -> PivSlots:
+    """What each slot of a PIV card holds, as ykcs11 shows it."""
+    occupied: set[bytes] = set()
+    certificates: set[bytes] = set()
+    keys: dict[bytes, str] = {}
+    for obj in find_objects(ts.session, object_class=ObjectClass.CERTIFICATE):
+        values = read_attributes(obj, [Attribute.ID, Attribute.LABEL])
+        key_id = bytes(values.get(Attribute.ID) or b"")
+        occupied.add(key_id)
+        if not str(values.get(Attribute.LABEL) or "").startswith(_ATTESTATION_LABEL):
+            certificates.add(key_id)
+    for obj in find_objects(ts.session, object_class=ObjectClass.PRIVATE_KEY):
+        occupied.add(bytes(read_attributes(obj, [Attribute.ID]).get(Attribute.ID) or b""))
+    for obj in find_objects(ts.session, object_class=ObjectClass.PUBLIC_KEY):
+        key_id = bytes(read_attributes(obj, [Attribute.ID]).get(Attribute.ID) or b"")
+        occupied.add(key_id)
+        spki = public_key_info(obj)
+        if spki is not None:
+            keys[key_id] = hashlib.sha256(spki).hexdigest()
+    return PivSlots(frozenset(occupied), frozenset(certificates), keys)
 
 
 def mechanism_names(ts: TokenSession) -> frozenset[str]:
