@@ -221,11 +221,12 @@ def test_a_version_2_store_is_migrated_and_ca_rows_go_with_their_request(tmp_pat
     first = store.add(new_pending(1))
     with sqlite3.connect(path) as connection:  # back to what tokenagent wrote before issue 14
         connection.execute("DROP TABLE ca_submissions")
+        connection.execute("DROP TABLE piv_discarded_keys")  # version 4 (issue 19)
         connection.execute("PRAGMA user_version = 2")
     assert SubmissionStore(path).all() == {}  # a version 2 store reads as having no CA rows
     second = store.add(new_pending(2), submission=CaSubmission(0, "corp", "{}", "unsubmitted"))
     with sqlite3.connect(path) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     rows = SubmissionStore(path).all()
     assert list(rows) == [second.id] and rows[second.id].state == "unsubmitted"
     saved = SubmissionStore(path).save(

@@ -5,7 +5,7 @@ Every request, certificate and signature is checked with openssl and pkcs11-tool
 
 from __future__ import annotations
 
-import os
+import json
 import re
 import subprocess
 import sys
@@ -61,9 +61,10 @@ def station(piv_station: Any, tmp_path: Path) -> Any:
 
 
 def env(station: Any, **extra: str) -> dict[str, str]:
+    # without the session's TOKENAGENT_MODULE (SoftHSM): the card is found as a user would find it
+    inherited = {name: value for name, value in station.env().items() if not name.startswith("TOKENAGENT_")}
     return {
-        **os.environ,
-        **station.env(),
+        **inherited,
         "MGMT": MGMT,
         "PIN": PIN,
         "TOKENAGENT_STATE_DIR": str(station.state),
@@ -206,8 +207,8 @@ def test_an_occupied_slot_is_refused_before_anything_is_generated(station: Any, 
     assert "PIV slot 9a" in again.stderr and "already holds a key" in again.stderr and "PivOverwrite" in again.stderr
     assert not request.exists()
     assert without_serials(listing(station, 0)) == before  # the same key (pkcs11-tool prints its EC point) and objects
-    pending = ta(station, "pending", "--json")
-    assert pending.stdout.count('"id"') >= 1
+    pending = json.loads(ta(station, "pending", "--json").stdout)
+    assert len(pending["pending"]) == 1  # the first request only
 
 
 def test_a_wrong_user_pin_leaves_the_slot_empty_and_free(station: Any, tmp_path: Path) -> None:
@@ -257,3 +258,67 @@ def test_agent_in_9c_of_a_second_card_co_signs_for_a_user_in_9a(station: Any, ca
     assert signer["sid"].chosen["serial_number"].native == x509.Certificate.load(agent_der).serial_number
     names = [attr["type"].dotted for attr in signer["signed_attrs"]]
     assert "1.3.6.1.4.1.311.13.2.1" in names  # the RequesterName name-value pair
+
+
+def test_enroll_through_a_file_drop_then_resume_installs_into_the_slot(
+    station: Any, ca: OpenSslCA, tmp_path: Path
+) -> None:
+    """`enroll` (key on the card, request to the CA) and `enroll --resume` (the answer into the key's slot)
+    with the management key: the PIV path of the station's commands."""
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    inf = tmp_path / "ada.inf"
+    inf.write_text(LOGON_INF.format(name="ada", algorithm="ECDSA_P256", extra=""))
+    secrets = ["--so-pin-source", "env:MGMT", "--pin-source", "env:PIN"]
+    run = ta(station, "enroll", str(inf), "--config", f"file:{outbox}", "--token", station.token_label(0), *secrets)
+    assert run.returncode == 14, run.stderr  # pending: a person takes the request to the CA
+    (request,) = outbox.glob("*.req")
+    ca.issue(
+        request.read_bytes().replace(b"NEW CERTIFICATE REQUEST", b"CERTIFICATE REQUEST"), request.with_suffix(".cer")
+    )
+    done = ta(station, "enroll", "--resume", *secrets)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "installed" in done.stdout
+    opensc = listing(station, 0, station.opensc)
+    assert "Certificate for PIV Authentication" in opensc and "ID:         01" in opensc
+    pending = json.loads(ta(station, "pending", "--json").stdout)
+    assert pending["pending"] == []  # installed: the request is done
+
+
+def test_dry_run_objects_repair_and_overwrite(station: Any, ca: OpenSslCA, tmp_path: Path) -> None:
+    """The plan names the slot; `objects` shows slots; `repair` has nothing to relink (the slot is the
+    link); PivOverwrite = TRUE replaces a slot's key, and only then."""
+    inf_text = LOGON_INF.format(name="ada", algorithm="ECDSA_P256", extra="")
+    planned, _ = new(station, tmp_path, 0, inf_text, "plan", "--dry-run", "--json")
+    assert planned.returncode == 0, planned.stderr
+    plan = json.loads(planned.stdout)["plan"]
+    assert plan["piv_slot"] == "9a" and plan["private_template"]["CKA_ID"] == "01"
+    assert plan["provider"]["profile"]["name"] == "piv"  # the INF named the smart-card KSP: a PIV card
+    made, request = new(station, tmp_path, 0, inf_text, "ada")
+    assert made.returncode == 0, made.stderr
+    cert = tmp_path / "ada.pem"
+    ca.issue(request, cert)
+    secrets = ["--so-pin-source", "env:MGMT", "--pin-source", "env:PIN"]
+    assert ta(station, "accept", str(cert), *secrets).returncode == 0
+
+    shown = ta(station, "objects", "--token", station.token_label(0), "--module", "ykcs11", "--pin-source", "env:PIN",
+               "--json")  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    objects = json.loads(shown.stdout)
+    assert objects["piv"] is True
+    in_9a = {(o["class"], o["label"]) for o in objects["objects"] if o.get("piv_slot") == "9a"}
+    assert ("private-key", "Private key for PIV Authentication") in in_9a
+    assert ("certificate", "X.509 Certificate for PIV Authentication") in in_9a
+
+    repaired = ta(station, "repair", str(cert), "--token", station.token_label(0), "--module", "ykcs11", *secrets,
+                  "--json")  # fmt: skip
+    assert repaired.returncode == 0, repaired.stderr
+    assert json.loads(repaired.stdout)["changes"] == []
+
+    before = without_serials(listing(station, 0))
+    replaced, request = new(station, tmp_path, 0, inf_text.replace("[Extensions]", "PivOverwrite = TRUE\n[Extensions]"),
+                            "again")  # fmt: skip
+    assert replaced.returncode == 0, replaced.stderr
+    after = without_serials(listing(station, 0))
+    assert after != before and openssl("req", "-in", request, "-verify", "-noout").returncode == 0
+    assert "X.509 Certificate for PIV Authentication" in after  # ykcs11's placeholder for the new key

@@ -4,7 +4,9 @@ The same rules on a virtual PIV card through ykcs11: tests/test_piv.py."""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -157,3 +159,25 @@ def test_an_occupied_slot_is_refused_unless_the_policy_replaces_it() -> None:
     replacing = piv_plan("KeyAlgorithm = ECDSA_P256\nPivOverwrite = TRUE", LOGON)
     allowed = check_capacity(replacing, piv_facts(b"\x01"))
     assert allowed.ok and "will be replaced" in next(c.detail for c in allowed.checks if c.name == "slot")
+
+
+def test_a_version_3_store_gains_the_discarded_key_table(tmp_path: Path) -> None:
+    """Schema v4 (issue 19): a rolled-back PIV generation records the key it could not delete."""
+    from tests.test_store import new_pending
+    from tokenagent.store.database import SCHEMA_VERSION
+    from tokenagent.store.discarded import DiscardedKeys
+    from tokenagent.store.pending import PendingStore
+
+    path = tmp_path / "pending.sqlite3"
+    record = PendingStore(path).add(new_pending(1))
+    with sqlite3.connect(path) as connection:  # what tokenagent wrote before issue 19
+        connection.execute("DROP TABLE piv_discarded_keys")
+        connection.execute("PRAGMA user_version = 3")
+    assert DiscardedKeys(path).for_token("30000000") == {}  # a version 3 store has none
+    DiscardedKeys(path).add("30000000", b"\x01", "ab" * 32)
+    DiscardedKeys(path).add("30000000", b"\x01", "cd" * 32)  # the slot's latest discard wins
+    DiscardedKeys(path).add("30000001", b"\x02", "ef" * 32)
+    assert DiscardedKeys(path).for_token("30000000") == {b"\x01": "cd" * 32}
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert [r.id for r in PendingStore(path).list()] == [record.id]  # nothing else changed

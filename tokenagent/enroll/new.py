@@ -39,7 +39,7 @@ from tokenagent.errors import (
 )
 from tokenagent.inf.policy import RequestPolicy, RequestType, load_policy
 from tokenagent.providers.capacity import CapacityVerdict, check_capacity
-from tokenagent.providers.plan import KeyPlan, plan_key
+from tokenagent.providers.plan import KeyPlan, plan_key, refuse_piv_keys
 from tokenagent.providers.registry import Profile, ProviderEntry, ProviderRegistry, load_registry
 from tokenagent.request.algorithms import SignatureAlgorithm
 from tokenagent.request.armor import REQUEST_LABEL, armor
@@ -402,6 +402,8 @@ def for_token(prepared: Prepared, handle: TokenHandle) -> Prepared:
             f"{prepared.policy.where('provider_name')}: profile 'piv' needs Yubico's ykcs11, and token "
             f"{handle.describe()} is served by {handle.module.path}: {opensc}give --module ykcs11"
         )
+    if provider.profile.name != "piv":
+        refuse_piv_keys(prepared.policy, provider)  # the smart card is not a PIV card after all
     return prepared
 
 

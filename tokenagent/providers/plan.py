@@ -117,7 +117,8 @@ def plan_key(policy: RequestPolicy, provider: ProviderEntry, *, machine: bool | 
     family = policy.key_family
     if provider.profile.name == "piv":
         return _plan_piv(policy, provider, family, machine)
-    _refuse_piv_keys(policy, provider)
+    if provider.profile.kind != "smartcard":  # a smart card may still turn out to be a PIV card
+        refuse_piv_keys(policy, provider)
     _check_algorithm(policy, provider, family)
     _refuse_scep(policy)
     _check_key_size(policy, provider, family)
@@ -370,7 +371,7 @@ def piv_key_label(slot: PivSlot) -> str:
     return f"Private key for {_YKCS11_LABELS.get(slot.name, slot.purpose.replace(' Management', ''))}"
 
 
-def _refuse_piv_keys(policy: RequestPolicy, provider: ProviderEntry) -> None:
+def refuse_piv_keys(policy: RequestPolicy, provider: ProviderEntry) -> None:
     """PivPinPolicy and the other PIV keys on a token that is not a PIV card: say so, do not ignore."""
     for key, name, default in (
         ("piv_pin_policy", "PivPinPolicy", "default"),
