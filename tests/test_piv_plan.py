@@ -181,3 +181,11 @@ def test_a_version_3_store_gains_the_discarded_key_table(tmp_path: Path) -> None
     with sqlite3.connect(path) as connection:
         assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert [r.id for r in PendingStore(path).list()] == [record.id]  # nothing else changed
+
+
+def test_piv_keys_on_a_smart_card_provider_wait_for_the_token() -> None:
+    """A smart-card provider may find a PIV card: the Piv keys are judged once the token is known
+    (enroll/new.py: for_token refuses them on a card that is not one)."""
+    smartcard = REGISTRY.lookup("Microsoft Smart Card Key Storage Provider")
+    planned = plan_key(policy("KeyAlgorithm = ECDSA_P256\nPivOverwrite = TRUE"), smartcard)
+    assert planned.piv_slot is None and planned.provider.profile.name == "smartcard"
