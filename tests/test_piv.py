@@ -149,6 +149,11 @@ def test_logon_key_in_9a_accepted_then_opensc_signs_with_it(
     ca.issue(request, cert)
     accepted = ta(station, "accept", str(cert), "--so-pin-source", "env:MGMT", "--pin-source", "env:PIN", "--json")
     assert accepted.returncode == 0, accepted.stderr
+    # the management key and the PIN went through env: never into output, JSON or the state store
+    said = made.stdout + made.stderr + accepted.stdout + accepted.stderr
+    stored = b"".join(path.read_bytes() for path in station.state.rglob("*") if path.is_file())
+    for secret in (MGMT, MGMT.upper(), PIN):
+        assert secret not in said and secret.encode() not in stored
 
     # OpenSC, the second implementation: it lists the certificate in 9a and signs with the key
     opensc = listing(station, 0, station.opensc)
