@@ -27,6 +27,7 @@ from tokenagent.enroll.new import (
     NewOptions,
     NewResult,
     enroll,
+    facts_needed,
     lock_selection,
     lock_token,
     open_user_session,
@@ -106,7 +107,7 @@ def enroll_policy(options: EnrollOptions, *, on_warning: Warn | None = None) -> 
             agent = stack.enter_context(open_agent(new_options.agent, on_warning=warn))
         session = stack.enter_context(open_user_session(prepared, handle, warn))
         recover_interrupted(session, prepared.store_path, on_warning=warn)
-        made = enroll(prepared, session, gather_facts(session), agent=agent)
+        made = enroll(prepared, session, gather_facts(session, facts_needed(prepared, handle)), agent=agent)
         assert made.outcome is not None and made.outcome.pending is not None
         pending = made.outcome.pending
         record = (PendingStore(prepared.store_path), pending)

@@ -60,7 +60,7 @@ from tokenagent.token.objects import destroy_objects, key_id_for
 from tokenagent.token.pins import Pin, PinSource, parse_pin_source
 from tokenagent.token.session import TokenSession, open_session
 from tokenagent.token.target import ANY_TOKEN, TokenTarget
-from tokenagent.token.tokeninfo import gather_facts
+from tokenagent.token.tokeninfo import FactNeeds, gather_facts
 from tokenagent.token.uri import Pkcs11Uri
 
 if TYPE_CHECKING:  # the agent and CMS/CMC rooms are imported only by the requests that use them
@@ -272,7 +272,7 @@ def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewRe
         with session:
             if not options.dry_run:
                 recover_interrupted(session, prepared.store_path, on_warning=warn)
-            return enroll(prepared, session, gather_facts(session), agent=agent)
+            return enroll(prepared, session, gather_facts(session, facts_needed(prepared, handle)), agent=agent)
 
 
 def open_user_session(prepared: Prepared, handle: TokenHandle, warn: Warn) -> TokenSession:
@@ -382,6 +382,18 @@ def prepare(options: NewOptions, warn: Warn, *, registry: ProviderRegistry | Non
     return Prepared(options, policy, provider, machine, plan, pin_source, registry.profiles.get("piv"))
 
 
+def facts_needed(prepared: Prepared, handle: TokenHandle) -> FactNeeds:
+    """The capacity check's questions for this plan on this token, and nothing else."""
+    plan = for_token(prepared, handle).plan
+    profile = plan.provider.profile
+    return FactNeeds(
+        mechanisms=frozenset({plan.generation_mechanism, *(m.mechanism for m in plan.sign_candidates)}),
+        label=plan.label if plan.existing is None and plan.piv_slot is None else None,
+        private_keys=profile.key_containers is not None,
+        objects=profile.max_objects is not None,
+    )
+
+
 def for_token(prepared: Prepared, handle: TokenHandle) -> Prepared:
     """The plan for the token actually selected: a PIV card (ykcs11) gets the 'piv' profile's slots
     and templates whatever provider the INF named, and the 'piv' profile needs ykcs11."""
@@ -476,7 +488,12 @@ class _Transaction:
         pair = self._key_pair()
         assert result.verdict.sign_mechanism is not None
         signer = TokenSigner(
-            self.session, pair.private, result.verdict.sign_mechanism, SignatureAlgorithm(plan.hash, plan.padding)
+            self.session,
+            pair.private,
+            result.verdict.sign_mechanism,
+            SignatureAlgorithm(plan.hash, plan.padding),
+            # the generation template set CKA_ALWAYS_AUTHENTICATE (PIV: the slot's policy): no read-back
+            always_authenticates=plan.always_authenticate if pair.generated else None,
         )
         if policy.request_type == RequestType.CERT:
             der = self_signed_certificate(policy, pair.spki, signer, now=datetime.now(UTC))

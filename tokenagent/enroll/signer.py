@@ -19,14 +19,25 @@ from tokenagent.token.tokeninfo import mechanism_names
 
 
 class TokenSigner:
-    def __init__(self, session: TokenSession, key: Any, how: SignMechanism, algorithm: SignatureAlgorithm) -> None:
+    def __init__(
+        self,
+        session: TokenSession,
+        key: Any,
+        how: SignMechanism,
+        algorithm: SignatureAlgorithm,
+        *,
+        always_authenticates: bool | None = None,
+    ) -> None:
+        """``always_authenticates``: CKA_ALWAYS_AUTHENTICATE when the caller set it in the template
+        (a key just generated); None reads it from the key."""
         if how.hash != algorithm.hash:
             raise ValueError("the mechanism's hash and the signature algorithm's hash differ")
         self._session = session
         self._key = key
         self._how = how
         self._algorithm = algorithm
-        self._context_login = always_authenticate(key)  # one attribute read, not one per signature
+        # one attribute read at most, not one per signature; none for a key whose template said it
+        self._context_login = always_authenticate(key) if always_authenticates is None else always_authenticates
         self.signatures = 0  # counted for tests and benchmarks
 
     @property

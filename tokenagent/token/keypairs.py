@@ -39,21 +39,19 @@ def empty_key_objects(ts: TokenSession, *, thorough: bool = False) -> list[pkcs1
     whole token: only when there is reason to, see enroll/recovery.py).
     """
     husks = []
-    empty = {Attribute.TOKEN: False, Attribute.LABEL: ""}
-    searches = [
-        {**empty, Attribute.CLASS: c, Attribute.ID: b""} for c in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
-    ]
-    searches.append({**empty, Attribute.CLASS: ObjectClass.DATA, Attribute.APPLICATION: "", Attribute.VALUE: b""})
-    failed = False
-    for template in searches:
-        found = _targeted(ts, template)
-        failed = failed or found is None
-        for obj in found or []:
-            if template[Attribute.CLASS] == ObjectClass.DATA:
+    # One search for every class: a husk claims CKA_TOKEN FALSE and has no label, which a real token
+    # object never has, and this session made no session objects (each search costs calls, and on
+    # a smart card each call is an APDU round trip). Then the class decides what else must be empty.
+    found = _targeted(ts, {Attribute.TOKEN: False, Attribute.LABEL: ""})
+    failed = found is None
+    for obj in found or []:
+        if obj.object_class == ObjectClass.DATA:
+            values = read_attributes(obj, [Attribute.APPLICATION, Attribute.VALUE])
+            if not values.get(Attribute.APPLICATION) and not values.get(Attribute.VALUE):
                 husks.append(obj)
-                continue
-            values = read_attributes(obj, [Attribute.MODULUS, Attribute.EC_PARAMS])
-            if not values.get(Attribute.MODULUS) and not values.get(Attribute.EC_PARAMS):
+        elif obj.object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+            values = read_attributes(obj, [Attribute.ID, Attribute.MODULUS, Attribute.EC_PARAMS])
+            if not any(values.get(name) for name in (Attribute.ID, Attribute.MODULUS, Attribute.EC_PARAMS)):
                 husks.append(obj)
     if thorough or failed:
         known = {obj.handle for obj in husks}

@@ -21,32 +21,44 @@ from tokenagent.token.session import PinState, TokenSession
 _UNAVAILABLE = (1 << 64) - 1  # CK_UNAVAILABLE_INFORMATION for a 64-bit CK_ULONG
 
 
-def gather_facts(ts: TokenSession) -> TokenFacts:
-    """What the capacity check needs: flags, mechanisms with ranges, what is already stored."""
-    handle = ts.handle.refresh()
+@dataclass(frozen=True)
+class FactNeeds:
+    """What one capacity check reads, so that no call goes to the token for anything else: on a
+    smart card each call is an APDU round trip, and a scan of every object grows with the token.
+
+    ``mechanisms``: the CKM_* names whose CK_MECHANISM_INFO is read (None: every mechanism);
+    ``label``: the KeyContainer whose collision is looked for by CKA_CLASS + CKA_LABEL;
+    ``private_keys`` / ``objects``: count them (a profile's key_containers / max_objects limit).
+    """
+
+    mechanisms: frozenset[str] | None = None
+    label: str | None = None
+    private_keys: bool = True
+    objects: bool = True
+
+
+EVERYTHING = FactNeeds()
+
+
+def gather_facts(ts: TokenSession, needs: FactNeeds = EVERYTHING) -> TokenFacts:
+    """What the capacity check needs: flags, mechanisms with ranges, what is already stored.
+    ``needs`` narrows it to one plan's questions (`enroll.new.facts_needed`); the default (a batch,
+    which plans many requests against one reading) reads all of it."""
+    # the flags open_session read just before its login: a login that worked leaves the PIN usable
+    handle = ts.handle if ts.logged_in else ts.handle.refresh()
     state = PinState.from_flags(handle.flags)
-    mechanisms: dict[str, MechanismRange] = {}
-    try:
-        available = handle.slot.get_mechanisms()
-    except p11.PKCS11Error as exc:
-        raise TokenOperationError(f"token '{handle.label}': cannot list mechanisms: {type(exc).__name__}") from None
-    for mech in available:
-        if not isinstance(mech, Mechanism):
-            continue  # vendor-defined numbers: not ours to plan with
-        try:
-            info = handle.slot.get_mechanism_info(mech)
-        except p11.PKCS11Error:
-            continue
-        flags = frozenset(flag.name for flag in MechanismFlag if flag.value and info.flags & flag and flag.name)
-        mechanisms[f"CKM_{mech.name}"] = MechanismRange(
-            int(info.min_key_length or 0), int(info.max_key_length or 0), flags
-        )
-    # only private keys need an attribute read; the rest are just counted
-    count = sum(1 for _ in ts.session.get_objects({}))
-    labels = [
-        str(read_attributes(obj, [Attribute.LABEL]).get(Attribute.LABEL) or "")
-        for obj in find_objects(ts.session, object_class=ObjectClass.PRIVATE_KEY)
-    ]
+    mechanisms = _mechanisms(handle, needs.mechanisms)
+    count = sum(1 for _ in ts.session.get_objects({})) if needs.objects else 0
+    if needs.private_keys:  # every private key's label: the count, and any label collision
+        labels = [
+            str(read_attributes(obj, [Attribute.LABEL]).get(Attribute.LABEL) or "")
+            for obj in find_objects(ts.session, object_class=ObjectClass.PRIVATE_KEY)
+        ]
+    elif needs.label is not None:  # only whether this label is taken: the token matches it
+        taken = find_objects(ts.session, object_class=ObjectClass.PRIVATE_KEY, label=needs.label)
+        labels = [needs.label] if taken else []
+    else:
+        labels = []
     free_public, free_private = _free_memory(ts)
     slots = piv_slots(ts) if handle.is_piv else None
     return TokenFacts(
@@ -101,6 +113,28 @@ def piv_slots(ts: TokenSession) -> PivSlots:
         if spki is not None:
             keys[key_id] = hashlib.sha256(spki).hexdigest()
     return PivSlots(frozenset(occupied), frozenset(certificates), keys)
+
+
+def _mechanisms(handle: TokenHandle, wanted: frozenset[str] | None) -> dict[str, MechanismRange]:
+    """CK_MECHANISM_INFO of the wanted mechanisms the slot lists (all listed ones for None)."""
+    try:
+        available = handle.slot.get_mechanisms()
+    except p11.PKCS11Error as exc:
+        raise TokenOperationError(f"token '{handle.label}': cannot list mechanisms: {type(exc).__name__}") from None
+    mechanisms: dict[str, MechanismRange] = {}
+    for mech in available:
+        if not isinstance(mech, Mechanism):
+            continue  # vendor-defined numbers: not ours to plan with
+        name = f"CKM_{mech.name}"
+        if wanted is not None and name not in wanted:
+            continue
+        try:
+            info = handle.slot.get_mechanism_info(mech)
+        except p11.PKCS11Error:
+            continue
+        flags = frozenset(flag.name for flag in MechanismFlag if flag.value and info.flags & flag and flag.name)
+        mechanisms[name] = MechanismRange(int(info.min_key_length or 0), int(info.max_key_length or 0), flags)
+    return mechanisms
 
 
 def mechanism_names(ts: TokenSession) -> frozenset[str]:

@@ -1,0 +1,68 @@
+"""The PKCS#11 call budget of one `new`, counted by OpenSC's pkcs11-spy (an independent recorder of
+every call), so that the economy cannot regress silently: on a smart card each call is one or more
+APDU round trips. The count must stay within the budget and must not grow with what the token holds
+(docs/performance.md has the table for every operation, from `make bench`)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from tests.conftest import USER_PIN, make_softhsm, run_cli
+from tests.test_login import spy_module
+
+#: calls of one `new` (P-256, PKCS#10) on a token with one slot; the careful minimum is ~15 (docs/performance.md)
+NEW_BUDGET = 44
+#: how much the count may change between an empty token and one holding 60 objects
+FLAT_TOLERANCE = 3
+
+INF = '[NewRequest]\nSubject = "CN=budget"\nKeyAlgorithm = ECDSA_P256\n'
+
+FILL = """
+import sys, pkcs11
+from pkcs11 import KeyType, Mechanism
+lib = pkcs11.lib(sys.argv[1])
+token = lib.get_token(token_label=sys.argv[2])
+with token.open(rw=True, user_pin=sys.argv[3]) as session:
+    for n in range(int(sys.argv[4])):
+        params = session.create_domain_parameters(
+            KeyType.EC, {pkcs11.Attribute.EC_PARAMS: bytes.fromhex("06082a8648ce3d030107")}, local=True
+        )
+        params.generate_keypair(store=True, label=f"filler-{n}", id=n.to_bytes(2, "big"))
+"""
+
+
+def count_new(softhsm, work: Path, name: str) -> Counter[str]:
+    log = work / f"{name}.log"
+    inf = work / f"{name}.inf"
+    inf.write_text(INF)
+    env = softhsm.env(PKCS11SPY=softhsm.module, PKCS11SPY_OUTPUT=str(log), PIN=USER_PIN)
+    env["TOKENAGENT_MODULE"] = spy_module()
+    run = run_cli("new", str(inf), str(work / f"{name}.req"), "--token", "budget", "--pin-source", "env:PIN", env=env)
+    assert run.returncode == 0, run.stderr
+    return Counter(re.findall(r"^\d+: (C_\w+)", log.read_text(errors="replace"), flags=re.M))
+
+
+def test_new_stays_within_its_call_budget_and_flat_in_what_the_token_holds(tmp_path: Path) -> None:
+    softhsm = make_softhsm(tmp_path / "hsm", ["budget"])
+    empty = count_new(softhsm, tmp_path, "empty")
+    total = sum(empty.values())
+    assert total <= NEW_BUDGET, f"{total} calls > budget {NEW_BUDGET}: {dict(empty)}"
+    assert empty["C_GetMechanismInfo"] <= 3  # only the mechanisms the plan uses
+    assert empty["C_Login"] == 1 and empty["C_GenerateKeyPair"] == 1
+
+    # 29 more key pairs (58 objects) beside the two `new` made: the count must not follow them
+    subprocess.run(
+        [sys.executable, "-c", FILL, softhsm.module, "budget", USER_PIN, "29"],
+        check=True,
+        env=softhsm.env(),
+        capture_output=True,
+    )
+    listed = run_cli("objects", "--token", "budget", "--pin-source", "env:PIN", "--json", env=softhsm.env(PIN=USER_PIN))
+    assert len(json.loads(listed.stdout)["objects"]) == 60
+    full = count_new(softhsm, tmp_path, "full")
+    assert abs(sum(full.values()) - total) <= FLAT_TOLERANCE, f"empty: {dict(empty)}; 60 objects: {dict(full)}"
