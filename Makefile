@@ -42,6 +42,8 @@ $(VENV)/.installed: pyproject.toml
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	@# bytecode now, so no run pays for compiling tokenagent (and none can be told not to keep it)
+	$(BIN)/python -m compileall -q tokenagent
 	@touch $@
 
 # The CA servers the demo and the tests run: django-ca + django-ca-cmc in a venv of their own

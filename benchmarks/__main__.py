@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote {out_md} from {args.from_json}")
         return 0
 
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        log(
+            "warning: PYTHONDONTWRITEBYTECODE is set: an editable install then recompiles tokenagent at every "
+            "start (+44% CPU for a one-shot command in issue 15's measurement); the start-up figures include it"
+        )
     publish = not args.quick and not args.only
     default_dir = ROOT if publish else ROOT / "build" / "bench"
     out_json = args.out_json or (

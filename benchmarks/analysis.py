@@ -280,6 +280,26 @@ def analysis(data: dict[str, Any]) -> list[str]:
             *profile_table(profiles.get("new_request_loop"), "inclusive"),
             "",
         ]
+    operations = _get(results, "calls", "operations")
+    if operations:
+        from benchmarks.calls import MINIMUM, TARGETS
+
+        listed = operations.get("objects: objects listed")
+        out += [
+            "PKCS#11 calls per operation, one CLI run each through OpenSC's pkcs11-spy.so (SoftHSM, a user and an "
+            "agent token in one instance); the minimum is what a careful implementation needs (benchmarks/calls.py "
+            "says which calls), the target is issue 15's:",
+            "",
+            "| operation | calls | minimum | ratio | target |",
+            "|---|---:|---:|---:|---|",
+            *[
+                f"| {name}{f' ({listed} objects)' if name.startswith('objects') and listed else ''} | {count} | "
+                f"{MINIMUM[name]} | {count / MINIMUM[name]:.1f}× | {TARGETS.get(name, '')} |"
+                for name, count in operations.items()
+                if name in MINIMUM
+            ],
+            "",
+        ]
     counts = _get(results, "calls", "counts")
     if counts:
         calls_n = _get(results, "calls", "n")
@@ -338,6 +358,16 @@ def analysis(data: dict[str, Any]) -> list[str]:
         "now checked once per certificate (a small cache keyed by its DER) and only re-read afterwards; and "
         "`enroll/new.py` imports the agent and CMS/CMC modules only for RequestType = CMC/PKCS7, so a PKCS#10 "
         "`new` no longer pays for them.",
+        "5. **PKCS#11 calls that earned no place** (issue 15, the call table above): the capacity check read "
+        "CK_MECHANISM_INFO of every mechanism (70 on SoftHSM; now the plan's 2-3), counted every object and read "
+        "every private key's label (now one search by CKA_CLASS + CKA_LABEL, counts only for a profile with a "
+        "limit), searched three times for husks (now once), and read CKA_ALWAYS_AUTHENTICATE back from a key whose "
+        "template set it: `new` went from 122 to 42 calls on a one-slot token and no longer grows with the token. "
+        "`objects` reads each object with one C_GetAttributeValue and its size query through token/raw.py "
+        "(python-pkcs11 wraps every object it finds after a ten-attribute capability read that SoftHSM refuses and "
+        "that it retries one attribute at a time: ~9 calls per object before anything was read). The agent's "
+        "certificate is looked for by the key's CKA_ID first. tests/test_call_budget.py keeps `new` within 44 calls "
+        "and `objects` within 3 per object.",
         "",
         "Left as they are: the pending store's durability (SQLite synchronous = FULL and an fsync'd, renamed "
         "request file per request are the commit protocol of `new`), and asn1crypto's cost of building a request.",

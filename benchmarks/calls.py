@@ -1,17 +1,24 @@
-"""PKCS#11 calls per request: `NewBatch` against `new_request` per request, counted by pkcs11-spy.
+"""PKCS#11 calls per operation, counted by pkcs11-spy: the call economy (issue 15).
 
 Not a timing: OpenSC's pkcs11-spy.so sits between tokenagent and SoftHSM (PKCS11SPY names the
-real module) and logs every call. The counts show what the batch saves: logins, sessions, the
-capacity check's mechanism and object reads, and the searches that visit the whole token.
+real module) and logs every call. On SoftHSM a call costs microseconds; on a smart card each call
+that reaches the card is one or more APDU round trips of 5-50 ms, so the count is what an
+enrollment station feels. Two tables:
+
+- `operations`: one CLI run of each command, its call count, the minimum a careful implementation
+  needs (`MINIMUM`, with the reasoning) and the ratio; `new` on an empty token and on one holding
+  60 objects shows whether the count grows with the token.
+- `counts`: `NewBatch` against `new_request` per request, for 20 requests (what the batch saves).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import USER_PIN, Config, make_hsm, run_child, write_infs
+from benchmarks.common import PYTHON, TOKENAGENT, USER_PIN, Config, checked, make_hsm, run_child, write_infs
 
 SPY_PATHS = (
     "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
@@ -67,4 +74,120 @@ def run(config: Config, work: Path) -> dict[str, Any]:
         for name in re.findall(r"^\d+: (C_\w+)", log.read_text(errors="replace"), flags=re.M):
             found[name] = found.get(name, 0) + 1
         counts[mode] = {name: found.get(name, 0) for name in COUNTED}
-    return {"rows": [], "n": n, "counts": counts}
+    return {"rows": [], "n": n, "counts": counts, "operations": operations(spy, work / "operations")}
+
+
+#: The calls a careful implementation needs (PKCS#11 v2.40, one slot, one token), as issue 15 counted
+#: them; python-pkcs11 adds a few everywhere (C_GetInterface x2, C_GetInfo, size queries).
+MINIMUM = {
+    # Initialize, SlotList, TokenInfo, OpenSession, Login, MechanismInfo x2, one label search (3),
+    # GenerateKeyPair, read the public key, set CKA_ID x2, SignInit, Sign, Logout/Close/Finalize
+    "new P-256, empty token": 15,
+    "new P-256, token with 60 objects": 15,
+    # the above plus the agent's token: SlotList/TokenInfo, OpenSession, Login, key and certificate
+    # search (6), SignInit, Sign
+    "new + agent (CMC)": 32,
+    # one token: Initialize, SlotList, TokenInfo, OpenSession, Login, key + certificate search (6),
+    # read the certificate, SignInit, Sign, Logout/Close/Finalize
+    "sign (co-sign)": 20,
+    # Initialize, SlotList, TokenInfo, OpenSession, Login, key by CKA_ID (3), public key read,
+    # certificate present? (3), SignInit, Sign (key test), CreateObject, Logout/Close/Finalize
+    "accept .cer": 19,
+    # per object: one C_GetAttributeValue with every attribute wanted, plus its size query
+    "objects, per object": 2,
+}
+
+#: issue 15's acceptance, per row
+TARGETS = {
+    "new P-256, empty token": "<= 1.5x",
+    "new P-256, token with 60 objects": "the empty token's count +- 3",
+    "new + agent (CMC)": "<= 1.5x",
+    "sign (co-sign)": "<= 1.5x",
+    "accept .cer": "<= 1.5x",
+    "objects, per object": "<= 3 calls per object",
+}
+
+AGENT_INF = """[NewRequest]
+Subject = "CN=Bench Agent,O=Example Corp"
+KeyAlgorithm = ECDSA_P256
+KeyContainer = bench-agent
+"""
+USER_INF = """[NewRequest]
+Subject = "CN=bench-user,O=Example Corp"
+KeyAlgorithm = ECDSA_P256
+RequestType = {kind}
+{extra}
+"""
+FILL = """
+import sys, pkcs11
+from pkcs11 import KeyType
+lib = pkcs11.lib(sys.argv[1])
+token = lib.get_token(token_label=sys.argv[2])
+with token.open(rw=True, user_pin=sys.argv[3]) as session:
+    for n in range(int(sys.argv[4])):
+        params = session.create_domain_parameters(
+            KeyType.EC, {pkcs11.Attribute.EC_PARAMS: bytes.fromhex("06082a8648ce3d030107")}, local=True
+        )
+        params.generate_keypair(store=True, label=f"filler-{n}", id=n.to_bytes(2, "big"))
+"""
+
+
+def _spied(hsm: Any, spy: str, log: Path, *args: str) -> int:
+    env = hsm.env(TOKENAGENT_MODULE=spy, PKCS11SPY=hsm.module, PKCS11SPY_OUTPUT=str(log), PIN=USER_PIN)
+    if log.exists():
+        log.unlink()
+    checked([TOKENAGENT, *args], env)
+    return len(re.findall(r"^\d+: C_\w+", log.read_text(errors="replace"), flags=re.M))
+
+
+def _openssl_ca(work: Path) -> tuple[Path, Path]:
+    key, cert = work / "ca.key", work / "ca.pem"
+    checked(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", str(key), "-out", str(cert), "-subj", "/CN=Bench CA", "-days", "30"])  # fmt: skip
+    return key, cert
+
+
+def _issue(ca: tuple[Path, Path], request: Path, out: Path, extensions: str) -> Path:
+    pem = request.with_suffix(".csr")
+    pem.write_bytes(request.read_bytes().replace(b"NEW CERTIFICATE REQUEST", b"CERTIFICATE REQUEST"))
+    ext = out.with_suffix(".ext")
+    ext.write_text(extensions + "\n")
+    checked(["openssl", "x509", "-req", "-in", str(pem), "-CA", str(ca[1]), "-CAkey", str(ca[0]),
+             "-set_serial", "7", "-days", "10", "-extfile", str(ext), "-out", str(out)])  # fmt: skip
+    return out
+
+
+def operations(spy: str, work: Path) -> dict[str, float]:
+    """One spied CLI run per row of `MINIMUM` (the setup runs unspied)."""
+    hsm = make_hsm(work / "hsm", ["user", "agent"])
+    env = hsm.env(PIN=USER_PIN)
+    pins = ["--pin-source", "env:PIN"]
+    found: dict[str, float] = {}
+    user_inf = work / "user.inf"
+    user_inf.write_text(USER_INF.format(kind="PKCS10", extra=""))
+    found["new P-256, empty token"] = _spied(hsm, spy, work / "new.log", "new", str(user_inf), str(work / "u1.req"),
+                                             "--token", "user", *pins)  # fmt: skip
+    checked([PYTHON, "-c", FILL, hsm.module, "user", USER_PIN, "29"], env)  # 58 objects beside the 2
+    found["new P-256, token with 60 objects"] = _spied(hsm, spy, work / "new60.log", "new", str(user_inf),
+                                                       str(work / "u2.req"), "--token", "user", *pins)  # fmt: skip
+    ca = _openssl_ca(work)
+    agent_inf = work / "agent.inf"
+    agent_inf.write_text(AGENT_INF)
+    checked([TOKENAGENT, "new", str(agent_inf), str(work / "agent.req"), "--token", "agent", *pins], env)
+    agent_cert = _issue(ca, work / "agent.req", work / "agent.pem", "extendedKeyUsage = 1.3.6.1.4.1.311.20.2.1")
+    checked([TOKENAGENT, "accept", str(agent_cert), "--token", "agent", *pins], env)
+    agent = ["--agent", "pkcs11:token=agent;object=bench-agent;type=private", "--agent-pin-source", "env:PIN"]
+    cmc_inf = work / "cmc.inf"
+    cmc_inf.write_text(USER_INF.format(kind="CMC", extra='RequesterName = "EXAMPLE\\ada"'))
+    found["new + agent (CMC)"] = _spied(hsm, spy, work / "agent.log", "new", str(cmc_inf), str(work / "u3.req"),
+                                        "--token", "user", *pins, *agent)  # fmt: skip
+    found["sign (co-sign)"] = _spied(hsm, spy, work / "sign.log", "sign", str(work / "u1.req"), str(work / "s.req"),
+                                     "--agent", "pkcs11:token=agent;object=bench-agent;type=private",
+                                     "--requester", "EXAMPLE\\ada", *pins, "--yes")  # fmt: skip
+    user_cert = _issue(ca, work / "u2.req", work / "u2.pem", "extendedKeyUsage = clientAuth")
+    found["accept .cer"] = _spied(hsm, spy, work / "accept.log", "accept", str(user_cert), "--token", "user", *pins)
+    listed = _spied(hsm, spy, work / "objects.log", "objects", "--token", "user", *pins)
+    objects = len(json.loads(checked([TOKENAGENT, "objects", "--token", "user", *pins, "--json"], env))["objects"])
+    found["objects, per object"] = round(listed / objects, 1)
+    found["objects: objects listed"] = objects
+    return found

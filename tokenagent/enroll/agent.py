@@ -175,7 +175,10 @@ def _agent_certificate(session: TokenSession, options: AgentOptions, key: Any, s
             raise InputError(f"{given} holds {len(leaves)} end-entity certificates; give the agent's certificate")
         return leaves[0]
     key_id = key_id_of(key)
-    candidates = [c for c in certificate_objects(session.session) if c.spki == spki]
+    # the certificate next to the key (same CKA_ID) first; every certificate only when that fails
+    candidates = [c for c in certificate_objects(session.session, key_id=key_id) if c.spki == spki] if key_id else []
+    if not candidates:
+        candidates = [c for c in certificate_objects(session.session) if c.spki == spki]
     linked = [c for c in candidates if c.key_id == key_id] or candidates
     if not linked:
         raise ObjectNotFoundError(

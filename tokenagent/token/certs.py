@@ -64,11 +64,16 @@ class CertificateObject:
             return None
 
 
-def certificate_objects(session: pkcs11.Session, *, der: bytes | None = None) -> list[CertificateObject]:
-    """Every X.509 certificate object, or those whose CKA_VALUE is ``der`` (the token matches it)."""
+def certificate_objects(
+    session: pkcs11.Session, *, der: bytes | None = None, key_id: bytes | None = None
+) -> list[CertificateObject]:
+    """Every X.509 certificate object, or those whose CKA_VALUE is ``der`` or whose CKA_ID is
+    ``key_id`` (the token matches them: no read of every certificate)."""
     template: dict[Attribute, Any] = {Attribute.CLASS: ObjectClass.CERTIFICATE}
     if der is not None:
         template[Attribute.VALUE] = der
+    if key_id is not None:
+        template[Attribute.ID] = key_id
     found = []
     for obj in session.get_objects(template):
         values = read_attributes(

@@ -141,6 +141,42 @@ def describe_object(obj: pkcs11.Object, token: TokenHandle) -> ObjectInfo:
     return info
 
 
+def _describe_values(raw_values: dict[int, bytes], token: TokenHandle) -> ObjectInfo:
+    """`describe_object` from the raw attribute bytes of token/raw.py."""
+    from tokenagent.token import raw
+
+    object_class = raw.as_int(raw_values.get(Attribute.CLASS))
+    label = raw.as_text(raw_values.get(Attribute.LABEL))
+    object_id = raw_values.get(Attribute.ID)
+    class_name = CLASS_NAMES.get(int(object_class or 0), f"0x{int(object_class or 0):x}")
+    path = dict(token.uri().path)
+    if label:
+        path["object"] = label
+    if object_class in URI_TYPES:
+        path["type"] = URI_TYPES[object_class]
+    info = ObjectInfo(
+        object_class=class_name,
+        label=label,
+        id=bytes(object_id) if object_id else None,
+        uri=Pkcs11Uri(path=path, object_id=bytes(object_id) if object_id else None),
+    )
+    if object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY, ObjectClass.SECRET_KEY):
+        values: dict[Attribute, Any] = {}
+        for attribute in (Attribute.KEY_TYPE, Attribute.MODULUS_BITS, Attribute.VALUE_LEN):
+            if attribute in raw_values:
+                values[attribute] = raw.as_int(raw_values[attribute])
+        for attribute in (Attribute.MODULUS, Attribute.EC_PARAMS):
+            if attribute in raw_values:
+                values[attribute] = raw_values[attribute]
+        for attribute in (*KEY_FLAGS.values(), *KEY_USAGE.values()):
+            if attribute in raw_values:
+                values[attribute] = raw.as_bool(raw_values[attribute])
+        _describe_key_values(values, info)
+    elif object_class == ObjectClass.CERTIFICATE and raw_values.get(Attribute.VALUE):
+        info.certificate = summarize_certificate(bytes(raw_values[Attribute.VALUE]))
+    return info
+
+
 def _describe_key(obj: pkcs11.Object, info: ObjectInfo) -> None:
     wanted = [
         Attribute.KEY_TYPE,
@@ -151,7 +187,10 @@ def _describe_key(obj: pkcs11.Object, info: ObjectInfo) -> None:
         *KEY_FLAGS.values(),
         *KEY_USAGE.values(),
     ]
-    values = read_attributes(obj, wanted)
+    _describe_key_values(read_attributes(obj, wanted), info)
+
+
+def _describe_key_values(values: dict[Attribute, Any], info: ObjectInfo) -> None:
     key_type = values.get(Attribute.KEY_TYPE)
     info.key_type = _key_type_name(key_type)
     if key_type == KeyType.RSA:
@@ -232,10 +271,37 @@ def summarize_certificate(der: bytes) -> CertificateSummary | None:
         return None
 
 
+#: everything a listing shows, read in one C_GetAttributeValue per object (with its size query)
+_LISTED = (
+    Attribute.CLASS,
+    Attribute.LABEL,
+    Attribute.ID,
+    Attribute.KEY_TYPE,
+    Attribute.MODULUS,
+    Attribute.MODULUS_BITS,
+    Attribute.EC_PARAMS,
+    Attribute.VALUE_LEN,
+    Attribute.CERTIFICATE_TYPE,
+    *KEY_FLAGS.values(),
+    *KEY_USAGE.values(),
+)
+
+
 def list_objects(session: pkcs11.Session, token: TokenHandle) -> list[ObjectInfo]:
-    """Every object the session can see, keys first, then certificates, then the rest."""
+    """Every object the session can see, keys first, then certificates, then the rest.
+
+    Two calls per object (token/raw.py) plus one more for a certificate's value; python-pkcs11's
+    objects cost ~9 calls each on SoftHSM before anything was read."""
+    from tokenagent.token import raw
+
     order = {"private-key": 0, "public-key": 1, "secret-key": 2, "certificate": 3, "data": 4}
-    infos = [describe_object(obj, token) for obj in session.get_objects()]
+    path = token.module.path
+    infos = []
+    for handle in raw.find_handles(session, path, {}):
+        values = raw.read_raw(session, path, handle, _LISTED)
+        if raw.as_int(values.get(Attribute.CLASS)) == ObjectClass.CERTIFICATE:
+            values.update(raw.read_raw(session, path, handle, [Attribute.VALUE]))
+        infos.append(_describe_values(values, token))
     infos.sort(key=lambda i: (order.get(i.object_class, 9), i.id or b"", i.label or ""))
     return infos
 

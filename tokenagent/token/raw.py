@@ -1,0 +1,135 @@
+"""C_FindObjects and C_GetAttributeValue without python-pkcs11's object wrapper, for listings.
+
+python-pkcs11 turns every object a search finds into a Python class built from a bulk read of ten
+capability attributes; on SoftHSM that read fails (two attributes are PKCS#11 3.2's) and is retried
+one attribute at a time, so each object costs ~9 calls before tokenagent reads anything. On a
+smart card each call is an APDU round trip. A listing needs only handles and one read per object
+(its size query, then the values), so this module calls the module's exported C_* functions
+directly, in the session python-pkcs11 opened (the library is already initialized: the same
+shared object, the same session handle). Operations on objects (sign, destroy, set attributes)
+stay with python-pkcs11.
+
+PKCS#11 v2.40 §5.7.7 (C_GetAttributeValue): for an attribute the token cannot give, it sets
+ulValueLen to CK_UNAVAILABLE_INFORMATION and returns CKR_ATTRIBUTE_SENSITIVE or
+CKR_ATTRIBUTE_TYPE_INVALID while still filling in the others: those attributes are left out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from collections.abc import Iterable, Mapping
+from functools import cache
+from typing import Any
+
+import pkcs11
+from pkcs11 import Attribute
+
+from tokenagent.errors import TokenOperationError
+
+CK_UNAVAILABLE_INFORMATION = ctypes.c_ulong(-1).value
+CKR_OK = 0x000
+CKR_ATTRIBUTE_SENSITIVE = 0x011
+CKR_ATTRIBUTE_TYPE_INVALID = 0x012
+CKR_BUFFER_TOO_SMALL = 0x150
+_PARTIAL = (CKR_ATTRIBUTE_SENSITIVE, CKR_ATTRIBUTE_TYPE_INVALID)
+_BATCH = 64  # handles per C_FindObjects call
+
+
+class CK_ATTRIBUTE(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_ulong), ("pValue", ctypes.c_void_p), ("ulValueLen", ctypes.c_ulong)]
+
+
+@cache
+def _library(path: str) -> ctypes.CDLL:
+    """The module python-pkcs11 loaded (dlopen of the same path returns the same, initialized copy)."""
+    library = ctypes.CDLL(path)
+    for name in ("C_FindObjectsInit", "C_FindObjects", "C_FindObjectsFinal", "C_GetAttributeValue"):
+        getattr(library, name).restype = ctypes.c_ulong
+    return library
+
+
+def _pack(value: Any) -> bytes:
+    """A template value as PKCS#11 lays it out: CK_BBOOL, CK_ULONG, UTF-8 text or bytes."""
+    if isinstance(value, bool):
+        return b"\x01" if value else b"\x00"
+    if isinstance(value, int):
+        return int(value).to_bytes(ctypes.sizeof(ctypes.c_ulong), sys.byteorder)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return bytes(value)
+
+
+def _template(values: Mapping[Attribute, Any]) -> tuple[ctypes.Array[CK_ATTRIBUTE], list[Any]]:
+    buffers = [ctypes.create_string_buffer(_pack(v), len(_pack(v)) or 1) for v in values.values()]
+    template = (CK_ATTRIBUTE * max(1, len(values)))()
+    for slot, (attribute, buffer) in enumerate(zip(values, buffers, strict=True)):
+        length = len(_pack(values[attribute]))
+        template[slot] = CK_ATTRIBUTE(int(attribute), ctypes.cast(buffer, ctypes.c_void_p) if length else None, length)
+    return template, buffers  # the buffers must outlive the call
+
+
+def find_handles(session: pkcs11.Session, module_path: str, values: Mapping[Attribute, Any]) -> list[int]:
+    """Handles of the objects matching ``values`` (an empty mapping: every object the session sees)."""
+    library = _library(module_path)
+    handle = ctypes.c_ulong(session.handle)
+    template, keep = _template(values)
+    rv = library.C_FindObjectsInit(handle, template if values else None, ctypes.c_ulong(len(values)))
+    if rv != CKR_OK:
+        raise TokenOperationError(f"the token failed a search of its objects (CKR 0x{rv:x})")
+    found: list[int] = []
+    try:
+        batch = (ctypes.c_ulong * _BATCH)()
+        count = ctypes.c_ulong(0)
+        while True:
+            rv = library.C_FindObjects(handle, batch, ctypes.c_ulong(_BATCH), ctypes.byref(count))
+            if rv != CKR_OK:
+                raise TokenOperationError(f"the token failed a search of its objects (CKR 0x{rv:x})")
+            found.extend(batch[i] for i in range(count.value))
+            if count.value < _BATCH:
+                break
+    finally:
+        library.C_FindObjectsFinal(handle)
+    del keep
+    return found
+
+
+def read_raw(session: pkcs11.Session, module_path: str, obj: int, attributes: Iterable[Attribute]) -> dict[int, bytes]:
+    """Every attribute of ``attributes`` the token gives, as raw bytes: one size query, one read."""
+    library = _library(module_path)
+    wanted = [int(a) for a in attributes]
+    template = (CK_ATTRIBUTE * len(wanted))(*(CK_ATTRIBUTE(a, None, 0) for a in wanted))
+    handle, object_handle = ctypes.c_ulong(session.handle), ctypes.c_ulong(obj)
+    rv = library.C_GetAttributeValue(handle, object_handle, template, ctypes.c_ulong(len(wanted)))
+    if rv not in (CKR_OK, *_PARTIAL):
+        raise TokenOperationError(f"the token refused to read an object's attributes (CKR 0x{rv:x})")
+    available = [(t.type, t.ulValueLen) for t in template if t.ulValueLen != CK_UNAVAILABLE_INFORMATION]
+    if not available:
+        return {}
+    buffers = [ctypes.create_string_buffer(max(1, length)) for _, length in available]
+    second = (CK_ATTRIBUTE * len(available))(
+        *(
+            CK_ATTRIBUTE(kind, ctypes.cast(buf, ctypes.c_void_p), length)
+            for (kind, length), buf in zip(available, buffers, strict=True)
+        )
+    )
+    rv = library.C_GetAttributeValue(handle, object_handle, second, ctypes.c_ulong(len(available)))
+    if rv not in (CKR_OK, *_PARTIAL):
+        raise TokenOperationError(f"the token refused to read an object's attributes (CKR 0x{rv:x})")
+    return {
+        int(t.type): buf.raw[: t.ulValueLen]
+        for t, buf in zip(second, buffers, strict=True)
+        if t.ulValueLen != CK_UNAVAILABLE_INFORMATION
+    }
+
+
+def as_bool(value: bytes | None) -> bool | None:
+    return None if value is None else any(value[:1])
+
+
+def as_int(value: bytes | None) -> int | None:
+    return None if value is None else int.from_bytes(value, sys.byteorder)
+
+
+def as_text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", errors="replace")
