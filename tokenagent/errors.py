@@ -32,6 +32,8 @@ class TokenAgentError(Exception):
         super().__init__(message)
         if hresult is not None:
             self.hresult = hresult
+        #: True once a command printed this error inside its own --json document (one document per run)
+        self.reported_as_json = False
         #: facts a script needs besides the message (e.g. the CA's request ID of a pending request);
         #: printed under "details" by --json, never holding a secret
         self.details: dict[str, object] = dict(details or {})

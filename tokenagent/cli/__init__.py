@@ -157,12 +157,29 @@ def main(argv: list[str] | None = None) -> None:
         _fail(Interrupted("interrupted"))
     except TokenAgentError as exc:
         _fail(exc)
+    except BrokenPipeError:
+        _reader_went_away()
     except Exception as exc:  # a bug: still one line, the traceback behind -v
         if STATE.verbose:
             traceback.print_exc()
         message = f"internal error: {type(exc).__name__}: {exc} (rerun with -v and report it)"
         _fail(TokenAgentError(message))
     sys.exit(0)
+
+
+#: what a shell reports for a writer killed by SIGPIPE (128 + 13): `tokenagent objects | head`
+EXIT_BROKEN_PIPE = 141
+
+
+def _reader_went_away() -> None:
+    """The reader of our output closed it (`| head`): stop quietly, as a SIGPIPE'd C tool would.
+    stdout is pointed at /dev/null first so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    os._exit(EXIT_BROKEN_PIPE)
 
 
 def _show_click_error(exc: click.ClickException) -> None:
@@ -182,7 +199,7 @@ def _fail(exc: TokenAgentError) -> None:
         exc = Terminated(exc.message.replace("interrupted", "terminated", 1))
     if STATE.verbose and exc.__traceback__ is not None:
         traceback.print_exception(exc)
-    if STATE.json:
+    if STATE.json and not exc.reported_as_json:
         import json
 
         click.echo(json.dumps(exc.to_json()))

@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tokenagent.cli.options import AgentArgs, CaArgs, TokenArgs, agent_options, ca_options, json_option, token_options
+from tokenagent.cli.options import (
+    AgentArgs,
+    CaArgs,
+    TokenArgs,
+    agent_options,
+    agent_token_options,
+    ca_options,
+    json_option,
+    token_options,
+)
 from tokenagent.cli.output import echo, emit_json, shown, warn
 
 if TYPE_CHECKING:  # imported when the command runs, not for --help
@@ -24,8 +33,7 @@ if TYPE_CHECKING:  # imported when the command runs, not for --help
 @click.option("--now", is_flag=True, help="With --resume: ask even before the time the CA gave.")
 @ca_options
 @agent_options
-@click.option("--agent-token", metavar="LABEL|SERIAL|URI", help="The agent's token, when --agent is a label.")
-@click.option("--agent-pin-source", metavar="SOURCE", help="Where the agent token's PIN comes from.")
+@agent_token_options
 @click.option("--chain", is_flag=True, help="Also write the CA certificates onto the token.")
 @click.option("--no-key-test", is_flag=True, help="Skip the test signature made with the key before installing.")
 @click.option(

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from tokenagent.cli.options import AgentArgs, CmcArgs, TokenArgs, agent_options, cmc_options, json_option, token_options
+from tokenagent.cli.options import (
+    AgentArgs,
+    CmcArgs,
+    TokenArgs,
+    agent_options,
+    agent_token_options,
+    cmc_options,
+    json_option,
+    token_options,
+)
 from tokenagent.cli.output import echo, echo_request, emit_json, output_path, shown, warn
 
 
@@ -39,8 +48,7 @@ from tokenagent.cli.output import echo, echo_request, emit_json, output_path, sh
     "/var/lib/tokenagent with --machine).",
 )
 @agent_options
-@click.option("--agent-token", metavar="LABEL|SERIAL|URI", help="The agent's token, when --agent is a label.")
-@click.option("--agent-pin-source", metavar="SOURCE", help="Where the agent token's PIN comes from.")
+@agent_token_options
 @cmc_options
 @click.option("--pop-link", is_flag=True, help="RequestType = CMC: put popLinkWitnessV2 into the PKCS#10.")
 @token_options
@@ -94,14 +102,24 @@ def new(
 
         raise UsageError("--binary writes DER; give an output file instead of a terminal")
     result = new_request(options, on_warning=warn)
+    refusal = None
+    if dry_run:
+        from tokenagent.errors import TokenAgentError
+
+        try:
+            result.verdict.raise_if_refused(f"'{result.token.label}'", dry_run=True)
+        except TokenAgentError as exc:
+            refusal = exc
     if as_json:
-        emit_json(result.to_json())
+        # one document: the plan, and what the token would refuse (not a second JSON document)
+        emit_json({**result.to_json(), "error": refusal.to_json() if refusal else None})
     elif dry_run:
         _print_dry_run(result)
     else:
         _print_result(result, output is None)
-    if dry_run:
-        result.verdict.raise_if_refused(f"'{result.token.label}'", dry_run=True)
+    if refusal is not None:
+        refusal.reported_as_json = as_json
+        raise refusal
 
 
 def _print_result(result: object, to_stdout: bool) -> None:

@@ -189,6 +189,34 @@ class AgentArgs:
         )
 
 
+def agent_token_options(f: F) -> F:
+    """--agent-token and --agent-pin-source: the same two names in every command an agent signs in."""
+    f = click.option("--agent-pin-source", metavar="SOURCE", help="Where the agent token's PIN comes from.")(f)
+    return click.option(
+        "--agent-token", metavar="LABEL|SERIAL|URI", help="The agent's token, when --agent is a label."
+    )(f)
+
+
+def agent_target(
+    tokens: TokenArgs, agent_key: str | None, agent_token: str | None, agent_pin_source: str | None
+) -> TokenTarget:
+    """`sign` and `revoke-request`, where the token options name the agent's token: --agent-token and
+    --agent-pin-source mean the same there as in `new --agent` (and win over --token/--pin-source)."""
+    from dataclasses import replace
+
+    from tokenagent.errors import UsageError
+    from tokenagent.token.pins import parse_pin_source
+
+    if agent_token and tokens.token and agent_token != tokens.token:
+        raise UsageError("--token and --agent-token name different tokens; here both mean the agent's: give one")
+    selector = agent_token or tokens.token
+    target = tokens.target(pin_hint=selector or agent_key)
+    target = replace(target, selector=selector)
+    if agent_pin_source:
+        target = replace(target, pin_source=parse_pin_source(agent_pin_source))
+    return target
+
+
 def agent_options(f: F) -> F:
     options = [
         click.option(

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import click
 
-from tokenagent.cli.options import AgentArgs, CmcArgs, TokenArgs, agent_options, cmc_options, json_option, token_options
+from tokenagent.cli.options import (
+    AgentArgs,
+    CmcArgs,
+    TokenArgs,
+    agent_options,
+    agent_target,
+    agent_token_options,
+    cmc_options,
+    json_option,
+    token_options,
+)
 from tokenagent.cli.output import echo, echo_request, emit_json, output_path, shown, warn
 
 REASONS = (
@@ -33,6 +43,7 @@ REASONS = (
 @click.option("--binary", is_flag=True, help="Write DER instead of base64.")
 @click.option("-f", "--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @agent_options
+@agent_token_options
 @cmc_options
 @token_options
 @json_option
@@ -46,6 +57,8 @@ def revoke_request(
     binary: bool,
     overwrite: bool,
     agent: AgentArgs,
+    agent_token: str | None,
+    agent_pin_source: str | None,
     cmc: CmcArgs,
     tokens: TokenArgs,
     as_json: bool,
@@ -65,7 +78,7 @@ def revoke_request(
         target = target_from_text(issuer, serial)
     else:
         raise UsageError("name the certificate: --cert FILE, or --serial N --issuer DN")
-    agent_options_ = agent.options(tokens.target(pin_hint=tokens.token or agent.key))
+    agent_options_ = agent.options(agent_target(tokens, agent.key, agent_token, agent_pin_source))
     assert agent_options_ is not None
     options = RevokeOptions(
         agent=agent_options_,

@@ -13,6 +13,8 @@ from tokenagent.cli.options import (
     CmcArgs,
     TokenArgs,
     agent_options,
+    agent_target,
+    agent_token_options,
     cmc_options,
     json_option,
     token_options,
@@ -36,6 +38,7 @@ def confirm_on_terminal(summary: Any) -> bool:
 @click.option("--binary", is_flag=True, help="Write DER instead of certreq base64.")
 @click.option("-f", "--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @agent_options
+@agent_token_options
 @cmc_options
 @token_options
 @yes_option
@@ -49,6 +52,8 @@ def sign(
     binary: bool,
     overwrite: bool,
     agent: AgentArgs,
+    agent_token: str | None,
+    agent_pin_source: str | None,
     cmc: CmcArgs,
     tokens: TokenArgs,
     yes: bool,
@@ -61,7 +66,7 @@ def sign(
 
     if agent.key is None:
         raise UsageError("give the agent's key with --agent (a pkcs11: URI or its label with --token)")
-    agent_options_ = agent.options(tokens.target(pin_hint=tokens.token or agent.key))
+    agent_options_ = agent.options(agent_target(tokens, agent.key, agent_token, agent_pin_source))
     assert agent_options_ is not None
     options = SignOptions(
         request=request,

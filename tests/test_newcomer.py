@@ -1,0 +1,70 @@
+"""What a new user tripped over (issue 20): help that names only real options, one JSON document per
+run, a quiet end when the reader of the output goes away, the same agent option names everywhere."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from tests.conftest import ROOT, USER_PIN, SoftHSM, run_cli
+from tokenagent.cli import cli
+
+
+def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    found = []
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None
+        if isinstance(command, click.Group):
+            found += _commands(command, f"{prefix}{name} ")
+        else:
+            found.append((f"{prefix}{name}", command))
+    return found
+
+
+@pytest.mark.parametrize(("name", "command"), _commands(cli), ids=[n for n, _ in _commands(cli)])
+def test_help_mentions_only_options_the_command_has(name: str, command: click.Command) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "tokenagent", *name.split(), "--help"], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    own = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+    own |= {opt for opt in ("--help", "-v", "--verbose", "--version")}
+    commands = "|".join(re.escape(n) for n, _ in _commands(cli))
+    text = re.sub(rf"`?(?:tokenagent\s+)?(?:{commands})\s+--[a-z][a-z0-9-]*", "", run.stdout)  # another command's
+    mentioned = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text))
+    assert mentioned <= own, f"`{name} --help` mentions {sorted(mentioned - own)}, which it does not have"
+
+
+def test_agent_token_and_pin_options_have_one_name_everywhere() -> None:
+    for name, command in _commands(cli):
+        opts = {opt for param in command.params for opt in param.opts}
+        if "--agent" in opts:
+            assert {"--agent-token", "--agent-pin-source"} <= opts, name
+
+
+def test_a_refused_dry_run_prints_one_json_document(softhsm: SoftHSM, tmp_path: Path) -> None:
+    inf = tmp_path / "small.inf"
+    inf.write_text('[NewRequest]\nSubject = "CN=x"\nKeyAlgorithm = RSA\nKeyLength = 256\n')  # below SoftHSM's range
+    env = softhsm.env(PIN=USER_PIN)
+    run = run_cli("new", str(inf), "--dry-run", "--json", "--token", "ta-main", "--pin-source", "env:PIN", env=env)
+    assert run.returncode != 0
+    document = json.loads(run.stdout)  # exactly one document: json.loads refuses trailing data
+    assert isinstance(document["error"], dict), run.stdout + run.stderr
+    assert document["error"]["exit_code"] == run.returncode
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_a_closed_pipe_ends_quietly(softhsm: SoftHSM) -> None:
+    env = softhsm.env(PIN=USER_PIN)
+    script = f"{sys.executable} -m tokenagent tokens | head -c 1 >/dev/null; echo ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, cwd=ROOT, check=False)
+    assert done.stdout.strip() in ("0", "141"), done.stdout  # 0: everything fitted in the pipe's buffer
+    assert "error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
