@@ -17,8 +17,10 @@ rm -rf "$demo"
 mkdir -p "$demo"
 
 # Each step prints one line saying what it does, then the command and its output.
-step() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "${*:2}"; "${@:2}"; }
-said() { printf '\033[1m== %s\033[0m\n' "$1"; }
+# Bold only on a terminal, and never with NO_COLOR set (https://no-color.org).
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+step() { printf '\n%s== %s%s\n$ %s\n' "$bold" "$1" "$plain" "${*:2}"; "${@:2}"; }
+said() { printf '%s== %s%s\n' "$bold" "$1" "$plain"; }
 
 eval "$(softhsm/softhsm-env.sh "$demo/softhsm" user-card:87654321:1234 agent-card:87654321:5678)"
 export TOKENAGENT_STATE_DIR="$demo/state"   # keep the demo's pending store out of ~/.local/state
