@@ -68,3 +68,17 @@ def test_a_closed_pipe_ends_quietly(softhsm: SoftHSM) -> None:
     done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, cwd=ROOT, check=False)
     assert done.stdout.strip() in ("0", "141"), done.stdout  # 0: everything fitted in the pipe's buffer
     assert "error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_status_line_before_key_generation_on_a_terminal_only(softhsm: SoftHSM, tmp_path: Path) -> None:
+    from tests.conftest import run_in_terminal
+
+    inf = tmp_path / "status.inf"
+    inf.write_text('[NewRequest]\nSubject = "CN=status"\nKeyAlgorithm = ECDSA_P256\n')
+    env = softhsm.env(PIN=USER_PIN)
+    args = ["new", str(inf), str(tmp_path / "t.req"), "--token", "ta-main", "--pin-source", "env:PIN"]
+    code, shown, _ = run_in_terminal(args, env, b"\x00never", "")
+    assert code == 0, shown
+    assert "tokenagent: generating the ECDSA_P256 key on 'ta-main'" in shown
+    quiet = run_cli("new", str(inf), str(tmp_path / "p.req"), *args[3:], env=env)  # not a terminal
+    assert quiet.returncode == 0 and "generating" not in quiet.stderr + quiet.stdout

@@ -21,7 +21,7 @@ from tokenagent.cli.options import (
     json_option,
     token_options,
 )
-from tokenagent.cli.output import echo, emit_json, shown, warn
+from tokenagent.cli.output import echo, emit_json, shown, status_line, warn
 
 if TYPE_CHECKING:  # imported when the command runs, not for --help
     from tokenagent.enroll.enrollment import EnrollResult, ResumeResult
@@ -97,7 +97,7 @@ def enroll(
         agent=agent_options_,
     )
     options = EnrollOptions(new_options, ca.options(), chain=chain, run_key_test=not no_key_test)
-    result = enroll_policy(options, on_warning=warn)
+    result = enroll_policy(options, on_warning=warn, on_status=status_line(as_json))
     if as_json:
         emit_json(result.to_json())
     else:

@@ -17,7 +17,7 @@ from tokenagent.cli.options import (
     json_option,
     token_options,
 )
-from tokenagent.cli.output import echo, echo_request, emit_json, output_path, shown, warn
+from tokenagent.cli.output import echo, echo_request, emit_json, output_path, shown, status_line, warn
 
 
 @click.command("new")
@@ -101,7 +101,7 @@ def new(
         from tokenagent.errors import UsageError
 
         raise UsageError("--binary writes DER; give an output file instead of a terminal")
-    result = new_request(options, on_warning=warn)
+    result = new_request(options, on_warning=warn, on_status=status_line(as_json))
     refusal = None
     if dry_run:
         from tokenagent.errors import TokenAgentError

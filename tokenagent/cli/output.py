@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,11 @@ def echo_request(encoded: bytes, binary: bool) -> None:
         sys.stdout.buffer.flush()
     else:
         click.echo(encoded.decode("ascii").replace("\r\n", "\n"), nl=False)
+
+
+def status_line(as_json: bool) -> Callable[[str], None] | None:
+    """What a command says before a slow step: on a terminal only, never with --json (scripts read
+    stdout and stderr), so a person is not left looking at seconds of silence."""
+    if as_json or not sys.stderr.isatty():
+        return None
+    return lambda message: click.echo(f"tokenagent: {terminal_safe(message)}", err=True)

@@ -87,7 +87,9 @@ class EnrollResult:
         }
 
 
-def enroll_policy(options: EnrollOptions, *, on_warning: Warn | None = None) -> EnrollResult:
+def enroll_policy(
+    options: EnrollOptions, *, on_warning: Warn | None = None, on_status: Callable[[str], None] | None = None
+) -> EnrollResult:
     """New + submit + accept. Raises the `CAError` of the CA's answer with the request kept pending."""
     warn = on_warning or (lambda message: log.warning("%s", message))
     if options.new.dry_run:
@@ -107,7 +109,8 @@ def enroll_policy(options: EnrollOptions, *, on_warning: Warn | None = None) -> 
             agent = stack.enter_context(open_agent(new_options.agent, on_warning=warn))
         session = stack.enter_context(open_user_session(prepared, handle, warn))
         recover_interrupted(session, prepared.store_path, on_warning=warn)
-        made = enroll(prepared, session, gather_facts(session, facts_needed(prepared, handle)), agent=agent)
+        facts = gather_facts(session, facts_needed(prepared, handle))
+        made = enroll(prepared, session, facts, agent=agent, on_status=on_status)
         assert made.outcome is not None and made.outcome.pending is not None
         pending = made.outcome.pending
         record = (PendingStore(prepared.store_path), pending)

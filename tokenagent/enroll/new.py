@@ -248,11 +248,14 @@ class NewResult:
         return data
 
 
-def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewResult:
+def new_request(
+    options: NewOptions, *, on_warning: Warn | None = None, on_status: Callable[[str], None] | None = None
+) -> NewResult:
     """Run certreq -new against a token. Raises a `TokenAgentError` with nothing left behind.
 
     A real run holds the token's lock (store/locks.py) from before the KeyContainer check to the
     pending record, and first removes what an interrupted run left on the token (enroll/recovery.py).
+    ``on_status`` hears one line before each slow step (key generation: seconds on a smart card).
     """
     warn = on_warning or (lambda message: log.warning("%s", message))
     prepared = prepare(options, warn)
@@ -272,7 +275,8 @@ def new_request(options: NewOptions, *, on_warning: Warn | None = None) -> NewRe
         with session:
             if not options.dry_run:
                 recover_interrupted(session, prepared.store_path, on_warning=warn)
-            return enroll(prepared, session, gather_facts(session, facts_needed(prepared, handle)), agent=agent)
+            facts = gather_facts(session, facts_needed(prepared, handle))
+            return enroll(prepared, session, facts, agent=agent, on_status=on_status)
 
 
 def open_user_session(prepared: Prepared, handle: TokenHandle, warn: Warn) -> TokenSession:
@@ -419,7 +423,14 @@ def for_token(prepared: Prepared, handle: TokenHandle) -> Prepared:
     return prepared
 
 
-def enroll(prepared: Prepared, session: TokenSession, facts: TokenFacts, *, agent: Agent | None = None) -> NewResult:
+def enroll(
+    prepared: Prepared,
+    session: TokenSession,
+    facts: TokenFacts,
+    *,
+    agent: Agent | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> NewResult:
     """The capacity check against ``facts``, then (unless --dry-run) the `_Transaction` in ``session``."""
     handle = session.handle
     prepared = for_token(prepared, handle)
@@ -442,7 +453,7 @@ def enroll(prepared: Prepared, session: TokenSession, facts: TokenFacts, *, agen
     if options.dry_run:
         return NewResult(planned, None)
     verdict.raise_if_refused(f"'{handle.label}'")
-    return NewResult(planned, _Transaction(session, options, planned, agent).run())
+    return NewResult(planned, _Transaction(session, options, planned, agent, on_status).run())
 
 
 def _with_discarded_slots(facts: TokenFacts, store_path: Path, serial: str) -> TokenFacts:
@@ -457,8 +468,16 @@ def _with_discarded_slots(facts: TokenFacts, store_path: Path, serial: str) -> T
 class _Transaction:
     """One enrollment on one token; `undo` puts everything back after a failure."""
 
-    def __init__(self, session: TokenSession, options: NewOptions, result: NewPlanned, agent: Agent | None) -> None:
+    def __init__(
+        self,
+        session: TokenSession,
+        options: NewOptions,
+        result: NewPlanned,
+        agent: Agent | None,
+        on_status: Callable[[str], None] | None = None,
+    ) -> None:
         self.agent = agent
+        self.on_status = on_status
         self.renewal_certificate: bytes | None = None
         self.renewal_signer: TokenSigner | None = None
         self.session = session
@@ -558,6 +577,10 @@ class _Transaction:
             output=str(self.options.output) if self.options.output is not None else None,
         )
         intent_id = self.intent.id
+        if self.on_status is not None:
+            size = f"{plan.key_algorithm} {plan.bits}-bit" if plan.family == "RSA" else plan.key_algorithm
+            where = f" in {plan.piv_slot.describe()}" if plan.piv_slot else ""
+            self.on_status(f"generating the {size} key on {token.describe()}{where} (seconds on a smart card)...")
         self.generating = True
         pair = generate_key_pair(
             self.session,
