@@ -504,3 +504,15 @@ def test_self_signed_cmc_verifies_with_openssl(softhsm: SoftHSM, agents: Agents,
     ]
     assert len(ids) == len(set(ids)) and 1 in ids
     issue_and_verify_with_user_cert(agents, req, inner_csr(req.read_bytes()), tmp_path)
+
+
+def test_an_agent_signing_the_same_request_twice_is_warned(softhsm: SoftHSM, agents: Agents, tmp_path: Path) -> None:
+    _, req = user_request(softhsm, tmp_path, "twice")
+    once, twice, other = tmp_path / "once.p7", tmp_path / "twice.p7", tmp_path / "other.p7"
+    assert sign(softhsm, req, once, "agent-ec", "--requester", REQUESTER).returncode == 0
+    again = sign(softhsm, once, twice, "agent-ec")
+    assert again.returncode == 0, again.stderr
+    assert "this agent already signed" in again.stderr and "(signature 1)" in again.stderr
+    assert len(signed_data(twice.read_bytes())["signerInfos"]) == 2  # a warning, not a refusal
+    different = sign(softhsm, once, other, "agent-rsa")
+    assert different.returncode == 0 and "already signed" not in different.stderr

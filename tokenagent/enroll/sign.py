@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from tokenagent.request.cmc import CmcControls, pki_data
 from tokenagent.request.cms_sign import append_signer, name_value_attribute, sign_content
 from tokenagent.request.inspect import RequestSummary, inspect_request
 from tokenagent.request.oids import OID_DATA, OID_PKI_DATA
+
+log = logging.getLogger("tokenagent")
 
 FORMATS = ("pkcs7", "cmc")
 
@@ -92,8 +95,36 @@ def _append(
             f"{what} already names requester {summary.requester}; the first signature fixes it "
             f"(--requester {requester} differs)"
         )
+    warnings = list(agent.warnings)
+    earlier = _signed_before(der, agent.certificate)
+    if earlier is not None:
+        warnings.append(
+            f"this agent already signed {what} (signature {earlier}); the CA sees a second signature by the same "
+            "agent, which counts once towards a template's required number of agent signatures"
+        )
     signed = append_signer(der, agent.spec(), [agent.certificate])
-    return CoSignResult(signed, form, True, summary.signers + 1, summary, summary.requester, tuple(agent.warnings))
+    return CoSignResult(signed, form, True, summary.signers + 1, summary, summary.requester, tuple(warnings))
+
+
+def _signed_before(der: bytes, certificate: bytes) -> int | None:
+    """The 1-based number of a signature in ``der``'s SignedData made with ``certificate``'s key
+    (by issuer and serial number, or by subject key identifier), None when there is none."""
+    from asn1crypto import cms as asn1_cms
+    from asn1crypto import x509 as asn1_x509
+
+    cert = asn1_x509.Certificate.load(certificate)
+    try:
+        signer_infos = asn1_cms.ContentInfo.load(der)["content"]["signer_infos"]
+        for number, info in enumerate(signer_infos, start=1):
+            sid = info["sid"]
+            if sid.name == "issuer_and_serial_number":
+                if sid.chosen["issuer"] == cert.issuer and sid.chosen["serial_number"].native == cert.serial_number:
+                    return number
+            elif cert.key_identifier is not None and sid.chosen.native == cert.key_identifier:
+                return number
+    except (ValueError, TypeError, KeyError):  # inspect_request already refused what does not parse
+        return None
+    return None
 
 
 @dataclass(frozen=True)
@@ -164,6 +195,8 @@ def sign_request(
             yes=options.yes,
         )
         agent_subject = agent.subject
+        for message in signed.warnings[len(agent.warnings) :]:  # open_agent reported the agent's own
+            (on_warning or (lambda text: log.warning("%s", text)))(message)
     encoded = encode_request(signed.der, options.binary)
     if options.output is not None:
         write_atomically(options.output, encoded)
