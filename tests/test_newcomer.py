@@ -82,3 +82,11 @@ def test_a_status_line_before_key_generation_on_a_terminal_only(softhsm: SoftHSM
     assert "tokenagent: generating the ECDSA_P256 key on 'ta-main'" in shown
     quiet = run_cli("new", str(inf), str(tmp_path / "p.req"), *args[3:], env=env)  # not a terminal
     assert quiet.returncode == 0 and "generating" not in quiet.stderr + quiet.stdout
+
+
+def test_inf_show_labels_fields_with_the_inf_keys() -> None:
+    run = run_cli("inf", "show", str(ROOT / "docs" / "examples" / "smartcard-logon.inf"))
+    assert run.returncode == 0, run.stderr
+    labels = [line.split()[0] for line in run.stdout.splitlines()[1:] if line.startswith("  ") and line.split()]
+    assert {"Subject", "KeySpec", "KeyContainer", "ProviderName", "HashAlgorithm"} <= set(labels)
+    assert not any(re.fullmatch(r"[a-z]+(_[a-z0-9]+)+", label) for label in labels), labels  # no Python names

@@ -42,7 +42,7 @@ def show(file: str, as_json: bool) -> None:
                 if entry["source"] == "file"
                 else f"default{': ' + entry['note'] if entry['note'] else ''}"
             )
-            echo(f"  {name:<30} {shown(_show(value)):<44} [{shown(where)}]")
+            echo(f"  {_label(name):<30} {shown(_show(value)):<44} [{shown(where)}]")
         extensions = data["policy"]["extensions"]["value"]
         echo(f"  extensions ({len(extensions)})")
         for ext in extensions:
@@ -56,6 +56,26 @@ def show(file: str, as_json: bool) -> None:
                 echo(f"      DER {ext['der_hex']}")
     for diagnostic in policy.warnings:
         warn(f"{diagnostic.filename}:{diagnostic.line}: {diagnostic.message}")
+
+
+#: fields that no [NewRequest] key sets directly, named as a person reading the INF would look for them
+_OTHER_LABELS = {
+    "key_usage_critical": "KeyUsage critical",
+    "pkcs10_without_wrapping": "RequestType = PKCS10- (no wrapping)",
+    "certificate_template": "[RequestAttributes] CertificateTemplate",
+    "request_attributes": "[RequestAttributes]",
+    "san_attribute": "[RequestAttributes] SAN",
+}
+
+
+def _label(field_name: str) -> str:
+    """The INF key a policy field comes from (KeySpec, not key_spec): what the user wrote."""
+    from tokenagent.inf.policy import NEWREQUEST_TABLE
+
+    for row in NEWREQUEST_TABLE:
+        if row.field == field_name and row.key and field_name not in _OTHER_LABELS:
+            return str(row.key)
+    return _OTHER_LABELS.get(field_name, field_name)
 
 
 def _show(value: object) -> str:
