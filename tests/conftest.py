@@ -420,3 +420,9 @@ def piv_station(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         pytest.fail(str(error))
     yield station
     station.stop()
+
+
+def der_order(name: object) -> str:
+    """A cryptography `x509.Name` as tokenagent prints names (certreq's order: as encoded, RFC 4514
+    escaping per RDN), computed here without tokenagent."""
+    return ", ".join(rdn.rfc4514_string() for rdn in name.rdns)  # type: ignore[attr-defined]

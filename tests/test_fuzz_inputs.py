@@ -43,6 +43,7 @@ from hypothesis import strategies as st
 
 from tests.ca import OpenSslCA, openssl
 from tests.conftest import USER_PIN, SoftHSM, run_cli
+from tokenagent.display import dn_text
 from tokenagent.enroll.agent import Agent, check_agent_certificate
 from tokenagent.enroll.linkage import (
     certificate_spki,
@@ -656,7 +657,7 @@ def response_target(data: bytes, seeds: Seeds) -> None:
         validity_warnings(certificate, datetime.now(UTC))
         usage_warnings(certificate, frozenset({"sign"}), "key")
         for above in response.chain_for(leaf):  # accept --chain
-            load_certificate(above, "CA certificate").subject.rfc4514_string()
+            dn_text(load_certificate(above, "CA certificate").subject)
             certificate_spki(above, "CA certificate")
             display_name(above)
         with contextlib.suppress(VerificationError):  # --strict refuses, with a message: fine

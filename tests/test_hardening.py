@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.ca import OpenSslCA
-from tests.conftest import USER_PIN, SoftHSM, pkcs11_tool, run_cli, run_in_terminal
+from tests.conftest import USER_PIN, SoftHSM, der_order, pkcs11_tool, run_cli, run_in_terminal
 
 AGENT_TOKEN = "ta-agent"
 AGENT_LABEL = "agent-hostile"
@@ -148,7 +148,7 @@ def test_confirmation_and_show_show_exactly_what_is_signed(
     assert leaks(screen) == [], screen
 
     signed = _inner_request(out.read_bytes())
-    subject = signed.subject.rfc4514_string()
+    subject = der_order(signed.subject)
     assert signed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == common_name  # signed as given
     assert escaped(subject) in screen.replace("\r\n", "\n")  # ...and shown in full, escaped
     for san in sans:

@@ -110,7 +110,7 @@ def test_objects_json_matches_pkcs11_tool(cli, softhsm: SoftHSM) -> None:
     for ident, obj in our_index.items():
         their = their_index[ident]
         if obj["class"] == "certificate":
-            assert obj["certificate"]["subject"] == "O=Test,CN=tokenagent test"
+            assert obj["certificate"]["subject"] == "CN=tokenagent test, O=Test"
             assert obj["uri"].endswith(";id=%03;object=test-cert;type=cert")
             continue
         assert obj["key_type"] in their["header"]
@@ -127,7 +127,7 @@ def test_objects_human_output(cli) -> None:
     assert "[logged in]" in run.stdout
     assert re.search(r"private-key\s+RSA 2048\s+id=01\s+label='rsa-key'", run.stdout)
     assert re.search(r"public-key\s+EC 256 secp256r1\s+id=02\s+label='ec-key'", run.stdout)
-    assert "subject: O=Test,CN=tokenagent test" in run.stdout
+    assert "subject: CN=tokenagent test, O=Test" in run.stdout
     assert "not extractable" in run.stdout
     only_certs = cli("objects", "--token", "ta-main", "--no-login", "--type", "certificate")
     assert "certificate" in only_certs.stdout and "public-key" not in only_certs.stdout

@@ -90,3 +90,31 @@ def test_inf_show_labels_fields_with_the_inf_keys() -> None:
     labels = [line.split()[0] for line in run.stdout.splitlines()[1:] if line.startswith("  ") and line.split()]
     assert {"Subject", "KeySpec", "KeyContainer", "ProviderName", "HashAlgorithm"} <= set(labels)
     assert not any(re.fullmatch(r"[a-z]+(_[a-z0-9]+)+", label) for label in labels), labels  # no Python names
+
+
+def test_every_command_prints_a_subject_in_the_same_order(softhsm: SoftHSM, tmp_path: Path) -> None:
+    """certreq's order (the INF's) in `inf show`, `pending`, `show` of the request and of the certificate,
+    and `objects`: CN first for an INF that writes CN first, as openssl x509 -subject prints it too."""
+    from tests.ca import OpenSslCA
+
+    inf = tmp_path / "order.inf"
+    inf.write_text('[NewRequest]\nSubject = "CN=Order Test,OU=Users,DC=example,DC=com"\nKeyAlgorithm = ECDSA_P256\n'
+                   "KeyContainer = order-test\n")  # fmt: skip
+    env = softhsm.env(PIN=USER_PIN)
+    pins = ["--token", "ta-new", "--pin-source", "env:PIN"]  # ta-new: tests never count its objects
+    req = tmp_path / "order.req"
+    assert run_cli("new", str(inf), str(req), *pins, env=env).returncode == 0
+    cert = tmp_path / "order.pem"
+    OpenSslCA.create(tmp_path / "ca").issue(req.read_bytes().replace(b"NEW CERTIFICATE", b"CERTIFICATE"), cert)
+    assert run_cli("accept", str(cert), *pins, env=env).returncode == 0
+    wanted = "CN=Order Test, OU=Users, DC=example, DC=com"
+    shown_inf = run_cli("inf", "show", str(inf), env=env).stdout
+    assert wanted in shown_inf
+    assert json.loads(run_cli("show", str(req), "--json", env=env).stdout)["subject"] == wanted
+    assert json.loads(run_cli("show", str(cert), "--json", env=env).stdout)["subject"] == wanted
+    listed = json.loads(run_cli("objects", *pins, "--json", env=env).stdout)["objects"]
+    assert wanted in [o["certificate"]["subject"] for o in listed if o["class"] == "certificate" and o["certificate"]]
+    printed = subprocess.run(
+        ["openssl", "x509", "-in", str(cert), "-noout", "-subject"], capture_output=True, text=True
+    )
+    assert printed.stdout.strip().replace(" = ", "=") == f"subject={wanted}"

@@ -28,6 +28,7 @@ from pyasn1.type import char, namedtype, univ
 from pyasn1_modules import rfc2986, rfc5280, rfc5652, rfc6402
 
 from tests.ca import OpenSslCA, openssl
+from tests.conftest import der_order
 from tokenagent.errors import InputError, VerificationError
 from tokenagent.inf import parse_policy
 from tokenagent.request.algorithms import SignatureAlgorithm, signature_algorithm
@@ -100,7 +101,7 @@ class Agent:
 
     @property
     def subject(self) -> str:
-        return x509.load_der_x509_certificate(self.certificate).subject.rfc4514_string()
+        return der_order(x509.load_der_x509_certificate(self.certificate).subject)
 
 
 @dataclass(frozen=True)

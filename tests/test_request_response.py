@@ -117,7 +117,9 @@ def success(ca: OpenSslCA, chain: list[bytes], work: Path) -> bytes:
 
 def subject_of(pem: Path) -> str:
     """openssl's RFC 2253 rendering (the same as RFC 4514 for these names)."""
-    text = openssl("x509", "-in", pem, "-noout", "-subject", "-nameopt", "RFC2253").decode().strip()
+    # the RDNs in their encoded order (certreq's, which tokenagent prints), RFC 2253 escaping
+    nameopt = "esc_2253,esc_ctrl,esc_msb,utf8,dump_nostr,dump_unknown,dump_der,sep_comma_plus_space,sname"
+    text = openssl("x509", "-in", pem, "-noout", "-subject", "-nameopt", nameopt).decode().strip()
     return text.removeprefix("subject=")
 
 

@@ -90,3 +90,12 @@ def escape_tree(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(escape_tree(item) for item in value)
     return value
+
+
+def dn_text(name: object) -> str:
+    """A cryptography `x509.Name` as tokenagent prints every name: the RDNs in the order they are
+    encoded, which is certreq's order (the order of the INF's Subject, as CertStrToName encodes it
+    and certutil and `openssl x509 -subject` print it), each RDN escaped as RFC 4514 says. RFC 4514's
+    whole-name string reverses the RDNs: a certreq subject would read DC=com, ..., CN=... there.
+    request/names.py `name_text` writes asn1crypto names the same way."""
+    return ", ".join(rdn.rfc4514_string() for rdn in name.rdns)  # type: ignore[attr-defined]

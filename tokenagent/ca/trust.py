@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from tokenagent.display import dn_text
 from tokenagent.errors import CAConfigError, VerificationError
 from tokenagent.inputs import read_input
 from tokenagent.request.armor import read_der
@@ -69,9 +70,9 @@ def check_issued_under(
             break
         path.append(issuer)
         current_der, current = issuer, loaded[issuer]
-    subject = current.subject.rfc4514_string() or "(empty subject)"
+    subject = dn_text(current.subject) or "(empty subject)"
     raise VerificationError(
-        f"{what}: {subject} does not lead to a certificate of the CA trust (issuer {current.issuer.rfc4514_string()}); "
+        f"{what}: {subject} does not lead to a certificate of the CA trust (issuer {dn_text(current.issuer)}); "
         "nothing was installed"
     )
 
@@ -98,6 +99,6 @@ def _is_ca(certificate: x509.Certificate) -> bool:
 def _check_time(certificate: x509.Certificate, what: str, now: datetime) -> None:
     if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
         raise VerificationError(
-            f"{what}: {certificate.subject.rfc4514_string()} is not valid now "
+            f"{what}: {dn_text(certificate.subject)} is not valid now "
             f"({certificate.not_valid_before_utc:%Y-%m-%d} to {certificate.not_valid_after_utc:%Y-%m-%d})"
         )

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tokenagent.display import dn_text
 from tokenagent.enroll.linkage import (
     NO_KEY,
     NOT_RUN,
@@ -407,7 +408,7 @@ def _chain_entry(writes: _Writes, der: bytes, *, trusted: bool) -> ChainEntry:
     ``trusted`` (a security-officer session) also marks a present certificate CKA_TRUSTED.
     """
     present = certificate_objects(writes.session.session, der=der)
-    subject = load_certificate(der, "CA certificate").subject.rfc4514_string()
+    subject = dn_text(load_certificate(der, "CA certificate").subject)
     sha1 = hashlib.sha1(der).hexdigest()
     if present:
         cert = present[0]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tokenagent.display import dn_text
 from tokenagent.enroll.linkage import certificate_spki, display_name, load_certificate
 from tokenagent.enroll.signer import TokenSigner, token_signer
 from tokenagent.errors import (
@@ -63,7 +64,7 @@ class Agent:
 
     @property
     def subject(self) -> str:
-        return load_certificate(self.certificate, "agent certificate").subject.rfc4514_string()
+        return dn_text(load_certificate(self.certificate, "agent certificate").subject)
 
     def spec(self, extra_signed_attributes: Sequence[Any] = ()) -> SignerSpec:
         return SignerSpec(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from tokenagent.display import dn_text
 from tokenagent.errors import PinError, VerificationError
 from tokenagent.request.algorithms import digest, digest_info, ecdsa_der_signature
 from tokenagent.token.facts import SignMechanism
@@ -79,8 +80,8 @@ def certificate_spki(der: bytes, what: str) -> bytes:
 def certificate_summary(der: bytes, what: str) -> dict[str, Any]:
     cert = load_certificate(der, what)
     return {
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
+        "subject": dn_text(cert.subject),
+        "issuer": dn_text(cert.issuer),
         "serial": f"{cert.serial_number:x}",
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
@@ -98,7 +99,7 @@ def display_name(der: bytes) -> str:
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if names:
         return str(names[0].value)
-    return cert.subject.rfc4514_string() or hashlib.sha1(der).hexdigest()
+    return dn_text(cert.subject) or hashlib.sha1(der).hexdigest()
 
 
 def validity_warnings(cert: x509.Certificate, now: datetime) -> list[str]:

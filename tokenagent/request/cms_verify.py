@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from tokenagent.display import dn_text
 from tokenagent.errors import InputError
 from tokenagent.request.der import LOAD_ERRORS, PARSE_ERRORS, reason_of
 from tokenagent.request.extensions import key_identifier
@@ -167,7 +168,7 @@ def _candidates(
         ids = {parsed.public_key.sha1}
         if parsed.key_identifier is not None:
             ids.add(parsed.key_identifier)
-        subject = certificate.subject.rfc4514_string()
+        subject = dn_text(certificate.subject)
         found.append(_Candidate(public_key, frozenset(ids), f"the certificate {subject}", der, parsed, subject))
     for number, spki in enumerate(extra_public_keys, 1):
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tokenagent.display import escape, has_hidden
+from tokenagent.display import dn_text, escape, has_hidden
 from tokenagent.errors import InputError, VerificationError
 from tokenagent.request.asn1.attributes import EnrollmentNameValuePair
 from tokenagent.request.cmc import control_values
@@ -110,7 +110,7 @@ def inspect_request(der: bytes, what: str, template: str | None = None) -> tuple
         )
     summary = RequestSummary(
         form=form or "pkcs10",
-        subject=csr.subject.rfc4514_string(),
+        subject=dn_text(csr.subject),
         subject_values=tuple(str(attribute.value) for attribute in csr.subject),
         sans=_sans(csr),
         template=template or _template(csr),

@@ -124,18 +124,22 @@ def _escape(text: str) -> str:
 
 
 def name_text(name: x509.Name) -> str:
-    """A Name as RFC 4514 text, most specific RDN first, the way cryptography writes subjects."""
+    """A Name as people see it everywhere in tokenagent: RFC 4514 escaping, the RDNs in the order
+    they are encoded, which is certreq's order (the order of the INF's Subject, as CertStrToName
+    encodes it and certutil and `openssl x509 -subject` print it). RFC 4514's own string reverses
+    them, so that a certreq subject would read DC=com, ..., CN=... there."""
     rdns: list[str] = []
-    for rdn in reversed(list(name.chosen)):
+    for rdn in list(name.chosen):
         parts: list[str] = []
         for pair in rdn:
-            oid = pair["type"].dotted
-            value = pair["value"]
-            try:
+            try:  # a hostile certificate's value may not even parse as its declared string type
+                oid = pair["type"].dotted
+                value = pair["value"]
                 native = value.native
             except PARSE_ERRORS:
-                native = None
+                parts.append("#" + pair.dump().hex())
+                continue
             text = _escape(native) if isinstance(native, str) else "#" + value.dump().hex()
             parts.append(f"{_NAME_KEYS.get(oid, oid)}={text}")
         rdns.append("+".join(parts))
-    return ",".join(rdns)
+    return ", ".join(rdns)

@@ -19,6 +19,7 @@ from asn1crypto import core, keys
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.exceptions import PKCS11Error
 
+from tokenagent.display import dn_text
 from tokenagent.errors import TokenOperationError
 from tokenagent.token.library import TokenHandle
 from tokenagent.token.names import rv
@@ -260,8 +261,8 @@ def summarize_certificate(der: bytes) -> CertificateSummary | None:
     try:
         cert = x509.load_der_x509_certificate(der)
         return CertificateSummary(
-            subject=cert.subject.rfc4514_string(),
-            issuer=cert.issuer.rfc4514_string(),
+            subject=dn_text(cert.subject),
+            issuer=dn_text(cert.issuer),
             serial=f"{cert.serial_number:x}",
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
