@@ -118,3 +118,15 @@ def test_every_command_prints_a_subject_in_the_same_order(softhsm: SoftHSM, tmp_
         ["openssl", "x509", "-in", str(cert), "-noout", "-subject"], capture_output=True, text=True
     )
     assert printed.stdout.strip().replace(" = ", "=") == f"subject={wanted}"
+
+
+def test_a_token_not_found_says_which_modules_were_searched(softhsm: SoftHSM) -> None:
+    """The smart-card provider searches OpenSC (and ykcs11 when it can list slots): a SoftHSM token is
+    not there, and the message says where it looked and how to look elsewhere (never a crash when no
+    pcscd runs for ykcs11)."""
+    env = {k: v for k, v in softhsm.env(PIN=USER_PIN).items() if k != "TOKENAGENT_MODULE"}
+    inf = ROOT / "docs" / "examples" / "smartcard-logon.inf"
+    run = run_cli("new", str(inf), "--dry-run", "--token", "ta-main", "--pin-source", "env:PIN", env=env)
+    assert run.returncode == 6, run.stderr  # TokenNotFoundError
+    assert "modules searched: opensc-pkcs11" in run.stderr and "--module" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1

@@ -30,6 +30,7 @@ from tokenagent.enroll.recovery import intent_objects, recover_interrupted
 from tokenagent.enroll.signer import TokenSigner
 from tokenagent.errors import (
     Interrupted,
+    ModuleError,
     OutputError,
     PinError,
     PolicyError,
@@ -54,7 +55,7 @@ from tokenagent.token.certs import write_certificate
 from tokenagent.token.facts import TokenFacts
 from tokenagent.token.generate import KeyPair, generate_key_pair
 from tokenagent.token.keypairs import find_key_pair_by_certificate, find_key_pair_by_label
-from tokenagent.token.library import TokenHandle, TokenSelector, modules_for, select_token
+from tokenagent.token.library import LoadedModule, TokenHandle, TokenSelector, list_slots, modules_for, select_token
 from tokenagent.token.modules import ENV_MODULE, installed
 from tokenagent.token.objects import destroy_objects, key_id_for
 from tokenagent.token.pins import Pin, PinSource, parse_pin_source
@@ -791,6 +792,7 @@ def select_for(prepared: Prepared) -> TokenHandle:
 def _select_token(provider: ProviderEntry, options: NewOptions, machine: bool) -> TokenHandle:
     """Module precedence: --module, then a module named in a providers file, then TOKENAGENT_MODULE,
     then the built-in provider's module (OpenSC for smart cards), then p11-kit discovery."""
+    named = bool(options.target.modules) or bool(provider.module and provider.source != "built-in")
     if options.target.modules:
         specs = list(options.target.modules)
     elif provider.module and provider.source != "built-in":
@@ -802,7 +804,21 @@ def _select_token(provider: ProviderEntry, options: NewOptions, machine: bool) -
         if provider.profile.kind == "smartcard" and installed("ykcs11"):
             specs.append("ykcs11")  # PIV cards (YubiKeys): OpenSC cannot write to them
     selector = TokenSelector.parse(options.target.selector or provider.token_for(machine))
-    return select_token(selector, modules_for(specs, selector), piv_first=True)
+    modules = [m for m in modules_for(specs, selector) if _usable(m, optional=m.ref.name == "ykcs11" and not named)]
+    return select_token(selector, modules, piv_first=True)
+
+
+def _usable(module: LoadedModule, *, optional: bool) -> bool:
+    """A module added on the user's behalf (ykcs11 beside OpenSC) that cannot even list its slots
+    (no pcscd running: CKR_DEVICE_ERROR) is left out rather than failing the run."""
+    if not optional:
+        return True
+    try:
+        list_slots(module)
+    except ModuleError as exc:
+        log.info("%s is left out of the search: %s", module.path, exc.one_line())
+        return False
+    return True
 
 
 def _verify_request(der: bytes) -> None:

@@ -275,9 +275,12 @@ def select_token(selector: TokenSelector, modules: Sequence[LoadedModule], *, pi
     if not found:
         present = [h.describe() for h in handles if h.initialized]
         listed = "; ".join(present) if present else "none"
+        # which modules were asked, and how to ask another: the token may be behind one not searched
+        searched = ", ".join(escape(module.ref.name or module.path) for module in modules) or "none"
+        hint = f"modules searched: {searched} (another: --module NAME|PATH or TOKENAGENT_MODULE)"
         if selector.text is None:
-            raise TokenNotFoundError("no initialized token found (insert a card or give --module)")
-        raise TokenNotFoundError(f"no token matches {selector.describe()}; tokens present: {listed}")
+            raise TokenNotFoundError(f"no initialized token found (insert a card); {hint}")
+        raise TokenNotFoundError(f"no token matches {selector.describe()}; tokens present: {listed}; {hint}")
     candidates = "; ".join(h.describe() for h in found)
     if selector.text is None:
         raise AmbiguousTokenError(f"several tokens present, choose one with --token: {candidates}")
