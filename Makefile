@@ -55,8 +55,9 @@ peers: venv
 demo: setup peers
 	@bash softhsm/demo.sh
 
+# One line per test file with its dots, and the reason of every skip at the end (-ra in pyproject.toml).
 test: setup peers
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest
 
 # ruff (with complexity bounds, pyproject.toml) and mypy on tokenagent/ (configuration in pyproject.toml)
 lint: setup

@@ -130,3 +130,13 @@ def test_a_token_not_found_says_which_modules_were_searched(softhsm: SoftHSM) ->
     assert run.returncode == 6, run.stderr  # TokenNotFoundError
     assert "modules searched: opensc-pkcs11" in run.stderr and "--module" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_a_dry_run_says_the_label_will_be_made_up(softhsm: SoftHSM, tmp_path: Path) -> None:
+    inf = tmp_path / "nolabel.inf"
+    inf.write_text('[NewRequest]\nSubject = "CN=nolabel"\nKeyAlgorithm = ECDSA_P256\n')
+    env = softhsm.env(PIN=USER_PIN)
+    run = run_cli("new", str(inf), "--dry-run", "--token", "ta-main", "--pin-source", "env:PIN", env=env)
+    assert run.returncode == 0, run.stderr
+    assert "label made up at generation" in run.stdout + run.stderr
+    assert "tokenagent-" not in re.sub(r"tokenagent-<uuid>", "", run.stdout + run.stderr).replace("tokenagent: ", "")

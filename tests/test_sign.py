@@ -389,6 +389,10 @@ def test_revoke_request(softhsm: SoftHSM, agents: Agents, tmp_path: Path) -> Non
     cert = x509.load_pem_x509_certificate(victim.read_bytes())
     assert int(request["serialNumber"]) == cert.serial_number
     assert int(request["reason"]) == 1  # keyCompromise
+    # the message: the serial belongs to the certificate, the name to its issuer (certreq's order)
+    issuer = ", ".join(rdn.rfc4514_string() for rdn in cert.issuer.rdns)
+    said = f"for the certificate with serial number 0x{cert.serial_number:x} issued by {issuer}"
+    assert said in run.stdout + run.stderr
     ids = [int(c["bodyPartID"]) for c in data["controlSequence"]]
     assert len(ids) == len(set(ids))
 

@@ -25,6 +25,10 @@ from tokenagent.store import database as database_module
 
 ROOT = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
+ROOT_SKIP = (
+    "running as root, whom file modes do not stop: the refusal of an unreadable or unwritable state "
+    "directory can only be tested as a normal user"
+)
 
 
 def new_pending(n: int = 1, **changes: object) -> NewPending:
@@ -234,7 +238,10 @@ def test_parent_that_is_a_file_is_an_output_error(tmp_path: Path) -> None:
     assert (tmp_path / "blocker").read_text() == "not a directory"
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root ignores directory modes")
+@pytest.mark.skipif(
+    IS_ROOT,
+    reason=ROOT_SKIP,
+)
 def test_unwritable_parent_is_an_output_error(tmp_path: Path) -> None:
     parent = tmp_path / "locked"
     parent.mkdir()
@@ -248,7 +255,10 @@ def test_unwritable_parent_is_an_output_error(tmp_path: Path) -> None:
         parent.chmod(0o700)
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root ignores directory modes")
+@pytest.mark.skipif(
+    IS_ROOT,
+    reason=ROOT_SKIP,
+)
 def test_unwritable_state_directory_is_an_output_error(tmp_path: Path) -> None:
     store = store_at(tmp_path)
     first = store.add(new_pending(1))

@@ -157,7 +157,13 @@ def _print_dry_run(result: object) -> None:
     if plan.existing is not None:
         echo(f"key: reuse {shown(plan.existing.describe())}")
     else:
-        echo(f"key: {plan.key_algorithm} {plan.bits}-bit via {plan.generation_mechanism}, label '{shown(plan.label)}'")
+        # no KeyContainer: the real run makes up another label, so say so instead of showing this one
+        label = (
+            "made up at generation (tokenagent-<uuid>; set KeyContainer to choose)"
+            if plan.label_generated
+            else (f"'{shown(plan.label)}'")
+        )
+        echo(f"key: {plan.key_algorithm} {plan.bits}-bit via {plan.generation_mechanism}, label {label}")
         echo("  public key template:")
         for name, value in plan.public_template.items():
             echo(f"    {name} = {_value(value)}")

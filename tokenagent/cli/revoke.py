@@ -97,7 +97,8 @@ def revoke_request(
     if result.output is None:
         echo_request(result.encoded, binary)
     echo(
-        f"revocation request for serial {target.serial:x} of {shown(target.issuer_text)} ({reason}) -> "
+        f"revocation request ({reason}) for the certificate with serial number 0x{target.serial:x} "
+        f"issued by {shown(target.issuer_text)} -> "
         f"{shown(str(out)) if result.output else '(standard output)'}",
         err=result.output is None,
     )

@@ -35,12 +35,14 @@ class RevokeTarget:
 def target_from_certificate(path: Path) -> RevokeTarget:
     from asn1crypto import x509
 
+    from tokenagent.request.names import name_text
+
     leaves = read_response(read_input(path), str(path)).end_entities()
     if len(leaves) != 1:
         raise InputError(f"{path} holds {len(leaves)} end-entity certificates; give the one to revoke")
     cert = x509.Certificate.load(leaves[0])
     try:
-        return RevokeTarget(cert.issuer.dump(), cert.serial_number, cert.issuer.human_friendly)
+        return RevokeTarget(cert.issuer.dump(), cert.serial_number, name_text(cert.issuer))
     except PARSE_ERRORS as exc:
         # cryptography read the certificate (read_response), but asn1crypto types name values by
         # their attribute type and refuses e.g. a CN that is not a DirectoryString
@@ -51,7 +53,7 @@ def target_from_text(issuer: str, serial: str) -> RevokeTarget:
     """``issuer`` as certreq writes a DN (CN=...,O=...); ``serial`` decimal, or hex with 0x."""
     from tokenagent.errors import PolicyError
     from tokenagent.inf.names import parse_name
-    from tokenagent.request.names import x509_name
+    from tokenagent.request.names import name_text, x509_name
 
     try:
         number = int(serial.replace(":", ""), 0)
@@ -61,7 +63,7 @@ def target_from_text(issuer: str, serial: str) -> RevokeTarget:
         name = x509_name(parse_name(issuer))
     except (PolicyError, ValueError) as exc:
         raise UsageError(f"--issuer {issuer!r}: {exc}") from None
-    return RevokeTarget(name.dump(), number, issuer)
+    return RevokeTarget(name.dump(), number, name_text(name))  # as every command prints names
 
 
 def build_revoke_request(
