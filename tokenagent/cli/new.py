@@ -166,11 +166,12 @@ def _print_dry_run(result: object) -> None:
         echo(f"key: {plan.key_algorithm} {plan.bits}-bit via {plan.generation_mechanism}, label {label}")
         echo("  public key template:")
         for name, value in plan.public_template.items():
-            echo(f"    {name} = {_value(value)}")
+            echo(f"    {name} = {_template_value(name, value, plan.label_generated)}")
         echo("  private key template:")
         for name, value in plan.private_template.items():
-            echo(f"    {name} = {_value(value)}")
-        echo("  CKA_ID = SHA-1 of the public key, set on both halves after generation")
+            echo(f"    {name} = {_template_value(name, value, plan.label_generated)}")
+        if plan.piv_slot is None:
+            echo("  CKA_ID = SHA-1 of the public key, set on both halves after generation")
     echo(
         f"signature: {plan.padding} with {plan.hash}; mechanism "
         + " then ".join(m.describe() for m in plan.sign_candidates)
@@ -193,3 +194,9 @@ def _value(value: object) -> str:
     if isinstance(value, bytes):
         return value.hex()
     return repr(value) if isinstance(value, str) else str(value)
+
+
+def _template_value(name: str, value: object, label_generated: bool) -> str:
+    if name == "CKA_LABEL" and label_generated:
+        return "tokenagent-<uuid> (made up at generation)"
+    return _value(value)
