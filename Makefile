@@ -40,6 +40,8 @@ apt:
 # recompiles it at every start where PYTHONDONTWRITEBYTECODE is set (+44% CPU per command, issue 15).
 venv: $(VENV)/.installed
 	@$(BIN)/python -m compileall -q tokenagent
+	@# man pages from the click commands (tokenagent/cli/manpages.py): `man tokenagent-new` in the venv
+	@$(BIN)/python -m tokenagent.cli.manpages $(VENV)/share/man/man1 >/dev/null
 
 $(VENV)/.installed: pyproject.toml
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)

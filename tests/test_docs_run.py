@@ -65,3 +65,34 @@ def test_shell_completion_as_documented() -> None:
         text=True,
     )
     assert "accept" in words.stdout
+
+
+def test_man_pages_for_every_command_render_without_warnings(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.test_newcomer import _commands
+    from tokenagent.cli import cli
+    from tokenagent.cli.manpages import write_pages
+
+    pages = {page.name: page for page in write_pages(tmp_path)}
+    for name, command in _commands(cli):
+        page = pages[f"tokenagent-{name.replace(' ', '-')}.1"]
+        text = page.read_text()
+        for param in command.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("--") and not getattr(param, "hidden", False):
+                    assert opt in text, (name, opt)
+        if shutil.which("groff"):
+            rendered = subprocess.run(
+                [
+                    "groff",
+                    "-man",
+                    "-Tutf8",
+                    "-ww",
+                    "-Wbreak",
+                    "-z",
+                    str(page),
+                ]  # line filling is not an error, capture_output=True, text=True
+            )
+            assert rendered.returncode == 0 and not rendered.stderr, (page, rendered.stderr)
+    assert "tokenagent.1" in pages

@@ -140,3 +140,12 @@ def test_a_dry_run_says_the_label_will_be_made_up(softhsm: SoftHSM, tmp_path: Pa
     assert run.returncode == 0, run.stderr
     assert "label made up at generation" in run.stdout + run.stderr
     assert "tokenagent-" not in re.sub(r"tokenagent-<uuid>", "", run.stdout + run.stderr).replace("tokenagent: ", "")
+
+
+def test_every_command_that_can_ask_takes_yes() -> None:
+    import inspect
+
+    for name, command in _commands(cli):
+        source = inspect.getsource(inspect.getmodule(command.callback))  # type: ignore[arg-type]
+        if "confirm(" in source:
+            assert "--yes" in {opt for param in command.params for opt in param.opts}, name
