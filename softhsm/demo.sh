@@ -19,7 +19,10 @@ mkdir -p "$demo"
 # Each step prints one line saying what it does, then the command and its output.
 # Bold only on a terminal, and never with NO_COLOR set (https://no-color.org).
 if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
-step() { printf '\n%s== %s%s\n$ %s\n' "$bold" "$1" "$plain" "${*:2}"; "${@:2}"; }
+# The command is shown quoted as a shell would need it, so it can be pasted (URIs hold ';').
+quoted() { local a out=(); for a in "$@"; do
+    if [[ $a =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then out+=("$a"); else out+=("${a@Q}"); fi; done; printf '%s' "${out[*]}"; }
+step() { printf '\n%s== %s%s\n$ %s\n' "$bold" "$1" "$plain" "$(quoted "${@:2}")"; "${@:2}"; }
 said() { printf '%s== %s%s\n' "$bold" "$1" "$plain"; }
 
 eval "$(softhsm/softhsm-env.sh "$demo/softhsm" user-card:87654321:1234 agent-card:87654321:5678)"
@@ -74,8 +77,10 @@ uri=$($ta objects --token user-card --pin-source env:USER_PIN --type private-key
     'import json,sys; print([o["uri"] for o in json.load(sys.stdin)["objects"] if o["label"] == "grace-logon"][0])')
 printf 'Signed with the card through its pkcs11: URI\n' > "$demo/message.txt"
 openssl x509 -in "$demo/grace.pem" -pubkey -noout > "$demo/grace.pub"
+# The engine reads the PIN from a file named in the URI (RFC 7512 pin-source), never from argv.
+(umask 077; printf '%s' "$USER_PIN" > "$demo/user.pin")
 step "OpenSSL signs with Grace's key on the card through the pkcs11 engine" env PKCS11_MODULE_PATH="$TOKENAGENT_MODULE" \
-    openssl dgst -sha256 -engine pkcs11 -keyform engine -sign "$uri?pin-value=$USER_PIN" \
+    openssl dgst -sha256 -engine pkcs11 -keyform engine -sign "$uri?pin-source=file:$demo/user.pin" \
     -out "$demo/message.sig" "$demo/message.txt"
 step "... and the signature verifies with the certificate the CA issued" \
     openssl dgst -sha256 -verify "$demo/grace.pub" -signature "$demo/message.sig" "$demo/message.txt"
