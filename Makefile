@@ -31,6 +31,9 @@ apt:
 	@missing=$$(for p in $(APT_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
+		if [ -n "$(SUDO)" ] && ! command -v sudo >/dev/null; then \
+			echo "make: the Debian packages $$missing are missing and installing them needs root:" \
+				"run 'make setup' once as root, or install sudo" >&2; exit 1; fi; \
 		echo "installing Debian packages:" $$missing; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
