@@ -42,6 +42,7 @@ def target_from_certificate(path: Path) -> RevokeTarget:
         raise InputError(f"{path} holds {len(leaves)} end-entity certificates; give the one to revoke")
     cert = x509.Certificate.load(leaves[0])
     try:
+        cert.issuer.native  # noqa: B018 (parses every value: a CA must be able to read the name too)
         return RevokeTarget(cert.issuer.dump(), cert.serial_number, name_text(cert.issuer))
     except PARSE_ERRORS as exc:
         # cryptography read the certificate (read_response), but asn1crypto types name values by

@@ -123,6 +123,23 @@ def read_raw(session: pkcs11.Session, module_path: str, obj: int, attributes: It
     }
 
 
+class RawObject:
+    """An object known only by its handle, for what python-pkcs11 cannot wrap: a half-written husk
+    whose attributes make python-pkcs11's object factory fail (CKR_ATTRIBUTE_VALUE_INVALID)."""
+
+    def __init__(self, session: pkcs11.Session, module_path: str, handle: int) -> None:
+        self.session = session
+        self.module_path = module_path
+        self.handle = handle
+
+    def destroy(self) -> None:
+        library = _library(self.module_path)
+        library.C_DestroyObject.restype = ctypes.c_ulong
+        rv = library.C_DestroyObject(ctypes.c_ulong(self.session.handle), ctypes.c_ulong(self.handle))
+        if rv != CKR_OK:
+            raise pkcs11.exceptions.PKCS11Error(f"C_DestroyObject: CKR 0x{rv:x}")
+
+
 def as_bool(value: bytes | None) -> bool | None:
     return None if value is None else any(value[:1])
 
