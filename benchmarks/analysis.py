@@ -361,12 +361,12 @@ def analysis(data: dict[str, Any]) -> list[str]:
         "5. **PKCS#11 calls that earned no place** (issue 15, the call table above): the capacity check read "
         "CK_MECHANISM_INFO of every mechanism (70 on SoftHSM; now the plan's 2-3), counted every object and read "
         "every private key's label (now one search by CKA_CLASS + CKA_LABEL, counts only for a profile with a "
-        "limit), searched three times for husks (now once), and read CKA_ALWAYS_AUTHENTICATE back from a key whose "
-        "template set it: `new` went from 122 to 42 calls on a one-slot token and no longer grows with the token. "
+        "limit), and read CKA_ALWAYS_AUTHENTICATE back from a key whose template set it: `new` went from 122 to 48 "
+        "calls on a one-slot token and no longer grows with the token. "
         "`objects` reads each object with one C_GetAttributeValue and its size query through token/raw.py "
         "(python-pkcs11 wraps every object it finds after a ten-attribute capability read that SoftHSM refuses and "
         "that it retries one attribute at a time: ~9 calls per object before anything was read). The agent's "
-        "certificate is looked for by the key's CKA_ID first. tests/test_call_budget.py keeps `new` within 44 calls "
+        "certificate is looked for by the key's CKA_ID first. tests/test_call_budget.py keeps `new` within 50 calls "
         "and `objects` within 3 per object.",
         "",
         "Left as they are: the pending store's durability (SQLite synchronous = FULL and an fsync'd, renamed "
