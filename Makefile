@@ -15,10 +15,11 @@ BIN := $(VENV)/bin
 #   openssl, python3-venv, make, p11-kit
 #   libkrb5-dev       what python-gssapi and krb5 (pyspnego[kerberos]: Negotiate to AD CS) build against
 #   krb5-kdc, krb5-admin-server, krb5-user   a real KDC and kinit for the Kerberos tests
+#   jq                the JSON examples in docs/commands.md (run by tests/test_docs_commands.py)
 #   vsmartcard-vpcd   virtual card readers for pcscd (the virtual PIV cards, tests/peers/piv.py)
 #   ykcs11            Yubico's PKCS#11 module, driven against those cards
 APT_PACKAGES := softhsm2 opensc opensc-pkcs11 gnutls-bin pcscd swig libpcsclite-dev gcc python3-dev \
-	libengine-pkcs11-openssl openssl python3-venv make p11-kit libkrb5-dev krb5-kdc krb5-admin-server krb5-user \
+	libengine-pkcs11-openssl openssl python3-venv make p11-kit libkrb5-dev krb5-kdc krb5-admin-server krb5-user jq \
 	vsmartcard-vpcd ykcs11
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
