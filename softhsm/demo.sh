@@ -7,12 +7,13 @@
 #   request co-signed by the agent with RequesterName, sent to the CA, issued, installed next to the
 #   key -> pkcs11-tool and OpenSSL check the card. The server is stopped at the end, whatever happens.
 #
-# Everything lives in build/demo and starts from nothing on each run.
+# Everything lives in build/demo (or $TOKENAGENT_DEMO_DIR: the tests run it elsewhere) and starts
+# from nothing on each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ta=.venv/bin/tokenagent
 py=.venv/bin/python
-demo=build/demo
+demo=${TOKENAGENT_DEMO_DIR:-build/demo}
 rm -rf "$demo"
 mkdir -p "$demo"
 

@@ -96,3 +96,52 @@ def test_man_pages_for_every_command_render_without_warnings(tmp_path: Path) -> 
             )
             assert rendered.returncode == 0 and not rendered.stderr, (page, rendered.stderr)
     assert "tokenagent.1" in pages
+
+
+def test_the_demo_output_is_plain_pasteable_and_keeps_pins_out_of_argv(tmp_path: Path) -> None:
+    """`make demo`'s story (softhsm/demo.sh) as a newcomer sees it piped: no colour codes, every shown
+    command pasteable (URIs with ';' quoted), no PIN in a command line, pending IDs without gaps."""
+    from tests.peers.djangoca import ensure_venv
+
+    ensure_venv()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENAGENT_", "SOFTHSM2_"))}
+    env["TOKENAGENT_DEMO_DIR"] = str(tmp_path / "demo")
+    run = subprocess.run(["bash", "softhsm/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run.stdout + run.stderr
+    assert "\x1b" not in out  # not a terminal: no ANSI codes
+    shown = [line[2:] for line in out.splitlines() if line.startswith("$ ")]
+    assert len(shown) >= 10
+    for command in shown:
+        unquoted = re.sub(r"'[^']*'", "", command)
+        assert ";" not in unquoted, command  # a URI's ';' would end the command when pasted
+        assert "pin-value" not in command, command  # the engine reads the PIN from a file
+        if command.split()[0].endswith("tokenagent"):
+            assert "--pin " not in command, command  # tokenagent takes PINs from env:, file: or fd:
+    ids = [int(n) for n in re.findall(r"pending (?:request )?ID (\d+)", out)]
+    assert ids == list(range(1, len(ids) + 1)), ids
+
+
+def test_docs_link_only_to_what_a_clone_has() -> None:
+    """Links to ../shared/... (the workplace's notes) or to files that do not exist break in a clone."""
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            if "shared/" in target or not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
+    assert "not implemented yet" not in (ROOT / "docs" / "commands.md").read_text()
+
+
+def test_install_is_quiet_and_says_what_it_needs() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert isinstance(project["project"]["license"], str)  # SPDX: no setuptools deprecation warning
+    assert any(req.startswith("setuptools>=77") for req in project["build-system"]["requires"])
+    makefile = (ROOT / "Makefile").read_text()
+    assert "run 'make setup' once as root, or install sudo" in makefile
+    assert "compileall" in makefile and "tokenagent.cli.manpages" in makefile
+    assert "$(BIN)/python -m pytest\n" in makefile  # per-file progress, not -q's bare dots
