@@ -1,7 +1,8 @@
-"""docs/commands.md's worked examples from the first token set-up to the end of the page (the CA ones, shown as text, excepted) run as written, in
-order, on throw-away tokens, and print what the page shows (issue 20). Variable parts are masked:
-numbers, hex strings (serials, IDs, thumbprints), dates and times; a documented line with "..." is an
-elision and is not compared. When a command or its output changes, this test says which."""
+"""docs/commands.md's worked examples, from the first token set-up to the end of the page (the CA
+ones, shown as text, excepted), run as written, in order, on throw-away tokens, and print what the
+page shows (issue 20). Variable parts are masked: numbers, hex strings (serials, IDs, thumbprints),
+dates and times; a documented line with "..." is an elision and is not compared. When a command or
+its output changes, this test says which."""
 
 from __future__ import annotations
 

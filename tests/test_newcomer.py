@@ -149,3 +149,18 @@ def test_every_command_that_can_ask_takes_yes() -> None:
         source = inspect.getsource(inspect.getmodule(command.callback))  # type: ignore[arg-type]
         if "confirm(" in source:
             assert "--yes" in {opt for param in command.params for opt in param.opts}, name
+
+
+def test_enroll_says_when_it_waits_for_the_ca_on_a_terminal(softhsm: SoftHSM, tmp_path: Path) -> None:
+    from tests.conftest import run_in_terminal
+
+    inf = tmp_path / "ca.inf"
+    inf.write_text('[NewRequest]\nSubject = "CN=status-ca"\nKeyAlgorithm = ECDSA_P256\n')
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    env = softhsm.env(PIN=USER_PIN)
+    args = ["enroll", str(inf), "--config", f"file:{outbox}", "--token", "ta-new", "--pin-source", "env:PIN"]
+    code, shown, _ = run_in_terminal(args, env, b"\x00never", "")
+    assert code == 14, shown  # pending: the file drop waits for a person
+    assert "tokenagent: generating the ECDSA_P256 key" in shown
+    assert f"tokenagent: sending the request to file:{outbox}" in shown

@@ -116,6 +116,8 @@ def enroll_policy(
         record = (PendingStore(prepared.store_path), pending)
         with _kept_pending(pending):
             request = ca_request(made.outcome.der, pairs, "the new request")
+            if on_status is not None:  # a CA can take seconds (or its timeout) to answer
+                on_status(f"sending the request to {profile.describe()} (pending request {pending.id})...")
             with Exchange(profile, options.ca, record) as exchange:
                 answer = exchange.ask(request)
             issued = _issued(answer, profile)
