@@ -158,7 +158,8 @@ def test_enroll_says_when_it_waits_for_the_ca_on_a_terminal(softhsm: SoftHSM, tm
     inf.write_text('[NewRequest]\nSubject = "CN=status-ca"\nKeyAlgorithm = ECDSA_P256\n')
     outbox = tmp_path / "outbox"
     outbox.mkdir()
-    env = softhsm.env(PIN=USER_PIN)
+    # its own pending store: a request left with a CA here must not meet other tests' `enroll --resume`
+    env = softhsm.env(PIN=USER_PIN, TOKENAGENT_STATE_DIR=str(tmp_path / "state"))
     args = ["enroll", str(inf), "--config", f"file:{outbox}", "--token", "ta-new", "--pin-source", "env:PIN"]
     code, shown, _ = run_in_terminal(args, env, b"\x00never", "")
     assert code == 14, shown  # pending: the file drop waits for a person

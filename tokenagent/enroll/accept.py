@@ -70,6 +70,7 @@ from tokenagent.token.objects import destroy_objects, find_private_key_for, key_
 from tokenagent.token.pins import PinSource
 from tokenagent.token.session import TokenSession, open_session
 from tokenagent.token.target import ANY_TOKEN, TokenTarget
+from tokenagent.token.tokeninfo import ATTESTATION_LABEL
 
 log = logging.getLogger("tokenagent")
 Warn = Callable[[str], None]
@@ -314,8 +315,9 @@ class _Writes:
         if self.session.handle.is_piv:
             # a PIV slot has one certificate object: writing replaces it (ykcs11's placeholder after
             # generation, or an older certificate), so undo must put that back, not delete
-            for old in certificate_objects(self.session.session):
-                if old.key_id == key_id:
+            # (ykcs11's attestation certificate shares the slot's CKA_ID but is not the slot's)
+            for old in certificate_objects(self.session.session, key_id=key_id):
+                if not old.label.startswith(ATTESTATION_LABEL):
                     self.replaced.append((key_id, old.der))
         self.new_values.append(der)
         write_certificate(self.session, der, key_id=key_id, label=label, category=category, trusted=trusted)

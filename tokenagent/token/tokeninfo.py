@@ -83,7 +83,7 @@ def gather_facts(ts: TokenSession, needs: FactNeeds = EVERYTHING) -> TokenFacts:
 
 #: ykcs11 labels the attestation certificate it makes for a slot's key like this: it proves where
 #: the key was generated and is not the slot's certificate
-_ATTESTATION_LABEL = "X.509 Certificate for PIV Attestation"
+ATTESTATION_LABEL = "X.509 Certificate for PIV Attestation"
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def piv_slots(ts: TokenSession) -> PivSlots:
         values = read_attributes(obj, [Attribute.ID, Attribute.LABEL])
         key_id = bytes(values.get(Attribute.ID) or b"")
         occupied.add(key_id)
-        if not str(values.get(Attribute.LABEL) or "").startswith(_ATTESTATION_LABEL):
+        if not str(values.get(Attribute.LABEL) or "").startswith(ATTESTATION_LABEL):
             certificates.add(key_id)
     for obj in find_objects(ts.session, object_class=ObjectClass.PRIVATE_KEY):
         occupied.add(bytes(read_attributes(obj, [Attribute.ID]).get(Attribute.ID) or b""))
