@@ -12,6 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from benchmarks.calls import FILL  # 29 more P-256 key pairs, made by python-pkcs11 directly
 from tests.conftest import USER_PIN, make_softhsm, run_cli
 from tests.test_login import spy_module
 
@@ -21,19 +22,6 @@ NEW_BUDGET = 50
 FLAT_TOLERANCE = 3
 
 INF = '[NewRequest]\nSubject = "CN=budget"\nKeyAlgorithm = ECDSA_P256\n'
-
-FILL = """
-import sys, pkcs11
-from pkcs11 import KeyType, Mechanism
-lib = pkcs11.lib(sys.argv[1])
-token = lib.get_token(token_label=sys.argv[2])
-with token.open(rw=True, user_pin=sys.argv[3]) as session:
-    for n in range(int(sys.argv[4])):
-        params = session.create_domain_parameters(
-            KeyType.EC, {pkcs11.Attribute.EC_PARAMS: bytes.fromhex("06082a8648ce3d030107")}, local=True
-        )
-        params.generate_keypair(store=True, label=f"filler-{n}", id=n.to_bytes(2, "big"))
-"""
 
 
 def spied(softhsm, work: Path, name: str, *args: str) -> Counter[str]:

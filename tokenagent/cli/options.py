@@ -14,7 +14,6 @@ thing done here; the rules (which PIN source wins, reading a shared secret) are 
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -113,14 +112,9 @@ class TokenArgs:
 
 def so_pin_source_for(text: str | None) -> PinSource | None:
     """--so-pin-source, else TOKENAGENT_SO_PIN_SOURCE, else a prompt on a terminal (asked only when used)."""
-    import os
+    from tokenagent.token.pins import default_pin_source, parse_pin_source
 
-    from tokenagent.token.pins import PinSource, parse_pin_source
-
-    text = text or os.environ.get("TOKENAGENT_SO_PIN_SOURCE")
-    if text:
-        return parse_pin_source(text)
-    return PinSource("prompt") if sys.stdin.isatty() else None
+    return parse_pin_source(text) if text else default_pin_source(variable="TOKENAGENT_SO_PIN_SOURCE")
 
 
 def token_options(f: F) -> F:

@@ -28,6 +28,7 @@ from tokenagent.enroll.new import (
     NewResult,
     enroll,
     facts_needed,
+    for_token,
     lock_selection,
     lock_token,
     open_user_session,
@@ -109,7 +110,8 @@ def enroll_policy(
             agent = stack.enter_context(open_agent(new_options.agent, on_warning=warn))
         session = stack.enter_context(open_user_session(prepared, handle, warn))
         recover_interrupted(session, prepared.store_path, on_warning=warn)
-        facts = gather_facts(session, facts_needed(prepared, handle))
+        prepared = for_token(prepared, handle)
+        facts = gather_facts(session, facts_needed(prepared))
         made = enroll(prepared, session, facts, agent=agent, on_status=on_status)
         assert made.outcome is not None and made.outcome.pending is not None
         pending = made.outcome.pending

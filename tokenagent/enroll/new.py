@@ -276,7 +276,8 @@ def new_request(
         with session:
             if not options.dry_run:
                 recover_interrupted(session, prepared.store_path, on_warning=warn)
-            facts = gather_facts(session, facts_needed(prepared, handle))
+            prepared = for_token(prepared, handle)  # once: facts_needed and enroll read its plan
+            facts = gather_facts(session, facts_needed(prepared))
             return enroll(prepared, session, facts, agent=agent, on_status=on_status)
 
 
@@ -387,9 +388,9 @@ def prepare(options: NewOptions, warn: Warn, *, registry: ProviderRegistry | Non
     return Prepared(options, policy, provider, machine, plan, pin_source, registry.profiles.get("piv"))
 
 
-def facts_needed(prepared: Prepared, handle: TokenHandle) -> FactNeeds:
-    """The capacity check's questions for this plan on this token, and nothing else."""
-    plan = for_token(prepared, handle).plan
+def facts_needed(prepared: Prepared) -> FactNeeds:
+    """The capacity check's questions for this plan (already `for_token`), and nothing else."""
+    plan = prepared.plan
     profile = plan.provider.profile
     return FactNeeds(
         mechanisms=frozenset({plan.generation_mechanism, *(m.mechanism for m in plan.sign_candidates)}),
@@ -434,7 +435,7 @@ def enroll(
 ) -> NewResult:
     """The capacity check against ``facts``, then (unless --dry-run) the `_Transaction` in ``session``."""
     handle = session.handle
-    prepared = for_token(prepared, handle)
+    prepared = for_token(prepared, handle)  # a no-op when the caller adapted it already
     options, policy, plan = prepared.options, prepared.policy, prepared.plan
     is_cert = policy.request_type == RequestType.CERT
     if plan.piv_slot is not None:

@@ -116,34 +116,8 @@ class ObjectInfo:
     certificate: CertificateSummary | None = None
 
 
-def describe_object(obj: pkcs11.Object, token: TokenHandle) -> ObjectInfo:
-    object_class = read_attribute(obj, Attribute.CLASS)
-    base = read_attributes(obj, [Attribute.LABEL, Attribute.ID])
-    label = base.get(Attribute.LABEL)
-    object_id = base.get(Attribute.ID)
-    class_name = CLASS_NAMES.get(int(object_class or 0), f"0x{int(object_class or 0):x}")
-    path = dict(token.uri().path)
-    if label:
-        path["object"] = label
-    if object_class in URI_TYPES:
-        path["type"] = URI_TYPES[object_class]
-    info = ObjectInfo(
-        object_class=class_name,
-        label=label,
-        id=bytes(object_id) if object_id else None,
-        uri=Pkcs11Uri(path=path, object_id=bytes(object_id) if object_id else None),
-    )
-    if object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY, ObjectClass.SECRET_KEY):
-        _describe_key(obj, info)
-    elif object_class == ObjectClass.CERTIFICATE:
-        value = read_attribute(obj, Attribute.VALUE)
-        if value:
-            info.certificate = summarize_certificate(bytes(value))
-    return info
-
-
 def _describe_values(raw_values: dict[int, bytes], token: TokenHandle) -> ObjectInfo:
-    """`describe_object` from the raw attribute bytes of token/raw.py."""
+    """One object as `objects` lists it, from the raw attribute bytes token/raw.py read."""
     from tokenagent.token import raw
 
     object_class = raw.as_int(raw_values.get(Attribute.CLASS))
@@ -176,19 +150,6 @@ def _describe_values(raw_values: dict[int, bytes], token: TokenHandle) -> Object
     elif object_class == ObjectClass.CERTIFICATE and raw_values.get(Attribute.VALUE):
         info.certificate = summarize_certificate(bytes(raw_values[Attribute.VALUE]))
     return info
-
-
-def _describe_key(obj: pkcs11.Object, info: ObjectInfo) -> None:
-    wanted = [
-        Attribute.KEY_TYPE,
-        Attribute.MODULUS,
-        Attribute.MODULUS_BITS,
-        Attribute.EC_PARAMS,
-        Attribute.VALUE_LEN,
-        *KEY_FLAGS.values(),
-        *KEY_USAGE.values(),
-    ]
-    _describe_key_values(read_attributes(obj, wanted), info)
 
 
 def _describe_key_values(values: dict[Attribute, Any], info: ObjectInfo) -> None:

@@ -115,9 +115,10 @@ def literal_pin_source(pin: str) -> PinSource:
     return PinSource("literal", None, Pin(pin))
 
 
-def default_pin_source(stdin_is_tty: bool | None = None) -> PinSource | None:
-    """``TOKENAGENT_PIN_SOURCE`` if set, else a prompt on a terminal, else none (nothing prompts)."""
-    configured = os.environ.get(ENV_PIN_SOURCE)
+def default_pin_source(stdin_is_tty: bool | None = None, *, variable: str = ENV_PIN_SOURCE) -> PinSource | None:
+    """``TOKENAGENT_PIN_SOURCE`` (or ``variable``) if set, else a prompt on a terminal, else none
+    (nothing prompts)."""
+    configured = os.environ.get(variable)
     if configured:
         return parse_pin_source(configured)
     tty = sys.stdin.isatty() if stdin_is_tty is None else stdin_is_tty

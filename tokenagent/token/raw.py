@@ -44,7 +44,7 @@ class CK_ATTRIBUTE(ctypes.Structure):
 def _library(path: str) -> ctypes.CDLL:
     """The module python-pkcs11 loaded (dlopen of the same path returns the same, initialized copy)."""
     library = ctypes.CDLL(path)
-    for name in ("C_FindObjectsInit", "C_FindObjects", "C_FindObjectsFinal", "C_GetAttributeValue"):
+    for name in ("C_FindObjectsInit", "C_FindObjects", "C_FindObjectsFinal", "C_GetAttributeValue", "C_DestroyObject"):
         getattr(library, name).restype = ctypes.c_ulong
     return library
 
@@ -61,11 +61,12 @@ def _pack(value: Any) -> bytes:
 
 
 def _template(values: Mapping[Attribute, Any]) -> tuple[ctypes.Array[CK_ATTRIBUTE], list[Any]]:
-    buffers = [ctypes.create_string_buffer(_pack(v), len(_pack(v)) or 1) for v in values.values()]
+    packed = [_pack(value) for value in values.values()]
+    buffers = [ctypes.create_string_buffer(data, len(data) or 1) for data in packed]
     template = (CK_ATTRIBUTE * max(1, len(values)))()
-    for slot, (attribute, buffer) in enumerate(zip(values, buffers, strict=True)):
-        length = len(_pack(values[attribute]))
-        template[slot] = CK_ATTRIBUTE(int(attribute), ctypes.cast(buffer, ctypes.c_void_p) if length else None, length)
+    for slot, (attribute, data, buffer) in enumerate(zip(values, packed, buffers, strict=True)):
+        pointer = ctypes.cast(buffer, ctypes.c_void_p) if data else None
+        template[slot] = CK_ATTRIBUTE(int(attribute), pointer, len(data))
     return template, buffers  # the buffers must outlive the call
 
 
@@ -73,7 +74,7 @@ def find_handles(session: pkcs11.Session, module_path: str, values: Mapping[Attr
     """Handles of the objects matching ``values`` (an empty mapping: every object the session sees)."""
     library = _library(module_path)
     handle = ctypes.c_ulong(session.handle)
-    template, keep = _template(values)
+    template, _buffers = _template(values)  # kept alive until the search is over
     rv = library.C_FindObjectsInit(handle, template if values else None, ctypes.c_ulong(len(values)))
     if rv != CKR_OK:
         raise TokenOperationError(f"the token failed a search of its objects (CKR 0x{rv:x})")
@@ -90,7 +91,6 @@ def find_handles(session: pkcs11.Session, module_path: str, values: Mapping[Attr
                 break
     finally:
         library.C_FindObjectsFinal(handle)
-    del keep
     return found
 
 
@@ -134,7 +134,6 @@ class RawObject:
 
     def destroy(self) -> None:
         library = _library(self.module_path)
-        library.C_DestroyObject.restype = ctypes.c_ulong
         rv = library.C_DestroyObject(ctypes.c_ulong(self.session.handle), ctypes.c_ulong(self.handle))
         if rv != CKR_OK:
             raise pkcs11.exceptions.PKCS11Error(f"C_DestroyObject: CKR 0x{rv:x}")
