@@ -40,7 +40,7 @@ from tokenagent.errors import (
 )
 from tokenagent.inf.policy import RequestPolicy, RequestType, load_policy
 from tokenagent.providers.capacity import CapacityVerdict, check_capacity
-from tokenagent.providers.plan import KeyPlan, plan_key, refuse_piv_keys
+from tokenagent.providers.plan import KeyPlan, for_implementation, plan_key, refuse_piv_keys
 from tokenagent.providers.registry import Profile, ProviderEntry, ProviderRegistry, load_registry
 from tokenagent.request.algorithms import SignatureAlgorithm
 from tokenagent.request.armor import REQUEST_LABEL, armor
@@ -422,7 +422,8 @@ def for_token(prepared: Prepared, handle: TokenHandle) -> Prepared:
         )
     if provider.profile.name != "piv":
         refuse_piv_keys(prepared.policy, provider)  # the smart card is not a PIV card after all
-    return prepared
+    plan = for_implementation(prepared.plan, handle.implementation)
+    return prepared if plan is prepared.plan else replace(prepared, plan=plan)
 
 
 def enroll(

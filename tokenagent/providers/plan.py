@@ -8,7 +8,7 @@ names are PKCS#11's own spellings; `token.keys` turns them into python-pkcs11 va
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tokenagent.errors import PolicyError
@@ -16,6 +16,7 @@ from tokenagent.inf.policy import KeyProtection, RequestPolicy, RequestType
 from tokenagent.providers.piv import PivSlot, choose_slot
 from tokenagent.providers.registry import ProviderEntry, check_provider_type
 from tokenagent.token.facts import SignMechanism
+from tokenagent.token.implementations import TPM2_PKCS11
 
 #: named curves: INF curve -> (SEC 2 name, DER of the namedCurve OID = CKA_EC_PARAMS)
 CURVES: dict[str, tuple[str, bytes]] = {
@@ -288,7 +289,9 @@ def _label(policy: RequestPolicy) -> tuple[str, bool]:
 def _templates(
     policy: RequestPolicy, family: str, label: str, usages: _Usages, *, exportable: bool, always_authenticate: bool
 ) -> _Templates:
-    """Both CKA templates, every attribute explicit so no token default decides."""
+    """Both CKA templates, every attribute explicit so no token default decides (SoftHSM makes an
+    omitted CKA_DECRYPT/CKA_UNWRAP TRUE). Every usage attribute is here: token/generate.py sends
+    nothing the plan does not name."""
     # *_RECOVER are set FALSE explicitly: SoftHSM defaults CKA_SIGN_RECOVER to TRUE on RSA and EC keys
     public: dict[str, Any] = {"CKA_TOKEN": True, "CKA_PRIVATE": False, "CKA_LABEL": label, "CKA_VERIFY_RECOVER": False}
     private: dict[str, Any] = {
@@ -303,11 +306,14 @@ def _templates(
         public.update({"CKA_MODULUS_BITS": policy.key_length, "CKA_PUBLIC_EXPONENT": RSA_PUBLIC_EXPONENT})
         public.update({"CKA_VERIFY": usages.sign, "CKA_ENCRYPT": usages.decrypt, "CKA_WRAP": usages.decrypt})
         private.update({"CKA_SIGN": usages.sign, "CKA_DECRYPT": usages.decrypt, "CKA_UNWRAP": usages.decrypt})
+        private["CKA_DERIVE"] = False
         key_type, generation = "CKK_RSA", "CKM_RSA_PKCS_KEY_PAIR_GEN"
     else:
         assert policy.curve is not None
         public.update({"CKA_EC_PARAMS": CURVES[policy.curve][1], "CKA_VERIFY": usages.sign})
+        public.update({"CKA_ENCRYPT": False, "CKA_WRAP": False})
         private.update({"CKA_SIGN": usages.sign, "CKA_DERIVE": usages.derive})
+        private.update({"CKA_DECRYPT": False, "CKA_UNWRAP": False})
         key_type, generation = "CKK_EC", "CKM_EC_KEY_PAIR_GEN"
     if always_authenticate:
         private["CKA_ALWAYS_AUTHENTICATE"] = True
@@ -473,3 +479,24 @@ def _piv_touch_policy(policy: RequestPolicy, slot: PivSlot) -> None:
             f"{policy.where('piv_touch_policy')}: touch policy '{wanted}' cannot be set through ykcs11 2.2; "
             "generate the key with `ykman piv keys generate --touch-policy`, or leave PivTouchPolicy out"
         )
+
+
+#: tpm2-pkcs11 derives these from the TPM key's two usage bits (token/implementations.py)
+_TPM_DERIVED_PUBLIC = ("CKA_VERIFY", "CKA_ENCRYPT", "CKA_WRAP")
+_TPM_DERIVED_PRIVATE = ("CKA_UNWRAP",)
+
+
+def for_implementation(plan: KeyPlan, implementation: str) -> KeyPlan:
+    """The templates as the implementation serving the token can take them; the same plan otherwise.
+    Only what the token would refuse is left out, and a note says what the token decides instead."""
+    if implementation != TPM2_PKCS11 or plan.existing is not None:
+        return plan
+    public = {k: v for k, v in plan.public_template.items() if k not in _TPM_DERIVED_PUBLIC}
+    private = {k: v for k, v in plan.private_template.items() if k not in _TPM_DERIVED_PRIVATE}
+    if public == plan.public_template and private == plan.private_template:
+        return plan  # adapted already
+    note = (
+        "tpm2-pkcs11: CKA_VERIFY/CKA_ENCRYPT/CKA_WRAP/CKA_UNWRAP are not set (a TPM key has two usage "
+        "bits: CKA_SIGN also means CKA_ENCRYPT, CKA_DECRYPT also CKA_VERIFY)"
+    )
+    return replace(plan, public_template=public, private_template=private, notes=(*plan.notes, note))

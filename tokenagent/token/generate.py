@@ -9,6 +9,7 @@ from typing import Any
 import pkcs11
 from pkcs11 import Attribute, KeyType, MechanismFlag
 from pkcs11 import exceptions as p11
+from pkcs11.constants import DEFAULT
 
 from tokenagent.errors import CapacityError, TokenOperationError
 from tokenagent.token.names import mechanism, template
@@ -17,6 +18,15 @@ from tokenagent.token.objects import destroy_objects, key_id_for, public_key_inf
 from tokenagent.token.session import TokenSession
 
 _KEY_TYPES = {"CKK_RSA": KeyType.RSA, "CKK_EC": KeyType.EC}
+_USAGES = (
+    Attribute.ENCRYPT,
+    Attribute.DECRYPT,
+    Attribute.WRAP,
+    Attribute.UNWRAP,
+    Attribute.SIGN,
+    Attribute.VERIFY,
+    Attribute.DERIVE,
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,22 @@ class KeyPair:
     key_id: bytes  # CKA_ID of both halves
     label: str
     generated: bool  # False: an existing pair found for UseExistingKeySet
+
+
+def _exact_templates(
+    public_template: Mapping[str, Any], private_template: Mapping[str, Any], key_id: bytes | None
+) -> tuple[dict[Attribute, Any], dict[Attribute, Any]]:
+    """The plan's templates for python-pkcs11, which adds every usage attribute, FALSE unless in
+    `capabilities`: DEFAULT drops those the plan leaves out, so the token decides them (tpm2-pkcs11
+    refuses a CKA_ENCRYPT FALSE beside a CKA_SIGN TRUE: token/implementations.py)."""
+    public_attrs = template(public_template)
+    private_attrs = template(private_template)
+    if key_id is not None:
+        public_attrs[Attribute.ID] = private_attrs[Attribute.ID] = key_id
+    for attribute in _USAGES:
+        public_attrs.setdefault(attribute, DEFAULT)
+        private_attrs.setdefault(attribute, DEFAULT)
+    return public_attrs, private_attrs
 
 
 def generate_key_pair(
@@ -52,12 +78,7 @@ def generate_key_pair(
     slot by it and cannot change it afterwards); no temporary ID, no C_SetAttributeValue.
     """
     name = f"'{ts.handle.label}'"
-    public_attrs = template(public_template)
-    private_attrs = template(private_template)
-    if fixed_id is not None:
-        public_attrs[Attribute.ID] = private_attrs[Attribute.ID] = fixed_id
-    elif temporary_id is not None:
-        public_attrs[Attribute.ID] = private_attrs[Attribute.ID] = temporary_id
+    public_attrs, private_attrs = _exact_templates(public_template, private_template, fixed_id or temporary_id)
     kind = _KEY_TYPES[key_type]
     bits = public_attrs.pop(Attribute.MODULUS_BITS, None) if kind == KeyType.RSA else None
     try:

@@ -9,13 +9,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pkcs11
-from pkcs11 import SlotFlag, TokenFlag
+from pkcs11 import SlotFlag, TokenFlag, _pkcs11
 from pkcs11.exceptions import PKCS11Error
 
 from tokenagent.display import escape
 from tokenagent.errors import AmbiguousTokenError, ModuleError, TokenNotFoundError, TokenOperationError
+from tokenagent.token import raw
+from tokenagent.token.ckr import rv_name
+from tokenagent.token.implementations import implementation_of
 from tokenagent.token.modules import ModuleRef, discover_modules
 from tokenagent.token.uri import Pkcs11Uri, is_pkcs11_uri, parse_uri
 
@@ -62,14 +66,46 @@ class LoadedModule:
 _loaded: dict[str, LoadedModule] = {}
 
 
+class _InitArgsLib(_pkcs11.lib):
+    """python-pkcs11's library object for a module that needs an init string in C_Initialize
+    (NSS softokn's configdir=...): python-pkcs11 always passes NULL. ``initialize`` is a Cython
+    cpdef method, so this override is what its constructor calls. The string is looked up by path
+    (Cython hands every constructor argument to the base class's __cinit__, which takes one).
+    python-pkcs11 then believes the module uninitialized and never calls C_Finalize: the process
+    exit ends it, as after a crash."""
+
+    init_args: ClassVar[dict[str, str]] = {}
+
+    def initialize(self) -> None:
+        rv = raw.initialize(self.so, self.init_args[self.so])
+        if rv not in (raw.CKR_OK, raw.CKR_CRYPTOKI_ALREADY_INITIALIZED):
+            raise PKCS11Error(f"C_Initialize with the module file's x-init-reserved failed: {rv_name(rv)}")
+
+
+def _open_library(ref: ModuleRef) -> pkcs11.lib:
+    if not ref.init_args:
+        return pkcs11.lib(ref.path)
+    _InitArgsLib.init_args[ref.path] = ref.init_args
+    return _InitArgsLib(ref.path)
+
+
+def _init_hint(ref: ModuleRef, exc: BaseException) -> str:
+    if ref.init_args is None and "ArgumentsBad" in type(exc).__name__ + str(exc):
+        return (
+            " (this module wants an init string in C_Initialize, as NSS softokn does: name a p11-kit module "
+            "file whose x-init-reserved gives it, e.g. --module DIR/nss-softokn.module; see docs/tokens.md)"
+        )
+    return ""
+
+
 def load_module(ref: ModuleRef) -> LoadedModule:
     cached = _loaded.get(ref.path)
     if cached is not None:
         return cached
     try:
-        lib = pkcs11.lib(ref.path)
-    except (OSError, PKCS11Error, RuntimeError) as exc:
-        raise ModuleError(f"cannot load PKCS#11 module {ref.path}: {_reason(exc)}") from exc
+        lib = _open_library(ref)
+    except (OSError, PKCS11Error, RuntimeError, TokenOperationError) as exc:
+        raise ModuleError(f"cannot load PKCS#11 module {ref.path}: {_reason(exc)}{_init_hint(ref, exc)}") from exc
     module = LoadedModule(ref=ref, lib=lib)
     _loaded[ref.path] = module
     return module
@@ -110,6 +146,11 @@ class TokenHandle:
     @property
     def initialized(self) -> bool:
         return bool(self.token.flags & TokenFlag.TOKEN_INITIALIZED)
+
+    @property
+    def implementation(self) -> str:
+        """Which PKCS#11 implementation serves the token (token/implementations.py)."""
+        return implementation_of(self.module.manufacturer)
 
     @property
     def is_piv(self) -> bool:

@@ -11,6 +11,8 @@ import pkcs11
 import pkcs11.attributes
 from pkcs11 import Attribute, Mechanism
 
+from tokenagent.token.ckr import exception_rv_name
+
 # python-pkcs11 0.10 has no packer for CKA_CERTIFICATE_CATEGORY (a CK_ULONG): register one for
 # every session (python-pkcs11 0.10 reads this table directly).
 pkcs11.attributes.ATTRIBUTE_TYPES.setdefault(Attribute.CERTIFICATE_CATEGORY, pkcs11.attributes.handle_ulong)
@@ -33,5 +35,5 @@ def template(names: Mapping[str, Any]) -> dict[Attribute, Any]:
 
 
 def rv(exc: BaseException) -> str:
-    """The name of a python-pkcs11 exception, which is the CKR_ value's name without its prefix."""
-    return type(exc).__name__
+    """The CKR_ name behind a python-pkcs11 exception ("CKR_GENERAL_ERROR"), as the token said it."""
+    return exception_rv_name(exc)

@@ -4,10 +4,14 @@ python-pkcs11 turns every object a search finds into a Python class built from a
 capability attributes; on SoftHSM that read fails (two attributes are PKCS#11 3.2's) and is retried
 one attribute at a time, so each object costs ~9 calls before tokenagent reads anything. On a
 smart card each call is an APDU round trip. A listing needs only handles and one read per object
-(its size query, then the values), so this module calls the module's exported C_* functions
-directly, in the session python-pkcs11 opened (the library is already initialized: the same
-shared object, the same session handle). Operations on objects (sign, destroy, set attributes)
-stay with python-pkcs11.
+(its size query, then the values), so this module calls the module's functions directly, in the
+session python-pkcs11 opened (the library is already initialized: the same shared object, the
+same session handle). The functions come from the module's CK_FUNCTION_LIST (C_GetFunctionList),
+not from exported C_* symbols: NSS softokn and p11-kit-proxy export only C_GetFunctionList.
+Operations on objects (sign, destroy, set attributes) stay with python-pkcs11.
+
+It also holds `initialize`: C_Initialize with CK_C_INITIALIZE_ARGS.pReserved set to a module's init
+string, which python-pkcs11 cannot pass (it calls C_Initialize(NULL)).
 
 PKCS#11 v2.40 §5.7.7 (C_GetAttributeValue): for an attribute the token cannot give, it sets
 ulValueLen to CK_UNAVAILABLE_INFORMATION and returns CKR_ATTRIBUTE_SENSITIVE or
@@ -32,6 +36,7 @@ CKR_OK = 0x000
 CKR_ATTRIBUTE_SENSITIVE = 0x011
 CKR_ATTRIBUTE_TYPE_INVALID = 0x012
 CKR_BUFFER_TOO_SMALL = 0x150
+CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191
 _PARTIAL = (CKR_ATTRIBUTE_SENSITIVE, CKR_ATTRIBUTE_TYPE_INVALID)
 _BATCH = 64  # handles per C_FindObjects call
 
@@ -40,13 +45,93 @@ class CK_ATTRIBUTE(ctypes.Structure):
     _fields_ = [("type", ctypes.c_ulong), ("pValue", ctypes.c_void_p), ("ulValueLen", ctypes.c_ulong)]
 
 
+_ULONG = ctypes.c_ulong
+_HANDLE_ARGS = (_ULONG, ctypes.c_void_p, _ULONG)  # session, template, count
+#: CK_FUNCTION_LIST (PKCS#11 v2.40 §5.3): CK_VERSION, then the functions in this order. Only the
+#: prefix up to C_FindObjectsFinal is declared with types; the struct is read, never allocated.
+_FUNCTIONS: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    ("C_Initialize", (ctypes.c_void_p,)),
+    ("C_Finalize", (ctypes.c_void_p,)),
+    *(
+        (name, ())
+        for name in (
+            "C_GetInfo",
+            "C_GetFunctionList",
+            "C_GetSlotList",
+            "C_GetSlotInfo",
+            "C_GetTokenInfo",
+            "C_GetMechanismList",
+            "C_GetMechanismInfo",
+            "C_InitToken",
+            "C_InitPIN",
+            "C_SetPIN",
+            "C_OpenSession",
+            "C_CloseSession",
+            "C_CloseAllSessions",
+            "C_GetSessionInfo",
+            "C_GetOperationState",
+            "C_SetOperationState",
+            "C_Login",
+            "C_Logout",
+            "C_CreateObject",
+            "C_CopyObject",
+        )
+    ),
+    ("C_DestroyObject", (_ULONG, _ULONG)),
+    ("C_GetObjectSize", ()),
+    ("C_GetAttributeValue", (_ULONG, _ULONG, ctypes.c_void_p, _ULONG)),
+    ("C_SetAttributeValue", ()),
+    ("C_FindObjectsInit", _HANDLE_ARGS),
+    ("C_FindObjects", (_ULONG, ctypes.c_void_p, _ULONG, ctypes.c_void_p)),
+    ("C_FindObjectsFinal", (_ULONG,)),
+)
+
+
+class CK_VERSION(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_ubyte), ("minor", ctypes.c_ubyte)]
+
+
+class CK_FUNCTION_LIST(ctypes.Structure):
+    _fields_ = [("version", CK_VERSION)] + [
+        (name, ctypes.CFUNCTYPE(_ULONG, *args) if args else ctypes.c_void_p) for name, args in _FUNCTIONS
+    ]
+
+
+class CK_C_INITIALIZE_ARGS(ctypes.Structure):
+    _fields_ = [
+        ("CreateMutex", ctypes.c_void_p),
+        ("DestroyMutex", ctypes.c_void_p),
+        ("LockMutex", ctypes.c_void_p),
+        ("UnlockMutex", ctypes.c_void_p),
+        ("flags", _ULONG),
+        ("pReserved", ctypes.c_char_p),
+    ]
+
+
+CKF_OS_LOCKING_OK = 0x2
+
+
 @cache
-def _library(path: str) -> ctypes.CDLL:
-    """The module python-pkcs11 loaded (dlopen of the same path returns the same, initialized copy)."""
-    library = ctypes.CDLL(path)
-    for name in ("C_FindObjectsInit", "C_FindObjects", "C_FindObjectsFinal", "C_GetAttributeValue", "C_DestroyObject"):
-        getattr(library, name).restype = ctypes.c_ulong
-    return library
+def _library(path: str) -> CK_FUNCTION_LIST:
+    """The function list of the module python-pkcs11 loaded (dlopen of the same path returns the
+    same, initialized copy)."""
+    try:
+        get_function_list = ctypes.CDLL(path).C_GetFunctionList
+    except (OSError, AttributeError) as exc:
+        raise TokenOperationError(f"cannot reach the functions of PKCS#11 module {path}: {exc}") from None
+    get_function_list.restype = _ULONG
+    functions = ctypes.POINTER(CK_FUNCTION_LIST)()
+    rv = get_function_list(ctypes.byref(functions))
+    if rv != CKR_OK or not functions:
+        raise TokenOperationError(f"PKCS#11 module {path}: C_GetFunctionList failed (CKR 0x{rv:x})")
+    return functions.contents
+
+
+def initialize(path: str, init_args: str) -> int:
+    """C_Initialize with ``init_args`` in pReserved and OS locking, as p11-kit passes a module file's
+    x-init-reserved; returns the CKR value (CKR_CRYPTOKI_ALREADY_INITIALIZED is the caller's call)."""
+    args = CK_C_INITIALIZE_ARGS(None, None, None, None, CKF_OS_LOCKING_OK, init_args.encode("utf-8"))
+    return int(_library(path).C_Initialize(ctypes.cast(ctypes.pointer(args), ctypes.c_void_p)))
 
 
 def _pack(value: Any) -> bytes:

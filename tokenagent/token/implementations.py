@@ -1,0 +1,40 @@
+"""Which PKCS#11 implementation serves a token, and what it does differently (docs/tokens.md,
+"Tested implementations"). Told apart by CK_INFO.manufacturerID, which each sets to a constant.
+
+Differences the code acts on:
+- tpm2-pkcs11: a TPM key has two usage bits, not PKCS#11's six attributes. TPMA_OBJECT_SIGN_ENCRYPT
+  is both CKA_SIGN and CKA_ENCRYPT, TPMA_OBJECT_DECRYPT both CKA_DECRYPT and CKA_VERIFY, on both
+  halves; a template that sets one of a pair differently from the other (CKA_SIGN TRUE, CKA_ENCRYPT
+  FALSE) is refused with CKR_GENERAL_ERROR ("attr mismatch", src/lib/attrs.c), and it knows no
+  CKA_WRAP/CKA_UNWRAP. So only the private half's CKA_SIGN/CKA_DECRYPT are given; the rest follow.
+  It signs RSA-PSS with the TPM's salt, which is the largest that fits (TPM 2.0 part 1, §B.7), not
+  the hash length, so PSS requests declare the salt the token really used.
+- NSS softokn: C_Initialize needs its configdir init string (token/modules.py, a p11-kit module
+  file's x-init-reserved); both of its tokens have serial 0000000000000000.
+- ykcs11: PIV slots (providers/piv.py).
+"""
+
+from __future__ import annotations
+
+SOFTHSM = "softhsm"
+NSS_SOFTOKN = "nss-softokn"
+TPM2_PKCS11 = "tpm2-pkcs11"
+YKCS11 = "ykcs11"
+OPENSC = "opensc"
+OTHER = "other"
+
+#: CK_INFO.manufacturerID prefixes
+_MANUFACTURERS = (
+    ("SoftHSM", SOFTHSM),
+    ("Mozilla Foundation", NSS_SOFTOKN),
+    ("tpm2-software.github.io", TPM2_PKCS11),
+    ("Yubico", YKCS11),
+    ("OpenSC", OPENSC),
+)
+
+
+def implementation_of(library_manufacturer: str) -> str:
+    for prefix, name in _MANUFACTURERS:
+        if library_manufacturer.startswith(prefix):
+            return name
+    return OTHER
