@@ -18,6 +18,7 @@ Tokens (user PIN 1234, SO PIN 87654321 unless said otherwise):
   ta-intr     `new` interrupted with SIGINT while it waits (test_hardening.py)
   ta-cagent   enrollment agents for the CA tests (test_ca_*.py): keys with certificates from the CAs
   ta-causer   the users' card of the CA tests: `enroll` writes keys and certificates here
+  ta-impl     SoftHSM's instance in the core-chain suite over every implementation (test_implementations.py)
 
 TOKENAGENT_STATE_DIR (the pending store) and XDG_CONFIG_HOME (providers.toml) point into the
 session's temporary directory, so tests never read or write the developer's own state.
@@ -56,6 +57,7 @@ TOKENS = [
     "ta-intr",
     "ta-cagent",
     "ta-causer",
+    "ta-impl",
 ]
 
 
@@ -426,3 +428,33 @@ def der_order(name: object) -> str:
     """A cryptography `x509.Name` as tokenagent prints names (certreq's order: as encoded, RFC 4514
     escaping per RDN), computed here without tokenagent."""
     return ", ".join(rdn.rfc4514_string() for rdn in name.rdns)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def implementations(softhsm: SoftHSM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """SoftHSM, NSS softokn and tpm2-pkcs11 on swtpm, each with one token (tests/peers/tokens.py);
+    NSS and the TPM are started on first use and stopped at the end of the session."""
+    from tests.peers.tokens import Implementation, start_nss, start_tpm
+
+    directory = tmp_path_factory.mktemp("softhsm-impl")
+    started: dict[str, object] = {
+        "softhsm": Implementation(
+            "softhsm",
+            softhsm.module,
+            "ta-impl",
+            directory,
+            variables={"SOFTHSM2_CONF": str(softhsm.conf), "XDG_CONFIG_HOME": str(softhsm.config_home)},
+            library=softhsm.module,
+        )
+    }
+    starters = {"nss": start_nss, "tpm": start_tpm}
+
+    class Lazy(dict):  # type: ignore[type-arg]
+        def __missing__(self, name: str) -> object:
+            self[name] = starters[name](tmp_path_factory.mktemp(name))
+            return self[name]
+
+    lazy = Lazy(started)
+    yield lazy
+    for implementation in lazy.values():
+        implementation.stop()  # type: ignore[attr-defined]

@@ -87,3 +87,39 @@ def test_cli_bad_modules_give_exit_5_and_one_line(cli, tmp_path: Path) -> None:
         assert len(run.stderr.strip().splitlines()) == 1
         assert "Traceback" not in run.stderr
     assert '"exit_code": 5' in run.stdout
+
+
+def test_a_bare_name_is_never_loaded_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file called like a module in the working directory is not a module (the TPM provider's
+    `libtpm2_pkcs11.so` used to resolve there); the message says where it looked."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "libplanted_pkcs11.so").write_bytes(b"would run inside a process holding PINs")
+    with pytest.raises(ModuleError) as caught:
+        resolve_module("libplanted_pkcs11.so", "ProviderName 'X'", [str(tmp_path / "registry")])
+    message = caught.value.one_line()
+    assert "from ProviderName 'X'" in message and "working directory is never searched" in message
+    assert "/usr/lib" in message and str(tmp_path / "registry") in message
+    assert resolve_module("./libplanted_pkcs11.so", "--module").path == str(tmp_path / "libplanted_pkcs11.so")
+
+
+def test_a_registered_module_is_found_by_its_library_file_name(tmp_path: Path, softhsm: SoftHSM) -> None:
+    write_module(tmp_path, "hsm", f"module: {softhsm.module}\n")
+    ref = resolve_module(os.path.basename(softhsm.module), "built-in", [str(tmp_path)])
+    assert ref.name == "hsm" and ref.source.endswith("hsm.module")
+
+
+def test_module_file_init_string_and_critical(tmp_path: Path, softhsm: SoftHSM) -> None:
+    """x-init-reserved goes to C_Initialize; `critical: no` makes a failure to load quiet; a module
+    file can also be named directly, and is what the pending store records (ModuleRef.spec)."""
+    write_module(tmp_path, "nss", f"module: {softhsm.module}\nx-init-reserved: configdir='sql:/x'\ncritical: no\n")
+    (registered,) = registered_modules([str(tmp_path)])
+    assert registered.init_args == "configdir='sql:/x'" and not registered.critical
+    direct = resolve_module(str(tmp_path / "nss.module"), "--module")
+    assert direct.init_args == "configdir='sql:/x'" and direct.spec == str(tmp_path / "nss.module")
+    plain = resolve_module(softhsm.module, "--module")
+    assert plain.init_args is None and plain.spec == plain.path
+    write_module(tmp_path / "bad", "empty", "critical: no\n")
+    with pytest.raises(ModuleError, match="no 'module:' line"):
+        resolve_module(str(tmp_path / "bad" / "empty.module"), "--module")

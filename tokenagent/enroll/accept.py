@@ -65,7 +65,7 @@ from tokenagent.token.certs import (
     write_certificate,
 )
 from tokenagent.token.holders import find_holders
-from tokenagent.token.library import TokenHandle, TokenSelector, modules_for, select_token
+from tokenagent.token.library import TokenHandle, TokenSelector, modules_for, recorded_token, select_token
 from tokenagent.token.objects import destroy_objects, find_private_key_for, key_id_for
 from tokenagent.token.pins import PinSource
 from tokenagent.token.session import TokenSession, open_session
@@ -506,7 +506,7 @@ def _locate_token(options: AcceptOptions, spki: bytes, record: PendingRequest | 
         if handle.serial == record.token_serial:
             return handle, f"pending request {record.id}"
     elif record is not None:
-        selector = TokenSelector.parse(f"pkcs11:serial={record.token_serial}")
+        selector = recorded_token(record.token_label, record.token_serial)
         try:
             handle = select_token(selector, modules_for(list(target.modules) or [record.module_path], selector))
         except TokenNotFoundError:

@@ -54,7 +54,7 @@ from tokenagent.errors import (
 )
 from tokenagent.store.pending import PendingRequest, PendingStore
 from tokenagent.store.submissions import RESUMABLE, CaSubmission, SubmissionStore
-from tokenagent.token.library import TokenSelector, modules_for, select_token
+from tokenagent.token.library import modules_for, recorded_token, select_token
 from tokenagent.token.session import TokenSession, open_session
 from tokenagent.token.target import ANY_TOKEN, TokenTarget
 from tokenagent.token.tokeninfo import gather_facts
@@ -331,7 +331,7 @@ def _install(jobs: list[_Work], options: ResumeOptions, warn: Warn) -> None:
 
 
 def _open(record: PendingRequest, target: TokenTarget, warn: Warn) -> TokenSession:
-    selector = TokenSelector.parse(f"pkcs11:serial={record.token_serial}")
+    selector = recorded_token(record.token_label, record.token_serial)
     modules = modules_for(list(target.modules) or [record.module_path], selector)
     try:
         handle = select_token(selector, modules)

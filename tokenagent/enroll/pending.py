@@ -13,7 +13,7 @@ from tokenagent.store.paths import pending_db_path
 from tokenagent.store.pending import PendingRequest, PendingStore
 from tokenagent.store.submissions import CaSubmission, SubmissionStore
 from tokenagent.token.keypairs import key_pair_objects
-from tokenagent.token.library import TokenSelector, modules_for, select_token
+from tokenagent.token.library import modules_for, recorded_token, select_token
 from tokenagent.token.objects import destroy_objects, public_key_info
 from tokenagent.token.session import open_session
 from tokenagent.token.target import ANY_TOKEN, TokenTarget
@@ -89,7 +89,7 @@ def delete_pending(
 
 def _delete_key(record: PendingRequest, target: TokenTarget, on_warning: Callable[[str], None] | None) -> int:
     """The token is the record's (by serial, through its module unless ``target`` names modules)."""
-    selector = TokenSelector.parse(f"pkcs11:serial={record.token_serial}")
+    selector = recorded_token(record.token_label, record.token_serial)
     handle = select_token(selector, modules_for(list(target.modules) or [record.module_path], selector))
     key_id = bytes.fromhex(record.key_id)
     with open_session(

@@ -23,7 +23,7 @@ from tokenagent.store.intents import IntentStore, KeyIntent
 from tokenagent.store.locks import token_lock
 from tokenagent.store.pending import PendingStore
 from tokenagent.token.keypairs import empty_key_objects, objects_with_id
-from tokenagent.token.library import TokenSelector, find_token, modules_for, select_token
+from tokenagent.token.library import find_token, modules_for, recorded_token, select_token
 from tokenagent.token.objects import destroy_objects
 from tokenagent.token.session import TokenSession, open_session
 from tokenagent.token.target import ANY_TOKEN, TokenTarget
@@ -175,7 +175,7 @@ def recover_tokens(
         wanted = {(i.token_serial, i.token_label): i.module_path for i in IntentStore(store_path).open_intents()}
         handles = []
         for (serial, label), module_path in wanted.items():
-            selector = TokenSelector.parse(f"pkcs11:serial={serial}")
+            selector = recorded_token(label, serial)
             try:
                 handles.append(select_token(selector, modules_for(list(modules) or [module_path], selector)))
             except TokenAgentError as exc:

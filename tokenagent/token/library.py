@@ -7,8 +7,10 @@ is not cheap on real middleware, and a second C_Initialize of the same library f
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar
 
 import pkcs11
@@ -18,7 +20,7 @@ from pkcs11.exceptions import PKCS11Error
 from tokenagent.display import escape
 from tokenagent.errors import AmbiguousTokenError, ModuleError, TokenNotFoundError, TokenOperationError
 from tokenagent.token import raw
-from tokenagent.token.ckr import rv_name
+from tokenagent.token.ckr import exception_rv_name, rv_name
 from tokenagent.token.implementations import implementation_of
 from tokenagent.token.modules import ModuleRef, discover_modules
 from tokenagent.token.uri import Pkcs11Uri, is_pkcs11_uri, parse_uri
@@ -82,7 +84,15 @@ class _InitArgsLib(_pkcs11.lib):
             raise PKCS11Error(f"C_Initialize with the module file's x-init-reserved failed: {rv_name(rv)}")
 
 
+#: tpm2-pkcs11 and the TSS under it log every failed TCTI probe on stderr (a machine without a TPM
+#: prints a dozen ERROR lines on every run); tokenagent reports a module that fails in one line
+_QUIET_TPM = {"TSS2_LOG": "all+NONE", "TPM2_PKCS11_LOG_LEVEL": "0"}
+
+
 def _open_library(ref: ModuleRef) -> pkcs11.lib:
+    if "tpm2_pkcs11" in os.path.basename(ref.path):
+        for name, value in _QUIET_TPM.items():
+            os.environ.setdefault(name, value)  # read by the library when it starts; the user's own wins
     if not ref.init_args:
         return pkcs11.lib(ref.path)
     _InitArgsLib.init_args[ref.path] = ref.init_args
@@ -166,11 +176,20 @@ class TokenHandle:
             raise TokenOperationError(f"token '{self.label}' is no longer present: {_reason(exc)}") from exc
         return self
 
+    @cached_property
+    def model_field(self) -> str:
+        """CK_TOKEN_INFO.model for URIs: as the token wrote it, less the blank padding, so other
+        tools match it (tpm2-pkcs11 pads with NULs: p11-kit and GnuTLS want them as %00)."""
+        info = raw.token_info(self.module.path, self.slot_id)
+        if info is None:
+            return self.model
+        return info.field("model").rstrip(b" ").decode("utf-8", errors="replace")
+
     def uri(self) -> Pkcs11Uri:
         return Pkcs11Uri(
             path={
                 "manufacturer": self.manufacturer,
-                "model": self.model,
+                "model": self.model_field,
                 "serial": self.serial,
                 "token": self.label,
             }
@@ -268,7 +287,14 @@ def _uri_matches(uri: Pkcs11Uri, handle: TokenHandle) -> bool:
         ("library-description", lambda: module.description),
         ("library-version", lambda: module.library_version),
     ]
-    return all(uri.path[name] == actual() for name, actual in wanted if name in uri.path)
+    # NUL padding (tpm2-pkcs11's model) is not part of the value, on either side
+    return all(uri.path[name].rstrip("\x00 ") == actual() for name, actual in wanted if name in uri.path)
+
+
+def recorded_token(label: str, serial: str) -> TokenSelector:
+    """The token a pending request or intent names: by label and serial, because a serial alone is
+    not unique (NSS's two tokens and tpm2-pkcs11's empty slot all report 0000000000000000)."""
+    return TokenSelector.parse(str(Pkcs11Uri(path={"token": label, "serial": serial})))
 
 
 def modules_for(module_specs: Sequence[str], selector: TokenSelector) -> list[LoadedModule]:
@@ -285,7 +311,8 @@ def modules_for(module_specs: Sequence[str], selector: TokenSelector) -> list[Lo
         except ModuleError as exc:
             if specs:  # a module the user named must load
                 raise
-            log.warning("%s", exc.one_line())
+            # p11-kit's `critical: no` (Debian's tpm2_pkcs11.module: no TPM on most machines)
+            (log.warning if ref.critical else log.info)("%s", exc.one_line())
             errors.append(exc)
     if not loaded:
         raise errors[0] if errors else ModuleError("no PKCS#11 module could be loaded")
@@ -337,5 +364,7 @@ def find_token(token: str | None, module_specs: Sequence[str] = ()) -> TokenHand
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, PKCS11Error) and type(exc) is not PKCS11Error:
+        return exception_rv_name(exc)  # CKR_GENERAL_ERROR, as the module said it
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

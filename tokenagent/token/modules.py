@@ -65,6 +65,7 @@ class ModuleRef:
     source: str
     init_args: str | None = None
     config_file: str | None = None  # the p11-kit module file it came from, if any
+    critical: bool = True  # p11-kit's `critical: no`: a failure to load it is not worth a warning
 
     @property
     def spec(self) -> str:
@@ -82,6 +83,7 @@ class RegisteredModule:
     enabled: bool
     init_args: str | None = None
     module_value: str = ""  # the `module:` line as written
+    critical: bool = True
 
     def ref(self, source: str | None = None) -> ModuleRef:
         return ModuleRef(
@@ -90,6 +92,7 @@ class RegisteredModule:
             source=source or self.config_file,
             init_args=self.init_args,
             config_file=self.config_file,
+            critical=self.critical,
         )
 
 
@@ -186,6 +189,7 @@ def _registered(name: str, config: Mapping[str, str], config_file: str, enabled:
         enabled=enabled,
         init_args=config.get("x-init-reserved") or None,
         module_value=config["module"],
+        critical=config.get("critical", "yes").lower() not in ("no", "false"),
     )
 
 

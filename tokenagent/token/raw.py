@@ -59,7 +59,12 @@ _FUNCTIONS: tuple[tuple[str, tuple[Any, ...]], ...] = (
             "C_GetFunctionList",
             "C_GetSlotList",
             "C_GetSlotInfo",
-            "C_GetTokenInfo",
+        )
+    ),
+    ("C_GetTokenInfo", (_ULONG, ctypes.c_void_p)),
+    *(
+        (name, ())
+        for name in (
             "C_GetMechanismList",
             "C_GetMechanismInfo",
             "C_InitToken",
@@ -111,6 +116,36 @@ class CK_C_INITIALIZE_ARGS(ctypes.Structure):
 CKF_OS_LOCKING_OK = 0x2
 
 
+class CK_TOKEN_INFO(ctypes.Structure):
+    """CK_TOKEN_INFO (PKCS#11 v2.40 §3.2), laid out for Linux's unsigned long CK_ULONG."""
+
+    _fields_ = [
+        ("label", ctypes.c_char * 32),
+        ("manufacturerID", ctypes.c_char * 32),
+        ("model", ctypes.c_char * 16),
+        ("serialNumber", ctypes.c_char * 16),
+        ("flags", _ULONG),
+        ("ulMaxSessionCount", _ULONG),
+        ("ulSessionCount", _ULONG),
+        ("ulMaxRwSessionCount", _ULONG),
+        ("ulRwSessionCount", _ULONG),
+        ("ulMaxPinLen", _ULONG),
+        ("ulMinPinLen", _ULONG),
+        ("ulTotalPublicMemory", _ULONG),
+        ("ulFreePublicMemory", _ULONG),
+        ("ulTotalPrivateMemory", _ULONG),
+        ("ulFreePrivateMemory", _ULONG),
+        ("hardwareVersion", ctypes.c_ubyte * 2),
+        ("firmwareVersion", ctypes.c_ubyte * 2),
+        ("utcTime", ctypes.c_char * 16),
+    ]
+
+    def field(self, name: str) -> bytes:
+        """A text field's bytes as the token wrote them (ctypes' attribute access stops at a NUL)."""
+        descriptor = getattr(CK_TOKEN_INFO, name)
+        return ctypes.string_at(ctypes.addressof(self) + descriptor.offset, descriptor.size)
+
+
 @cache
 def _library(path: str) -> CK_FUNCTION_LIST:
     """The function list of the module python-pkcs11 loaded (dlopen of the same path returns the
@@ -125,6 +160,17 @@ def _library(path: str) -> CK_FUNCTION_LIST:
     if rv != CKR_OK or not functions:
         raise TokenOperationError(f"PKCS#11 module {path}: C_GetFunctionList failed (CKR 0x{rv:x})")
     return functions.contents
+
+
+def token_info(path: str, slot_id: int) -> CK_TOKEN_INFO | None:
+    """CK_TOKEN_INFO as the module fills it in: python-pkcs11 neither exposes the memory fields nor
+    keeps NUL bytes inside text fields (tpm2-pkcs11 pads its model with NULs, not blanks)."""
+    info = CK_TOKEN_INFO()
+    try:
+        rv = _library(path).C_GetTokenInfo(_ULONG(slot_id), ctypes.byref(info))
+    except TokenOperationError:
+        return None
+    return info if rv == CKR_OK else None
 
 
 def initialize(path: str, init_args: str) -> int:

@@ -3,7 +3,6 @@ of its private keys, its object count and free memory (CK_TOKEN_INFO)."""
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 from dataclasses import dataclass
 
@@ -12,7 +11,9 @@ from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11
 
 from tokenagent.errors import TokenOperationError
+from tokenagent.token import raw
 from tokenagent.token.facts import MechanismRange, TokenFacts
+from tokenagent.token.implementations import NSS_SOFTOKN
 from tokenagent.token.library import TokenHandle
 from tokenagent.token.names import rv as _rv
 from tokenagent.token.objects import find_objects, public_key_info, read_attributes
@@ -145,42 +146,10 @@ def mechanism_names(ts: TokenSession) -> frozenset[str]:
         raise TokenOperationError(f"token '{ts.handle.label}': cannot list mechanisms: {_rv(exc)}") from None
 
 
-class _TokenInfo(ctypes.Structure):
-    """CK_TOKEN_INFO (PKCS#11 v2.40 §3.2), laid out for Linux's unsigned long CK_ULONG."""
-
-    _fields_ = [
-        ("label", ctypes.c_char * 32),
-        ("manufacturerID", ctypes.c_char * 32),
-        ("model", ctypes.c_char * 16),
-        ("serialNumber", ctypes.c_char * 16),
-        ("flags", ctypes.c_ulong),
-        ("ulMaxSessionCount", ctypes.c_ulong),
-        ("ulSessionCount", ctypes.c_ulong),
-        ("ulMaxRwSessionCount", ctypes.c_ulong),
-        ("ulRwSessionCount", ctypes.c_ulong),
-        ("ulMaxPinLen", ctypes.c_ulong),
-        ("ulMinPinLen", ctypes.c_ulong),
-        ("ulTotalPublicMemory", ctypes.c_ulong),
-        ("ulFreePublicMemory", ctypes.c_ulong),
-        ("ulTotalPrivateMemory", ctypes.c_ulong),
-        ("ulFreePrivateMemory", ctypes.c_ulong),
-        ("hardwareVersion", ctypes.c_ubyte * 2),
-        ("firmwareVersion", ctypes.c_ubyte * 2),
-        ("utcTime", ctypes.c_char * 16),
-    ]
-
-
-def read_token_info(handle: TokenHandle) -> _TokenInfo | None:
-    """CK_TOKEN_INFO straight from the module's exported C_GetTokenInfo: python-pkcs11 does not
-    expose the memory fields. The library is already initialized by python-pkcs11."""
-    try:
-        lib = ctypes.CDLL(handle.module.path)
-        info = _TokenInfo()
-        if lib.C_GetTokenInfo(ctypes.c_ulong(handle.slot_id), ctypes.byref(info)) != 0:
-            return None
-    except (OSError, AttributeError):
-        return None
-    return info
+def read_token_info(handle: TokenHandle) -> raw.CK_TOKEN_INFO | None:
+    """CK_TOKEN_INFO through the module's function list (python-pkcs11 does not expose the memory
+    fields). The library is already initialized by python-pkcs11."""
+    return raw.token_info(handle.module.path, handle.slot_id)
 
 
 def _free_memory(ts: TokenSession) -> tuple[int | None, int | None]:
@@ -191,5 +160,8 @@ def _free_memory(ts: TokenSession) -> tuple[int | None, int | None]:
     def known(value: int) -> int | None:
         # CK_UNAVAILABLE_INFORMATION, and CK_EFFECTIVELY_INFINITE (0) for memory, mean "no limit to check"
         return None if value in (_UNAVAILABLE, 0) else value
+
+    if ts.handle.implementation == NSS_SOFTOKN:
+        return None, None  # softokn says 1 byte total and 1 free: a placeholder, its database has no limit
 
     return known(info.ulFreePublicMemory), known(info.ulFreePrivateMemory)
