@@ -411,3 +411,19 @@ def test_nss_memory_figures_are_placeholders(implementations) -> None:
     assert made.returncode == 0, made.stderr
     checks = {c["check"] for c in json.loads(made.stdout)["capacity"]["checks"]}
     assert not any("memory" in check for check in checks)
+
+
+def test_tpm_refuses_p521_before_generating(implementations, tmp_path: Path) -> None:
+    """swtpm makes P-521 keys, but tpm2-pkcs11 1.9 fails every signature with one (CKR_HOST_MEMORY),
+    after which it will not delete the key in that process: refused before anything is made."""
+    impl = implementations["tpm"]
+    impl.fresh()
+    before = impl.listing()
+    inf = tmp_path / "p521.inf"
+    inf.write_text(INF.format(name="tpm-p521", algorithm="KeyAlgorithm = ECDSA_P521", extra=""))
+    run = run_cli("new", str(inf), str(tmp_path / "p521.req"), "--token", "tpm", "--pin-source", "env:PIN",
+                  env=impl.env(TOKENAGENT_STATE_DIR=str(tmp_path / "state")))  # fmt: skip
+    assert run.returncode == 8, run.stderr
+    assert "P-521" in run.stderr and "nothing was created" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert impl.listing() == before

@@ -354,6 +354,42 @@ def test_failure_after_generation_rolls_back(tmp_path: Path, cli, softhsm: SoftH
     assert not out.exists() and not list(tmp_path.glob(".x.req.*"))
 
 
+_FAILING_SIGNER = """
+import sys
+from tokenagent.enroll import signer
+from tokenagent.errors import TokenOperationError
+
+def refuse(self, data):
+    raise TokenOperationError("token 'ta-new': signing failed (made to fail by the test)")
+
+signer.TokenSigner.sign = refuse
+from tokenagent.entry import main
+main()
+"""
+
+
+def test_failed_signature_after_the_final_cka_id_rolls_back(tmp_path: Path, softhsm: SoftHSM) -> None:
+    """The token refuses the signature after the key pair got its final CKA_ID (tpm2-pkcs11 does,
+    with P-521 keys): the rollback finds the pair by that ID, not by the temporary one it was born
+    with, and the token is as before. The failing signature is Python's (a real token that refuses
+    to sign on request does not exist); generation and rollback run on SoftHSM."""
+    policy = write_inf(tmp_path / "p.inf", "KeyAlgorithm = ECDSA_P256\nKeyContainer = unsigned")
+    before = object_list(softhsm)
+    run = subprocess.run(
+        [sys.executable, "-c", _FAILING_SIGNER, "new", str(policy), str(tmp_path / "x.req"), "--token", TOKEN,
+         "--pin-source", "env:PIN", "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, env=softhsm.env(PIN=USER_PIN), check=False,
+    )  # fmt: skip
+    assert run.returncode == 10 and "made to fail by the test" in run.stderr, run.stderr
+    assert "unsigned" not in object_list(softhsm)
+    assert object_list(softhsm) == before
+    pending = subprocess.run(
+        [sys.executable, "-m", "tokenagent", "pending", "--json", "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, env=softhsm.env(), check=False,
+    )  # fmt: skip
+    assert pending.returncode == 0 and "unsigned" not in pending.stdout, pending.stdout
+
+
 @pytest.mark.slow
 def test_ctrl_c_after_generation_rolls_back(tmp_path: Path, softhsm: SoftHSM) -> None:
     """SIGINT while `new` waits for the state store (held locked here) right after generating the key.

@@ -592,12 +592,19 @@ class _Transaction:
             public_template=plan.public_template,
             private_template=plan.private_template,
             temporary_id=temporary_id,
-            before_final_id=lambda key_id: self.intents.note_key_id(intent_id, key_id),
+            before_final_id=lambda key_id: self._note_final_id(intent_id, key_id),
             fixed_id=fixed_id,
         )
         self.created.extend([pair.public, pair.private])
         self.generated_spki = pair.spki
         return pair if pair.label else replace(pair, label=plan.label)
+
+    def _note_final_id(self, intent_id: int, key_id: bytes) -> None:
+        """Record the final CKA_ID in the store and in the intent this run holds: `undo` looks for the
+        objects by the intent's IDs, and after C_SetAttributeValue the temporary ID finds nothing."""
+        self.intents.note_key_id(intent_id, key_id)
+        if self.intent is not None:
+            self.intent = replace(self.intent, key_id=key_id.hex())
 
     def _cmc_controls(self) -> tuple[CmcControls | None, list[Any]]:
         """The CMC controls, and what must go inside the PKCS#10 before it is signed: the
@@ -727,10 +734,18 @@ class _Transaction:
         objects = list(reversed(self.created))
         if self.intent is not None:
             try:
-                objects = intent_objects(self.session, self.intent)
+                found = intent_objects(self.session, self.intent)
+                known = {obj.handle for obj in found}
+                objects = found + [obj for obj in objects if obj.handle not in known]
             except Exception as exc:  # the token may be gone: the next run on it recovers
                 log.error("cannot look for the new key pair: %s", exc)
         problems = destroy_objects(objects, what="new key pair") if objects else []
+        if problems and self.intent is not None:
+            # the intent stays open: the next run on this token removes what is left
+            log.error(
+                "the next tokenagent run on token %s removes what is left (or: tokenagent pending --recover)",
+                self.session.handle.describe(),
+            )
         if not problems:
             self._discard_piv_key()
         if self.intent is not None and not problems:

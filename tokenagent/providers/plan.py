@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tokenagent.errors import PolicyError
+from tokenagent.errors import CapacityError, PolicyError
 from tokenagent.inf.policy import KeyProtection, RequestPolicy, RequestType
 from tokenagent.providers.piv import PivSlot, choose_slot
 from tokenagent.providers.registry import ProviderEntry, check_provider_type
@@ -491,6 +491,13 @@ def for_implementation(plan: KeyPlan, implementation: str) -> KeyPlan:
     Only what the token would refuse is left out, and a note says what the token decides instead."""
     if implementation != TPM2_PKCS11 or plan.existing is not None:
         return plan
+    if plan.curve == "P-521":
+        # swtpm generates the key, then tpm2-pkcs11 1.9 fails every signature with it
+        # (CKR_HOST_MEMORY, "d2i_ASN1_OCTET_STRING: too long"): refuse before anything is made
+        raise CapacityError(
+            "tpm2-pkcs11 cannot sign with P-521 keys (its signatures fail with CKR_HOST_MEMORY); "
+            "use ECDSA_P256 or ECDSA_P384 on a TPM; nothing was created"
+        )
     public = {k: v for k, v in plan.public_template.items() if k not in _TPM_DERIVED_PUBLIC}
     private = {k: v for k, v in plan.private_template.items() if k not in _TPM_DERIVED_PRIVATE}
     if public == plan.public_template and private == plan.private_template:
