@@ -427,3 +427,41 @@ def test_tpm_refuses_p521_before_generating(implementations, tmp_path: Path) -> 
     assert "P-521" in run.stderr and "nothing was created" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
     assert impl.listing() == before
+
+
+_REFUSED_TEMPLATE = """
+from tokenagent.errors import TokenAgentError
+from tokenagent.token.generate import generate_key_pair
+from tokenagent.token.library import find_token
+from tokenagent.token.pins import parse_pin_source
+from tokenagent.token.session import open_session
+
+session = open_session(find_token("tpm"), login=True, pin_source=parse_pin_source("env:PIN"), rw=True)
+try:  # what tokenagent sent before it knew tpm2-pkcs11: CKA_SIGN TRUE beside CKA_ENCRYPT FALSE
+    generate_key_pair(
+        session, key_type="CKK_EC", generation_mechanism="CKM_EC_KEY_PAIR_GEN",
+        public_template={"CKA_TOKEN": True, "CKA_EC_PARAMS": bytes.fromhex("06082a8648ce3d030107"),
+                         "CKA_VERIFY": True, "CKA_ENCRYPT": False},
+        private_template={"CKA_TOKEN": True, "CKA_PRIVATE": True, "CKA_SENSITIVE": True, "CKA_SIGN": True,
+                          "CKA_DECRYPT": False, "CKA_LABEL": "refused"},
+        temporary_id=b"refused",
+    )
+except TokenAgentError as exc:
+    print(exc.one_line())
+"""
+
+
+def test_tpm_refusal_shows_the_tokens_own_answer(implementations) -> None:
+    """A refused key generation is one line with the CKR_ name the token returned (python-pkcs11's
+    class names, or an AttributeError from a class it lacks, used to stand there)."""
+    impl = implementations["tpm"]
+    impl.fresh()
+    import sys
+
+    try:
+        run = subprocess.run([sys.executable, "-c", _REFUSED_TEMPLATE], capture_output=True, text=True, env=impl.env())
+    finally:
+        impl.fresh()  # tpm2-pkcs11 leaves transient objects behind after this refusal
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "token 'tpm': key generation failed: CKR_GENERAL_ERROR", run.stdout
+    assert "refused" not in impl.listing()

@@ -145,3 +145,24 @@ def test_every_pkcs11_exception_named_exists() -> None:
     assert used, "the scan found no exception names at all"
     missing = sorted(name for name in used if not hasattr(pkcs11.exceptions, name))
     assert missing == []
+
+
+def test_every_pkcs11_refusal_has_its_ckr_name() -> None:
+    """Messages name a refusal as PKCS#11 does (CKR_GENERAL_ERROR): every python-pkcs11 exception
+    raised for a CK_RV maps back to its CKR_ name; an unmapped value keeps its number."""
+    import inspect
+
+    import pkcs11.exceptions as exceptions
+
+    from tokenagent.token.ckr import CKR_NAMES, exception_rv_name
+
+    not_return_values = {"PKCS11Error", "NoSuchKey", "NoSuchToken", "MultipleObjectsReturned", "MultipleTokensReturned"}
+    classes = [
+        cls
+        for name, cls in inspect.getmembers(exceptions, inspect.isclass)
+        if issubclass(cls, exceptions.PKCS11Error) and name not in not_return_values
+    ]
+    assert len(classes) > 60
+    unnamed = [cls.__name__ for cls in classes if exception_rv_name(cls()) not in CKR_NAMES.values()]
+    assert unnamed == []
+    assert exception_rv_name(exceptions.PKCS11Error("Unmapped error code 0x80000042")) == "CKR_VENDOR_DEFINED+0x42"

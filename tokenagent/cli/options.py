@@ -59,8 +59,8 @@ def module_option(f: F) -> F:
         "modules",
         multiple=True,
         metavar="PATH|NAME",
-        help="PKCS#11 module path or p11-kit module name (repeatable; default: TOKENAGENT_MODULE, "
-        "then the p11-kit registry).",
+        help="PKCS#11 module: a path, a p11-kit module file (FILE.module, with its x-init-reserved), or "
+        "a p11-kit module name (repeatable; default: TOKENAGENT_MODULE, then the p11-kit registry).",
     )(f)
 
 
