@@ -113,8 +113,17 @@ def start_tpm(directory: Path) -> Implementation:
     ).stdout
     variables = _exports(out)
     module = variables.pop("TOKENAGENT_MODULE")
+    # swtpm runs as a daemon; a watchdog stops it when this process ends however it ends (a killed
+    # pytest runs no fixture teardown)
+    watchdog = subprocess.Popen(
+        ["bash", "-c", f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; exec bash \"$0\" stop \"$1\"",
+         str(script), str(tpm_dir)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
 
     def stop() -> None:
         subprocess.run(["bash", str(script), "stop", str(tpm_dir)], capture_output=True, check=False)
+        watchdog.kill()
+        watchdog.wait()
 
     return Implementation("tpm", module, "tpm", directory, variables=variables, library=module, stopper=stop)
