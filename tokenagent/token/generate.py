@@ -6,33 +6,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pkcs11
-from pkcs11 import Attribute, KeyType, MechanismFlag
-from pkcs11 import exceptions as p11
-from pkcs11.constants import DEFAULT
+from pkcs11 import Attribute, KeyType, ObjectClass
 
 from tokenagent.errors import CapacityError, TokenOperationError
+from tokenagent.token import raw
+from tokenagent.token.ckr import rv_name
 from tokenagent.token.names import mechanism, template
-from tokenagent.token.names import rv as _rv
-from tokenagent.token.objects import destroy_objects, key_id_for, public_key_info
+from tokenagent.token.objects import destroy_objects, ec_spki, key_id_for, rsa_spki
 from tokenagent.token.session import TokenSession
 
 _KEY_TYPES = {"CKK_RSA": KeyType.RSA, "CKK_EC": KeyType.EC}
-_USAGES = (
-    Attribute.ENCRYPT,
-    Attribute.DECRYPT,
-    Attribute.WRAP,
-    Attribute.UNWRAP,
-    Attribute.SIGN,
-    Attribute.VERIFY,
-    Attribute.DERIVE,
-)
 
 
 @dataclass(frozen=True)
 class KeyPair:
-    public: pkcs11.Object
-    private: pkcs11.Object
+    public: Any  # pkcs11.Object for a pair found on the token, raw.RawObject for one just generated
+    private: Any
     spki: bytes  # DER SubjectPublicKeyInfo
     key_id: bytes  # CKA_ID of both halves
     label: str
@@ -42,17 +31,48 @@ class KeyPair:
 def _exact_templates(
     public_template: Mapping[str, Any], private_template: Mapping[str, Any], key_id: bytes | None
 ) -> tuple[dict[Attribute, Any], dict[Attribute, Any]]:
-    """The plan's templates for python-pkcs11, which adds every usage attribute, FALSE unless in
-    `capabilities`: DEFAULT drops those the plan leaves out, so the token decides them (tpm2-pkcs11
-    refuses a CKA_ENCRYPT FALSE beside a CKA_SIGN TRUE: token/implementations.py)."""
-    public_attrs = template(public_template)
-    private_attrs = template(private_template)
+    """The plan's templates as sent: exactly what the plan names, plus CKA_CLASS and the CKA_ID the
+    pair is born with. Nothing is added on the plan's behalf (python-pkcs11's generate_keypair added
+    every usage attribute, FALSE, which tpm2-pkcs11 refuses: token/implementations.py)."""
+    public_attrs = {Attribute.CLASS: ObjectClass.PUBLIC_KEY, **template(public_template)}
+    private_attrs = {Attribute.CLASS: ObjectClass.PRIVATE_KEY, **template(private_template)}
     if key_id is not None:
         public_attrs[Attribute.ID] = private_attrs[Attribute.ID] = key_id
-    for attribute in _USAGES:
-        public_attrs.setdefault(attribute, DEFAULT)
-        private_attrs.setdefault(attribute, DEFAULT)
     return public_attrs, private_attrs
+
+
+_REFUSED_GENERATION = frozenset({"CKR_MECHANISM_INVALID", "CKR_KEY_SIZE_RANGE", "CKR_DOMAIN_PARAMS_INVALID"})
+_REFUSED_TEMPLATE = frozenset({"CKR_TEMPLATE_INCONSISTENT", "CKR_TEMPLATE_INCOMPLETE", "CKR_ATTRIBUTE_VALUE_INVALID"})
+#: the bytes a CKA_EC_POINT takes at most (P-521: a DER OCTET STRING of 133 bytes), and the
+#: modulus per RSA bit: read in one call, without the size query (token/raw.py `read_sized`)
+_EC_POINT_BUFFER = 140
+
+
+def _generation_error(name: str, code: str, mechanism_name: str) -> Exception:
+    if code == "CKR_DEVICE_MEMORY":
+        return CapacityError(f"token {name} is full (CKR_DEVICE_MEMORY); nothing was created")
+    if code in _REFUSED_GENERATION:
+        return CapacityError(
+            f"token {name} refused to generate the key ({code}): {mechanism_name} with these parameters"
+        )
+    if code in _REFUSED_TEMPLATE:
+        return CapacityError(f"token {name} refused the key template ({code})")
+    return TokenOperationError(f"token {name}: key generation failed: {code}")
+
+
+def _public_key(ts: TokenSession, public: raw.RawObject, public_attrs: Mapping[Attribute, Any]) -> bytes | None:
+    """The new public key as a SubjectPublicKeyInfo, from one attribute read of the public half."""
+    bits = public_attrs.get(Attribute.MODULUS_BITS)
+    if bits is not None:
+        values = raw.read_sized(
+            ts.session, public.module_path, public.handle,
+            {Attribute.MODULUS: (int(bits) + 7) // 8, Attribute.PUBLIC_EXPONENT: 8},
+        )  # fmt: skip
+        modulus, exponent = values.get(Attribute.MODULUS), values.get(Attribute.PUBLIC_EXPONENT)
+        return rsa_spki(modulus, exponent) if modulus and exponent else None
+    point = raw.read_sized(ts.session, public.module_path, public.handle, {Attribute.EC_POINT: _EC_POINT_BUFFER})
+    ec_point = point.get(Attribute.EC_POINT)
+    return ec_spki(bytes(public_attrs[Attribute.EC_PARAMS]), ec_point) if ec_point else None
 
 
 def generate_key_pair(
@@ -79,41 +99,29 @@ def generate_key_pair(
     """
     name = f"'{ts.handle.label}'"
     public_attrs, private_attrs = _exact_templates(public_template, private_template, fixed_id or temporary_id)
-    kind = _KEY_TYPES[key_type]
-    bits = public_attrs.pop(Attribute.MODULUS_BITS, None) if kind == KeyType.RSA else None
+    path = ts.handle.module.path
+    if _KEY_TYPES[key_type] == KeyType.RSA and Attribute.PUBLIC_EXPONENT not in public_attrs:
+        raise ValueError("an RSA template must set CKA_PUBLIC_EXPONENT")  # planning always does
+    code, public_handle, private_handle = raw.generate_key_pair(
+        ts.session, path, int(mechanism(generation_mechanism)), public_attrs, private_attrs
+    )
+    if code != raw.CKR_OK:
+        raise _generation_error(name, rv_name(code), generation_mechanism)
+    public = raw.RawObject(ts.session, path, public_handle)
+    private = raw.RawObject(ts.session, path, private_handle)
     try:
-        public, private = ts.session.generate_keypair(
-            kind,
-            bits,
-            mechanism=mechanism(generation_mechanism),
-            store=bool(private_attrs.get(Attribute.TOKEN, True)),
-            capabilities=MechanismFlag(0),  # no defaults: the templates say everything
-            public_template=public_attrs,
-            private_template=private_attrs,
-        )
-    except p11.DeviceMemory:
-        raise CapacityError(f"token {name} is full (CKR_DEVICE_MEMORY); nothing was created") from None
-    except (p11.MechanismInvalid, p11.KeySizeRange, p11.DomainParamsInvalid) as exc:
-        raise CapacityError(
-            f"token {name} refused to generate the key ({_rv(exc)}): {generation_mechanism} with these parameters"
-        ) from None
-    except (p11.TemplateInconsistent, p11.TemplateIncomplete, p11.AttributeValueInvalid) as exc:
-        raise CapacityError(f"token {name} refused the key template ({_rv(exc)})") from None
-    except p11.PKCS11Error as exc:
-        raise TokenOperationError(f"token {name}: key generation failed: {_rv(exc)}") from None
-    try:
-        spki = public_key_info(public)
+        spki = _public_key(ts, public, public_attrs)
         if spki is None:
             raise TokenOperationError(f"token {name}: cannot read the new public key")
         key_id = fixed_id if fixed_id is not None else key_id_for(spki)
         if before_final_id is not None:
             before_final_id(key_id)
         if fixed_id is None:
-            public[Attribute.ID] = key_id
-            private[Attribute.ID] = key_id
-    except BaseException as exc:
+            for half in (public, private):
+                code = raw.set_attributes(ts.session, path, half.handle, {Attribute.ID: key_id})
+                if code != raw.CKR_OK:
+                    raise TokenOperationError(f"token {name}: cannot set CKA_ID on the new key: {rv_name(code)}")
+    except BaseException:
         destroy_objects([public, private], what="new key pair")
-        if isinstance(exc, p11.PKCS11Error):
-            raise TokenOperationError(f"token {name}: cannot set CKA_ID on the new key: {_rv(exc)}") from None
         raise
     return KeyPair(public, private, spki, key_id, str(private_template.get("CKA_LABEL", "")), True)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import Any
 
 import pkcs11
 from asn1crypto import x509
 from pkcs11 import Attribute, ObjectClass
-from pkcs11.exceptions import PKCS11Error
 
 from tokenagent.errors import AmbiguousObjectError, ObjectNotFoundError, TokenOperationError
+from tokenagent.token import raw
 from tokenagent.token.generate import KeyPair
 from tokenagent.token.objects import find_objects, find_private_key_for, public_key_info, read_attributes
 from tokenagent.token.session import TokenSession
@@ -34,38 +35,23 @@ def empty_key_objects(ts: TokenSession, *, thorough: bool = False) -> list[pkcs1
     cannot be anyone's key or data, so recovery removes it. A real token object has CKA_TOKEN TRUE,
     and a key with key material (a modulus, curve parameters) is never taken.
 
-    The targeted searches find husks that have their defaults; an object without any attribute
+    The targeted search finds husks that have their defaults; an object without any attribute
     matches no search template, so ``thorough`` also reads every object's class (a scan of the
     whole token: only when there is reason to, see enroll/recovery.py).
     """
-    husks = []
-    # Three searches by class (what the SIGKILL tests validated). One classless search would save
-    # six calls per `new` (issue 15), but a full test run failed once with it (AttributeValueInvalid
-    # after a SIGKILL, most likely python-pkcs11 reading a half-written object it found): kept.
-    empty = {Attribute.TOKEN: False, Attribute.LABEL: ""}
-    searches = [
-        {**empty, Attribute.CLASS: c, Attribute.ID: b""} for c in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
-    ]
-    searches.append({**empty, Attribute.CLASS: ObjectClass.DATA, Attribute.APPLICATION: "", Attribute.VALUE: b""})
-    failed = False
-    for template in searches:
-        found = _targeted(ts, template)
-        failed = failed or found is None
-        for obj in found or []:
-            if template[Attribute.CLASS] == ObjectClass.DATA:
-                husks.append(obj)
-                continue
-            values = read_attributes(obj, [Attribute.MODULUS, Attribute.EC_PARAMS])
-            if not values.get(Attribute.MODULUS) and not values.get(Attribute.EC_PARAMS):
-                husks.append(obj)
+    path = ts.handle.module.path
+    husks: list[Any] = []
+    # One search, through token/raw.py: python-pkcs11 wraps every object it finds after reading ten
+    # attributes, and a half-written object can fail that read (AttributeValueInvalid); it also
+    # made three searches by class of what one search finds (issue 15: six calls per `new`).
+    found = _targeted(ts, path)
+    failed = found is None
+    for handle in found or []:
+        values = _husk_attributes(ts, path, handle)
+        if values is not None and _is_husk(values):
+            husks.append(raw.RawObject(ts.session, path, handle))
     if thorough or failed:
-        # by handle, through token/raw.py: python-pkcs11 wraps every object it finds after reading
-        # its attributes, and a half-written object can fail that read (AttributeValueInvalid), which
-        # made this scan itself fail now and then after the SIGKILL tests
-        from tokenagent.token import raw
-
         known = {obj.handle for obj in husks}
-        path = ts.handle.module.path
         for handle in raw.find_handles(ts.session, path, {}):
             if handle in known:
                 continue
@@ -78,12 +64,46 @@ def empty_key_objects(ts: TokenSession, *, thorough: bool = False) -> list[pkcs1
     return husks
 
 
-def _targeted(ts: TokenSession, template: dict[Attribute, object]) -> list[pkcs11.Object] | None:
-    """A search for husks; None when the token fails it (a half-written object can make SoftHSM
-    refuse a template it otherwise takes): the whole-token scan then looks for them instead."""
+#: what tells a husk from an object someone made (a real token object has CKA_TOKEN TRUE)
+_HUSK_ATTRIBUTES = (
+    Attribute.CLASS,
+    Attribute.ID,
+    Attribute.MODULUS,
+    Attribute.EC_PARAMS,
+    Attribute.APPLICATION,
+    Attribute.VALUE,
+)
+
+
+def _husk_attributes(ts: TokenSession, path: str, handle: int) -> dict[int, bytes] | None:
     try:
-        return list(ts.session.get_objects(template))
-    except PKCS11Error as exc:
+        return raw.read_raw(ts.session, path, handle, _HUSK_ATTRIBUTES)
+    except TokenOperationError:
+        return {}  # nothing readable at all: a husk
+
+
+def _is_husk(values: dict[int, bytes]) -> bool:
+    """A key object without CKA_ID and key material, a data object without application and value,
+    or an object without even a class."""
+    if Attribute.CLASS not in values:
+        return True
+    object_class = raw.as_int(values[Attribute.CLASS])
+    if object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+        return (
+            not values.get(Attribute.ID) and not values.get(Attribute.MODULUS) and not values.get(Attribute.EC_PARAMS)
+        )
+    if object_class == ObjectClass.DATA:
+        return not values.get(Attribute.APPLICATION) and not values.get(Attribute.VALUE)
+    return False
+
+
+def _targeted(ts: TokenSession, path: str) -> list[int] | None:
+    """Handles of objects with CKA_TOKEN FALSE and an empty label, where husks are; None when the
+    token fails the search (a half-written object can make SoftHSM refuse a template it otherwise
+    takes): the whole-token scan then looks for them instead."""
+    try:
+        return raw.find_handles(ts.session, path, {Attribute.TOKEN: False, Attribute.LABEL: ""})
+    except TokenOperationError as exc:
         log.info("token '%s': a search for empty key objects failed (%s); scanning every object", ts.handle.label, exc)
         return None
 

@@ -128,6 +128,8 @@ class TokenHandle:
     module: LoadedModule
     slot: pkcs11.Slot
     token: pkcs11.Token
+    #: CK_TOKEN_INFO as last read by `refresh` (flags, memory, the model as written), None before
+    info: raw.CK_TOKEN_INFO | None = None
 
     @property
     def slot_id(self) -> int:
@@ -151,7 +153,7 @@ class TokenHandle:
 
     @property
     def flags(self) -> TokenFlag:
-        return self.token.flags
+        return TokenFlag(self.info.flags) if self.info is not None else self.token.flags
 
     @property
     def initialized(self) -> bool:
@@ -169,18 +171,19 @@ class TokenHandle:
         return self.module.manufacturer.startswith(YKCS11_MANUFACTURER)
 
     def refresh(self) -> TokenHandle:
-        """Re-read CK_TOKEN_INFO (PIN state flags change after every C_Login)."""
-        try:
-            self.token = self.slot.get_token()
-        except PKCS11Error as exc:
-            raise TokenOperationError(f"token '{self.label}' is no longer present: {_reason(exc)}") from exc
+        """Re-read CK_TOKEN_INFO (PIN state flags change after every C_Login): one call that also
+        gives what python-pkcs11 does not keep (free memory, the model's NUL padding)."""
+        rv, info = raw.read_token_info(self.module.path, self.slot_id)
+        if rv != raw.CKR_OK:
+            raise TokenOperationError(f"token '{self.label}' is no longer present: {rv_name(rv)}")
+        self.info = info
         return self
 
     @cached_property
     def model_field(self) -> str:
         """CK_TOKEN_INFO.model for URIs: as the token wrote it, less the blank padding, so other
         tools match it (tpm2-pkcs11 pads with NULs: p11-kit and GnuTLS want them as %00)."""
-        info = raw.token_info(self.module.path, self.slot_id)
+        info = self.info or raw.token_info(self.module.path, self.slot_id)
         if info is None:
             return self.model
         return info.field("model").rstrip(b" ").decode("utf-8", errors="replace")

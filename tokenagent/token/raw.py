@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from typing import Any
 
@@ -85,10 +85,55 @@ _FUNCTIONS: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("C_DestroyObject", (_ULONG, _ULONG)),
     ("C_GetObjectSize", ()),
     ("C_GetAttributeValue", (_ULONG, _ULONG, ctypes.c_void_p, _ULONG)),
-    ("C_SetAttributeValue", ()),
+    ("C_SetAttributeValue", (_ULONG, _ULONG, ctypes.c_void_p, _ULONG)),
     ("C_FindObjectsInit", _HANDLE_ARGS),
     ("C_FindObjects", (_ULONG, ctypes.c_void_p, _ULONG, ctypes.c_void_p)),
     ("C_FindObjectsFinal", (_ULONG,)),
+    *(
+        (name, ())
+        for name in (
+            "C_EncryptInit",
+            "C_Encrypt",
+            "C_EncryptUpdate",
+            "C_EncryptFinal",
+            "C_DecryptInit",
+            "C_Decrypt",
+            "C_DecryptUpdate",
+            "C_DecryptFinal",
+            "C_DigestInit",
+            "C_Digest",
+            "C_DigestUpdate",
+            "C_DigestKey",
+            "C_DigestFinal",
+        )
+    ),
+    ("C_SignInit", (_ULONG, ctypes.c_void_p, _ULONG)),
+    ("C_Sign", (_ULONG, ctypes.c_void_p, _ULONG, ctypes.c_void_p, ctypes.c_void_p)),
+    *(
+        (name, ())
+        for name in (
+            "C_SignUpdate",
+            "C_SignFinal",
+            "C_SignRecoverInit",
+            "C_SignRecover",
+            "C_VerifyInit",
+            "C_Verify",
+            "C_VerifyUpdate",
+            "C_VerifyFinal",
+            "C_VerifyRecoverInit",
+            "C_VerifyRecover",
+            "C_DigestEncryptUpdate",
+            "C_DecryptDigestUpdate",
+            "C_SignEncryptUpdate",
+            "C_DecryptVerifyUpdate",
+            "C_GenerateKey",
+        )
+    ),
+    # session, mechanism, public template and count, private template and count, two handles out
+    (
+        "C_GenerateKeyPair",
+        (_ULONG, ctypes.c_void_p, ctypes.c_void_p, _ULONG, ctypes.c_void_p, _ULONG, ctypes.c_void_p, ctypes.c_void_p),
+    ),
 )
 
 
@@ -162,12 +207,18 @@ def _library(path: str) -> CK_FUNCTION_LIST:
     return functions.contents
 
 
-def token_info(path: str, slot_id: int) -> CK_TOKEN_INFO | None:
-    """CK_TOKEN_INFO as the module fills it in: python-pkcs11 neither exposes the memory fields nor
-    keeps NUL bytes inside text fields (tpm2-pkcs11 pads its model with NULs, not blanks)."""
+def read_token_info(path: str, slot_id: int) -> tuple[int, CK_TOKEN_INFO]:
+    """C_GetTokenInfo: its CKR value and CK_TOKEN_INFO as the module filled it in. python-pkcs11
+    neither exposes the memory fields nor keeps NUL bytes inside text fields (tpm2-pkcs11 pads its
+    model with NULs, not blanks)."""
     info = CK_TOKEN_INFO()
+    return int(_library(path).C_GetTokenInfo(_ULONG(slot_id), ctypes.byref(info))), info
+
+
+def token_info(path: str, slot_id: int) -> CK_TOKEN_INFO | None:
+    """`read_token_info`, None when the module does not give it."""
     try:
-        rv = _library(path).C_GetTokenInfo(_ULONG(slot_id), ctypes.byref(info))
+        rv, info = read_token_info(path, slot_id)
     except TokenOperationError:
         return None
     return info if rv == CKR_OK else None
@@ -280,3 +331,109 @@ def as_int(value: bytes | None) -> int | None:
 
 def as_text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("utf-8", errors="replace")
+
+
+class CK_MECHANISM(ctypes.Structure):
+    _fields_ = [("mechanism", _ULONG), ("pParameter", ctypes.c_void_p), ("ulParameterLen", _ULONG)]
+
+
+class CK_RSA_PKCS_PSS_PARAMS(ctypes.Structure):
+    """PKCS#11 v2.40 §2.1.3: the hash, the MGF and the salt length of an RSA-PSS signature."""
+
+    _fields_ = [("hashAlg", _ULONG), ("mgf", _ULONG), ("sLen", _ULONG)]
+
+
+def _mechanism(kind: int, parameter: ctypes.Structure | None) -> CK_MECHANISM:
+    if parameter is None:
+        return CK_MECHANISM(kind, None, 0)
+    return CK_MECHANISM(kind, ctypes.cast(ctypes.pointer(parameter), ctypes.c_void_p), ctypes.sizeof(parameter))
+
+
+def generate_key_pair(
+    session: pkcs11.Session,
+    module_path: str,
+    mechanism: int,
+    public: Mapping[Attribute, Any],
+    private: Mapping[Attribute, Any],
+) -> tuple[int, int, int]:
+    """C_GenerateKeyPair with exactly these templates: (CKR value, public handle, private handle).
+    python-pkcs11's generate_keypair then wraps both objects (a capability read of ten attributes,
+    retried one by one on SoftHSM: four calls); the caller reads the one thing it needs."""
+    public_template, public_buffers = _template(public)
+    private_template, private_buffers = _template(private)
+    mech = _mechanism(mechanism, None)
+    public_handle, private_handle = _ULONG(0), _ULONG(0)
+    rv = _library(module_path).C_GenerateKeyPair(
+        _ULONG(session.handle), ctypes.byref(mech), public_template, _ULONG(len(public)),
+        private_template, _ULONG(len(private)), ctypes.byref(public_handle), ctypes.byref(private_handle),
+    )  # fmt: skip
+    del public_buffers, private_buffers  # alive until here: the token copied the values
+    return int(rv), public_handle.value, private_handle.value
+
+
+def set_attributes(session: pkcs11.Session, module_path: str, obj: int, values: Mapping[Attribute, Any]) -> int:
+    """C_SetAttributeValue; the CKR value."""
+    template, buffers = _template(values)
+    rv = _library(module_path).C_SetAttributeValue(_ULONG(session.handle), _ULONG(obj), template, _ULONG(len(values)))
+    del buffers
+    return int(rv)
+
+
+def read_sized(session: pkcs11.Session, module_path: str, obj: int, sizes: Mapping[Attribute, int]) -> dict[int, bytes]:
+    """Attributes whose size the caller knows (a P-256 CKA_EC_POINT is 67 bytes, a modulus is the key
+    size): one C_GetAttributeValue into buffers that large, no size query. A buffer too small
+    (CKR_BUFFER_TOO_SMALL) falls back to `read_raw`'s two calls."""
+    wanted = list(sizes.items())
+    buffers = [ctypes.create_string_buffer(max(1, size)) for _, size in wanted]
+    template = (CK_ATTRIBUTE * len(wanted))(
+        *(
+            CK_ATTRIBUTE(int(kind), ctypes.cast(buffer, ctypes.c_void_p), size)
+            for (kind, size), buffer in zip(wanted, buffers, strict=True)
+        )
+    )
+    rv = _library(module_path).C_GetAttributeValue(_ULONG(session.handle), _ULONG(obj), template, _ULONG(len(wanted)))
+    if rv == CKR_BUFFER_TOO_SMALL:
+        return read_raw(session, module_path, obj, [kind for kind, _ in wanted])
+    if rv not in (CKR_OK, *_PARTIAL):
+        raise TokenOperationError(f"the token refused to read an object's attributes (CKR 0x{rv:x})")
+    return {
+        int(t.type): buffer.raw[: t.ulValueLen]
+        for t, buffer in zip(template, buffers, strict=True)
+        if t.ulValueLen != CK_UNAVAILABLE_INFORMATION
+    }
+
+
+#: the longest signature tokenagent asks for: RSA-16384 (2048 bytes); ECDSA r||s is at most 132
+SIGNATURE_BUFFER = 2048
+
+
+def sign(
+    session: pkcs11.Session,
+    module_path: str,
+    key: int,
+    mechanism: int,
+    data: bytes,
+    *,
+    pss: tuple[int, int, int] | None = None,
+    after_init: Callable[[], None] | None = None,
+) -> tuple[int, bytes]:
+    """C_SignInit, then ``after_init`` (the context-specific login a CKA_ALWAYS_AUTHENTICATE key needs
+    between the two), then one C_Sign into a buffer large enough for any signature tokenagent asks
+    for, so without the size query before it. ``pss``: (hash mechanism, MGF, salt length).
+    Returns the CKR value of the call that failed, or CKR_OK, and the signature."""
+    library = _library(module_path)
+    parameter = CK_RSA_PKCS_PSS_PARAMS(*pss) if pss is not None else None
+    mech = _mechanism(mechanism, parameter)
+    handle = _ULONG(session.handle)
+    rv = library.C_SignInit(handle, ctypes.byref(mech), _ULONG(key))
+    if rv != CKR_OK:
+        return int(rv), b""
+    if after_init is not None:
+        after_init()  # raises on failure; the operation ends with the session (PKCS#11 §5.12)
+    signature = ctypes.create_string_buffer(SIGNATURE_BUFFER)
+    length = _ULONG(SIGNATURE_BUFFER)
+    rv = library.C_Sign(handle, data, _ULONG(len(data)), signature, ctypes.byref(length))
+    if rv == CKR_BUFFER_TOO_SMALL:  # the operation stays active; `length` is the size needed
+        signature = ctypes.create_string_buffer(length.value)
+        rv = library.C_Sign(handle, data, _ULONG(len(data)), signature, ctypes.byref(length))
+    return int(rv), signature.raw[: length.value] if rv == CKR_OK else b""

@@ -3,11 +3,15 @@ CKA_ALWAYS_AUTHENTICATE keys need."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pkcs11
 from pkcs11 import MGF, Attribute
 from pkcs11 import exceptions as p11
 
 from tokenagent.errors import CapacityError, PinError, TokenOperationError
+from tokenagent.token import raw
+from tokenagent.token.ckr import rv_name
 from tokenagent.token.facts import SignMechanism
 from tokenagent.token.names import mechanism
 from tokenagent.token.names import rv as _rv
@@ -21,30 +25,40 @@ def always_authenticate(key: pkcs11.Object) -> bool:
     return bool(read_attributes(key, [Attribute.ALWAYS_AUTHENTICATE]).get(Attribute.ALWAYS_AUTHENTICATE))
 
 
-def sign_raw(ts: TokenSession, key: pkcs11.Object, how: SignMechanism, data: bytes, *, context_login: bool) -> bytes:
+def sign_raw(ts: TokenSession, key: Any, how: SignMechanism, data: bytes, *, context_login: bool) -> bytes:
     """One C_Sign with ``how``'s mechanism on ``data`` prepared by the caller as ``how.input`` says.
-
-    ``context_login`` (the key is CKA_ALWAYS_AUTHENTICATE, see `always_authenticate`) adds the
-    context-specific login with the PIN the session logged in with; PKCS#11 allows no other way.
-    """
+    ``key`` is any object with the key's handle (python-pkcs11's, or token/raw.py's for a key just
+    generated). ``context_login`` (the key is CKA_ALWAYS_AUTHENTICATE, see `always_authenticate`)
+    adds the context-specific login with the PIN the session logged in with; PKCS#11 allows no other
+    way. Through token/raw.py: python-pkcs11 reads CKA_KEY_TYPE before each signature and asks for
+    the signature's size first, two calls a smart card answers over APDUs."""
     name = f"'{ts.handle.label}'"
-    param = None
+    pss = None
     if how.pss is not None:
         hash_mech, mgf, salt = how.pss
-        param = (mechanism(hash_mech), MGF[mgf.removeprefix("CKG_MGF1_")], salt)
-    pin = None
+        pss = (int(mechanism(hash_mech)), int(MGF[mgf.removeprefix("CKG_MGF1_")]), salt)
+    after_init = None
     if context_login or ts.signs_with_context_login:
         credential = ts.signing_pin()
         if credential is None or isinstance(credential, ProtectedAuthentication):
             raise PinError(
                 f"token {name}: the key needs the PIN for every use (CKA_ALWAYS_AUTHENTICATE) and no PIN was entered"
             )
-        pin = credential.reveal()
+
+        def after_init() -> None:  # C_Login(CKU_CONTEXT_SPECIFIC) between C_SignInit and C_Sign
+            ts.session.reaffirm_credentials(credential.reveal())
+
     try:
-        return bytes(key.sign(data, mechanism=mechanism(how.mechanism), mechanism_param=param, pin=pin))
+        code, signature = raw.sign(
+            ts.session, ts.handle.module.path, int(key.handle), int(mechanism(how.mechanism)), data,
+            pss=pss, after_init=after_init,
+        )  # fmt: skip
     except p11.PinIncorrect:
         raise PinError(f"token {name}: the context-specific login for the key failed") from None
-    except p11.DeviceMemory:
-        raise CapacityError(f"token {name}: CKR_DEVICE_MEMORY while signing") from None
     except p11.PKCS11Error as exc:
         raise TokenOperationError(f"token {name}: signing with {how.mechanism} failed: {_rv(exc)}") from None
+    if code == raw.CKR_OK:
+        return signature
+    if rv_name(code) == "CKR_DEVICE_MEMORY":
+        raise CapacityError(f"token {name}: CKR_DEVICE_MEMORY while signing")
+    raise TokenOperationError(f"token {name}: signing with {how.mechanism} failed: {rv_name(code)}")

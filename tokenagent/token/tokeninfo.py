@@ -117,24 +117,27 @@ def piv_slots(ts: TokenSession) -> PivSlots:
 
 
 def _mechanisms(handle: TokenHandle, wanted: frozenset[str] | None) -> dict[str, MechanismRange]:
-    """CK_MECHANISM_INFO of the wanted mechanisms the slot lists (all listed ones for None)."""
-    try:
-        available = handle.slot.get_mechanisms()
-    except p11.PKCS11Error as exc:
-        raise TokenOperationError(f"token '{handle.label}': cannot list mechanisms: {type(exc).__name__}") from None
+    """CK_MECHANISM_INFO of the wanted mechanisms (of every mechanism the slot lists, for None).
+    Wanted ones are asked for directly, without C_GetMechanismList (two calls): a token answers
+    CKR_MECHANISM_INVALID for a mechanism it does not have (PKCS#11 v2.40 §5.5)."""
+    if wanted is not None:
+        candidates = [Mechanism[name[4:]] for name in sorted(wanted) if name[4:] in Mechanism.__members__]
+    else:
+        try:
+            listed = handle.slot.get_mechanisms()
+        except p11.PKCS11Error as exc:
+            raise TokenOperationError(f"token '{handle.label}': cannot list mechanisms: {_rv(exc)}") from None
+        candidates = [mech for mech in listed if isinstance(mech, Mechanism)]  # vendor numbers: not ours
     mechanisms: dict[str, MechanismRange] = {}
-    for mech in available:
-        if not isinstance(mech, Mechanism):
-            continue  # vendor-defined numbers: not ours to plan with
-        name = f"CKM_{mech.name}"
-        if wanted is not None and name not in wanted:
-            continue
+    for mech in candidates:
         try:
             info = handle.slot.get_mechanism_info(mech)
         except p11.PKCS11Error:
-            continue
+            continue  # CKR_MECHANISM_INVALID: not on this token
         flags = frozenset(flag.name for flag in MechanismFlag if flag.value and info.flags & flag and flag.name)
-        mechanisms[name] = MechanismRange(int(info.min_key_length or 0), int(info.max_key_length or 0), flags)
+        mechanisms[f"CKM_{mech.name}"] = MechanismRange(
+            int(info.min_key_length or 0), int(info.max_key_length or 0), flags
+        )
     return mechanisms
 
 
@@ -148,8 +151,8 @@ def mechanism_names(ts: TokenSession) -> frozenset[str]:
 
 def read_token_info(handle: TokenHandle) -> raw.CK_TOKEN_INFO | None:
     """CK_TOKEN_INFO through the module's function list (python-pkcs11 does not expose the memory
-    fields). The library is already initialized by python-pkcs11."""
-    return raw.token_info(handle.module.path, handle.slot_id)
+    fields): the one `refresh` read when the session opened, else a new read."""
+    return handle.info or raw.token_info(handle.module.path, handle.slot_id)
 
 
 def _free_memory(ts: TokenSession) -> tuple[int | None, int | None]:
