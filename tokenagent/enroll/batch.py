@@ -32,7 +32,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
@@ -44,6 +44,8 @@ from tokenagent.enroll.new import (
     Warn,
     _select_token,
     enroll,
+    facts_needed,
+    for_token,
     lock_selection,
     lock_token,
     open_user_session,
@@ -55,7 +57,7 @@ from tokenagent.token.facts import TokenFacts
 from tokenagent.token.library import TokenHandle
 from tokenagent.token.modules import ENV_MODULE
 from tokenagent.token.session import TokenSession
-from tokenagent.token.tokeninfo import gather_facts
+from tokenagent.token.tokeninfo import FactNeeds, gather_facts, mechanism_ranges
 
 log = logging.getLogger("tokenagent")
 
@@ -64,6 +66,9 @@ log = logging.getLogger("tokenagent")
 class _OpenToken:
     session: TokenSession
     facts: TokenFacts
+    #: the mechanisms whose CK_MECHANISM_INFO was asked for (found or not): each is read once, when
+    #: a request first needs it, not every mechanism of the token up front (70 calls on SoftHSM)
+    asked: set[str] = field(default_factory=set)
 
 
 class NewBatch:
@@ -85,6 +90,8 @@ class NewBatch:
         prepared = prepare(options, self._warn, registry=self._registry(options.providers))
         agent = self._agent(options.agent) if options.agent is not None and not options.dry_run else None
         opened = self._session(prepared)
+        prepared = for_token(prepared, opened.session.handle)
+        self._learn_mechanisms(opened, facts_needed(prepared).mechanisms or frozenset())
         result = enroll(prepared, opened.session, opened.facts, agent=agent)
         if not result.dry_run:
             made = (2 if result.key_generated else 0) + (1 if result.request_type == "CERT" else 0)
@@ -96,6 +103,14 @@ class NewBatch:
             )
         self.requests += 1
         return result
+
+    @staticmethod
+    def _learn_mechanisms(opened: _OpenToken, wanted: frozenset[str]) -> None:
+        missing = wanted - opened.asked
+        if missing:
+            found = mechanism_ranges(opened.session.handle, frozenset(missing))
+            opened.facts = replace(opened.facts, mechanisms={**opened.facts.mechanisms, **found})
+            opened.asked |= missing
 
     def close(self) -> None:
         """Close every session (python-pkcs11 logs the token out), agents' last."""
@@ -155,7 +170,9 @@ class NewBatch:
         try:
             if not options.dry_run:
                 recover_interrupted(session, prepared.store_path, on_warning=self._warn)
-            facts = gather_facts(session)
+            # everything but the mechanisms, which each request asks for as it needs them; the
+            # labels of every private key, because later requests may name any KeyContainer
+            facts = gather_facts(session, FactNeeds(mechanisms=frozenset()))
         except BaseException:
             session.close()
             raise

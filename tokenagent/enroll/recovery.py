@@ -22,6 +22,7 @@ from tokenagent.store.discarded import DiscardedKeys
 from tokenagent.store.intents import IntentStore, KeyIntent
 from tokenagent.store.locks import token_lock
 from tokenagent.store.pending import PendingStore
+from tokenagent.token.implementations import LEAVES_HUSKS
 from tokenagent.token.keypairs import empty_key_objects, objects_with_id
 from tokenagent.token.library import find_token, modules_for, recorded_token, select_token
 from tokenagent.token.objects import destroy_objects
@@ -84,10 +85,13 @@ def recover_interrupted(
     warn = on_warning or (lambda message: log.info("%s", message))
     # Empty key objects are looked for whether or not an intent is open: SoftHSM can make a key
     # object valid only when another process next writes the token, after that process has
-    # already recovered the intent of the run that died (seen in the SIGKILL test).
+    # already recovered the intent of the run that died (seen in the SIGKILL test). Only on tokens
+    # whose store can hold such husks: NSS (SQLite transactions), tpm2-pkcs11 and smart cards
+    # write an object whole or not at all, and on a card each search costs APDUs (issue 15).
     intents = IntentStore(store_path)
     found = intents.open_intents(token_serial=handle.serial, token_label=handle.label)
-    husks = empty_key_objects(session, thorough=thorough or bool(found))
+    scan = thorough or bool(found) or handle.implementation in LEAVES_HUSKS
+    husks = empty_key_objects(session, thorough=thorough or bool(found)) if scan else []
     problems = destroy_objects(husks, what="empty key objects") if husks else []
     if husks:
         warn(

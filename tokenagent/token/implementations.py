@@ -23,6 +23,11 @@ YKCS11 = "ykcs11"
 OPENSC = "opensc"
 OTHER = "other"
 
+#: implementations whose store can hold a half-written object after a process was killed inside
+#: C_GenerateKeyPair (SoftHSM's file store writes an object in steps), and those not known to be
+#: safe: every run looks for such husks there (enroll/recovery.py)
+LEAVES_HUSKS = frozenset({SOFTHSM, OTHER})
+
 #: CK_INFO.manufacturerID prefixes
 _MANUFACTURERS = (
     ("SoftHSM", SOFTHSM),

@@ -48,7 +48,7 @@ def gather_facts(ts: TokenSession, needs: FactNeeds = EVERYTHING) -> TokenFacts:
     # the flags open_session read just before its login: a login that worked leaves the PIN usable
     handle = ts.handle if ts.logged_in else ts.handle.refresh()
     state = PinState.from_flags(handle.flags)
-    mechanisms = _mechanisms(handle, needs.mechanisms)
+    mechanisms = mechanism_ranges(handle, needs.mechanisms)
     count = sum(1 for _ in ts.session.get_objects({})) if needs.objects else 0
     if needs.private_keys:  # every private key's label: the count, and any label collision
         labels = [
@@ -116,7 +116,7 @@ def piv_slots(ts: TokenSession) -> PivSlots:
     return PivSlots(frozenset(occupied), frozenset(certificates), keys)
 
 
-def _mechanisms(handle: TokenHandle, wanted: frozenset[str] | None) -> dict[str, MechanismRange]:
+def mechanism_ranges(handle: TokenHandle, wanted: frozenset[str] | None) -> dict[str, MechanismRange]:
     """CK_MECHANISM_INFO of the wanted mechanisms (of every mechanism the slot lists, for None).
     Wanted ones are asked for directly, without C_GetMechanismList (two calls): a token answers
     CKR_MECHANISM_INVALID for a mechanism it does not have (PKCS#11 v2.40 §5.5)."""
