@@ -448,10 +448,12 @@ def analysis(data: dict[str, Any]) -> list[str]:
         "python-pkcs11 wrapped both new objects (a ten-attribute capability read SoftHSM refuses, retried), asked "
         "for every attribute's size before reading it, read CKA_KEY_TYPE before each signature and asked for the "
         "signature's size first. The session's one C_GetTokenInfo also gives the free memory; the search for "
-        "half-written objects is one raw search, and only on tokens that can hold them (SoftHSM). `new` went from "
-        "122 to 33 calls and no longer grows with the token; a batch request costs 7. `objects` reads each object "
-        "with one C_GetAttributeValue and its size query (2.4 calls per object). tests/test_call_budget.py keeps "
-        "`new` within 36 calls and `objects` within 3 per object.",
+        "half-written objects is one raw search, and only on tokens that can hold them (SoftHSM). Every search "
+        "finds handles and every read is one C_GetAttributeValue into buffers sized for what is read (a size "
+        "query only when the token says a buffer was too small), for `objects`, `sign`, `accept` and `repair` "
+        "alike; a signature mechanism is chosen by asking for the preferred ones in order, not by listing all. "
+        "`new` went from 122 calls to the figure in the call table and no longer grows with the token. "
+        "tests/test_call_budget.py keeps `new` within its budget and `objects` within 3 calls per object.",
         "",
         "Left as they are: the pending store's durability (SQLite synchronous = FULL and an fsync'd, renamed "
         "request file per request are the commit protocol of `new`), and asn1crypto's cost of building a request.",

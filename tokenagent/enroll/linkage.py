@@ -190,7 +190,7 @@ def key_test(ts: TokenSession, private: Any, spki_der: bytes, capabilities: froz
     from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
     from tokenagent.token.signing import always_authenticate, sign_raw
-    from tokenagent.token.tokeninfo import mechanism_names
+    from tokenagent.token.tokeninfo import first_mechanism
 
     if "sign" not in capabilities:
         return KeyTest("skipped", "the key may not sign (CKA_SIGN is FALSE)")
@@ -198,8 +198,9 @@ def key_test(ts: TokenSession, private: Any, spki_der: bytes, capabilities: froz
     family = (
         "RSA" if isinstance(public, rsa.RSAPublicKey) else "EC" if isinstance(public, ec.EllipticCurvePublicKey) else ""
     )
-    available = mechanism_names(ts)
-    how = next((m for m in _KEY_TEST_MECHANISMS.get(family, ()) if m.mechanism in available), None)
+    candidates = _KEY_TEST_MECHANISMS.get(family, ())
+    chosen = first_mechanism(ts, [m.mechanism for m in candidates])
+    how = next((m for m in candidates if m.mechanism == chosen), None)
     if how is None:
         return KeyTest("skipped", "the token offers no PKCS#1 v1.5 or ECDSA mechanism for this key")
     challenge = os.urandom(32)

@@ -15,7 +15,7 @@ from tokenagent.request.algorithms import SignatureAlgorithm, digest, digest_inf
 from tokenagent.token.facts import SignMechanism
 from tokenagent.token.session import TokenSession
 from tokenagent.token.signing import always_authenticate, sign_raw
-from tokenagent.token.tokeninfo import mechanism_names
+from tokenagent.token.tokeninfo import first_mechanism
 
 
 class TokenSigner:
@@ -73,9 +73,10 @@ def token_signer(
         algorithm = SignatureAlgorithm(hash_name, "ecdsa")
     else:
         raise CapacityError(f"the agent key is {algorithm_name}; tokenagent signs with RSA or EC keys")
-    available = mechanism_names(session)
-    for how in sign_mechanisms(algorithm.padding, algorithm.hash):
-        if how.mechanism in available:
+    candidates = sign_mechanisms(algorithm.padding, algorithm.hash)
+    chosen = first_mechanism(session, [how.mechanism for how in candidates])
+    for how in candidates:
+        if how.mechanism == chosen:
             return TokenSigner(session, key, how, algorithm)
     raise CapacityError(
         f"token '{session.handle.label}' offers none of "

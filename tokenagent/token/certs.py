@@ -20,7 +20,7 @@ from pkcs11 import exceptions as p11
 
 from tokenagent.errors import CapacityError, TokenOperationError
 from tokenagent.token.names import attribute, rv
-from tokenagent.token.objects import KEY_USAGE, find_objects, key_id_for, public_key_info, read_attributes
+from tokenagent.token.objects import KEY_USAGE, find_objects, key_id_for, public_key_info, read_attributes, search
 from tokenagent.token.session import TokenSession
 
 log = logging.getLogger("tokenagent")
@@ -75,7 +75,7 @@ def certificate_objects(
     if key_id is not None:
         template[Attribute.ID] = key_id
     found = []
-    for obj in session.get_objects(template):
+    for obj in search(session, template):
         values = read_attributes(
             obj, [Attribute.VALUE, Attribute.ID, Attribute.LABEL, Attribute.TRUSTED, Attribute.CERTIFICATE_CATEGORY]
         )

@@ -133,3 +133,13 @@ def exception_rv_name(exc: BaseException) -> str:
     snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).upper()
     candidate = f"CKR_{snake}"
     return candidate if candidate in CKR_NAMES.values() else name
+
+
+def exception_class_name(value: int) -> str:
+    """The name python-pkcs11 gives the exception for a CKR value (CKR_ATTRIBUTE_READ_ONLY:
+    AttributeReadOnly), the reverse of `exception_rv_name`."""
+    name = rv_name(value)
+    for cls, ckr in _IRREGULAR.items():
+        if ckr == name:
+            return cls
+    return "".join(part.capitalize() for part in name.removeprefix("CKR_").split("_"))

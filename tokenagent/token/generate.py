@@ -43,9 +43,6 @@ def _exact_templates(
 
 _REFUSED_GENERATION = frozenset({"CKR_MECHANISM_INVALID", "CKR_KEY_SIZE_RANGE", "CKR_DOMAIN_PARAMS_INVALID"})
 _REFUSED_TEMPLATE = frozenset({"CKR_TEMPLATE_INCONSISTENT", "CKR_TEMPLATE_INCOMPLETE", "CKR_ATTRIBUTE_VALUE_INVALID"})
-#: the bytes a CKA_EC_POINT takes at most (P-521: a DER OCTET STRING of 133 bytes), and the
-#: modulus per RSA bit: read in one call, without the size query (token/raw.py `read_sized`)
-_EC_POINT_BUFFER = 140
 
 
 def _generation_error(name: str, code: str, mechanism_name: str) -> Exception:
@@ -61,17 +58,15 @@ def _generation_error(name: str, code: str, mechanism_name: str) -> Exception:
 
 
 def _public_key(ts: TokenSession, public: raw.RawObject, public_attrs: Mapping[Attribute, Any]) -> bytes | None:
-    """The new public key as a SubjectPublicKeyInfo, from one attribute read of the public half."""
-    bits = public_attrs.get(Attribute.MODULUS_BITS)
-    if bits is not None:
-        values = raw.read_sized(
-            ts.session, public.module_path, public.handle,
-            {Attribute.MODULUS: (int(bits) + 7) // 8, Attribute.PUBLIC_EXPONENT: 8},
-        )  # fmt: skip
+    """The new public key as a SubjectPublicKeyInfo, from one attribute read of the public half
+    (its curve is the template's)."""
+    if Attribute.MODULUS_BITS in public_attrs:
+        values = raw.read_raw(
+            ts.session, public.module_path, public.handle, [Attribute.MODULUS, Attribute.PUBLIC_EXPONENT]
+        )
         modulus, exponent = values.get(Attribute.MODULUS), values.get(Attribute.PUBLIC_EXPONENT)
         return rsa_spki(modulus, exponent) if modulus and exponent else None
-    point = raw.read_sized(ts.session, public.module_path, public.handle, {Attribute.EC_POINT: _EC_POINT_BUFFER})
-    ec_point = point.get(Attribute.EC_POINT)
+    ec_point = raw.read_raw(ts.session, public.module_path, public.handle, [Attribute.EC_POINT]).get(Attribute.EC_POINT)
     return ec_spki(bytes(public_attrs[Attribute.EC_PARAMS]), ec_point) if ec_point else None
 
 

@@ -288,8 +288,15 @@ def find_objects(
     return search(session, template)
 
 
-def search(session: pkcs11.Session, template: dict[Attribute, Any]) -> list[pkcs11.Object]:
-    """C_FindObjects*; a token that fails the search is a `TokenOperationError`, not a crash."""
+def search(session: pkcs11.Session, template: dict[Attribute, Any]) -> list[Any]:
+    """C_FindObjects*; a token that fails the search is a `TokenOperationError`, not a crash. In a
+    `TokenSession`'s session the objects are `raw.RawObject`s (one search, then one read per need:
+    issue 15), else python-pkcs11's."""
+    from tokenagent.token import raw
+
+    path = raw.module_of(session)
+    if path is not None:
+        return [raw.RawObject(session, path, handle) for handle in raw.find_handles(session, path, template)]
     try:
         return list(session.get_objects(template))
     except PKCS11Error as exc:

@@ -259,7 +259,7 @@ def find_handles(session: pkcs11.Session, module_path: str, values: Mapping[Attr
     template, _buffers = _template(values)  # kept alive until the search is over
     rv = library.C_FindObjectsInit(handle, template if values else None, ctypes.c_ulong(len(values)))
     if rv != CKR_OK:
-        raise TokenOperationError(f"the token failed a search of its objects (CKR 0x{rv:x})")
+        raise TokenOperationError(f"the token failed a search of its objects ({_rv_name(rv)})")
     found: list[int] = []
     try:
         batch = (ctypes.c_ulong * _BATCH)()
@@ -267,7 +267,7 @@ def find_handles(session: pkcs11.Session, module_path: str, values: Mapping[Attr
         while True:
             rv = library.C_FindObjects(handle, batch, ctypes.c_ulong(_BATCH), ctypes.byref(count))
             if rv != CKR_OK:
-                raise TokenOperationError(f"the token failed a search of its objects (CKR 0x{rv:x})")
+                raise TokenOperationError(f"the token failed a search of its objects ({_rv_name(rv)})")
             found.extend(batch[i] for i in range(count.value))
             if count.value < _BATCH:
                 break
@@ -276,49 +276,143 @@ def find_handles(session: pkcs11.Session, module_path: str, values: Mapping[Attr
     return found
 
 
+#: buffer per attribute for reads without a size query: large enough for every attribute tokenagent
+#: reads (a label, a key's modulus or point, an ID) but a certificate's CKA_VALUE
+_ATTRIBUTE_BUFFER = 2048
+_VALUE_BUFFER = 16384
+
+
 def read_raw(session: pkcs11.Session, module_path: str, obj: int, attributes: Iterable[Attribute]) -> dict[int, bytes]:
-    """Every attribute of ``attributes`` the token gives, as raw bytes: one size query, one read."""
-    library = _library(module_path)
+    """Every attribute of ``attributes`` the token gives, as raw bytes, in one call into buffers
+    large enough for what tokenagent reads. Only when the token answers CKR_BUFFER_TOO_SMALL are the
+    attributes it left out read again with a size query first. An attribute the token refuses or
+    does not know (CKR_ATTRIBUTE_SENSITIVE / _TYPE_INVALID) is left out."""
     wanted = [int(a) for a in attributes]
-    template = (CK_ATTRIBUTE * len(wanted))(*(CK_ATTRIBUTE(a, None, 0) for a in wanted))
-    handle, object_handle = ctypes.c_ulong(session.handle), ctypes.c_ulong(obj)
-    rv = library.C_GetAttributeValue(handle, object_handle, template, ctypes.c_ulong(len(wanted)))
-    if rv not in (CKR_OK, *_PARTIAL):
-        raise TokenOperationError(f"the token refused to read an object's attributes (CKR 0x{rv:x})")
-    available = [(t.type, t.ulValueLen) for t in template if t.ulValueLen != CK_UNAVAILABLE_INFORMATION]
-    if not available:
+    if not wanted:
         return {}
-    buffers = [ctypes.create_string_buffer(max(1, length)) for _, length in available]
-    second = (CK_ATTRIBUTE * len(available))(
+    sizes = {kind: _VALUE_BUFFER if kind == int(Attribute.VALUE) else _ATTRIBUTE_BUFFER for kind in wanted}
+    values, rv = _read_into(session, module_path, obj, sizes)
+    if rv == CKR_BUFFER_TOO_SMALL:
+        missing = [kind for kind in wanted if kind not in values]
+        values.update(_read_sizing(session, module_path, obj, missing))
+    return values
+
+
+def _read_into(
+    session: pkcs11.Session, module_path: str, obj: int, sizes: Mapping[int, int]
+) -> tuple[dict[int, bytes], int]:
+    wanted = list(sizes.items())
+    buffers = [ctypes.create_string_buffer(max(1, size)) for _, size in wanted]
+    template = (CK_ATTRIBUTE * len(wanted))(
         *(
-            CK_ATTRIBUTE(kind, ctypes.cast(buf, ctypes.c_void_p), length)
-            for (kind, length), buf in zip(available, buffers, strict=True)
+            CK_ATTRIBUTE(kind, ctypes.cast(buffer, ctypes.c_void_p), size)
+            for (kind, size), buffer in zip(wanted, buffers, strict=True)
         )
     )
-    rv = library.C_GetAttributeValue(handle, object_handle, second, ctypes.c_ulong(len(available)))
-    if rv not in (CKR_OK, *_PARTIAL):
-        raise TokenOperationError(f"the token refused to read an object's attributes (CKR 0x{rv:x})")
-    return {
-        int(t.type): buf.raw[: t.ulValueLen]
-        for t, buf in zip(second, buffers, strict=True)
+    rv = int(
+        _library(module_path).C_GetAttributeValue(_ULONG(session.handle), _ULONG(obj), template, _ULONG(len(wanted)))
+    )
+    if rv not in (CKR_OK, CKR_BUFFER_TOO_SMALL, *_PARTIAL):
+        raise TokenOperationError(f"the token refused to read an object's attributes ({_rv_name(rv)})")
+    values = {
+        int(t.type): buffer.raw[: t.ulValueLen]
+        for t, buffer in zip(template, buffers, strict=True)
         if t.ulValueLen != CK_UNAVAILABLE_INFORMATION
     }
+    return values, rv
+
+
+def _read_sizing(session: pkcs11.Session, module_path: str, obj: int, wanted: list[int]) -> dict[int, bytes]:
+    """A size query, then the values: for attributes larger than the buffers of `read_raw`."""
+    if not wanted:
+        return {}
+    template = (CK_ATTRIBUTE * len(wanted))(*(CK_ATTRIBUTE(a, None, 0) for a in wanted))
+    rv = _library(module_path).C_GetAttributeValue(_ULONG(session.handle), _ULONG(obj), template, _ULONG(len(wanted)))
+    if rv not in (CKR_OK, *_PARTIAL):
+        raise TokenOperationError(f"the token refused to read an object's attributes ({_rv_name(rv)})")
+    sizes = {int(t.type): int(t.ulValueLen) for t in template if t.ulValueLen != CK_UNAVAILABLE_INFORMATION}
+    return _read_into(session, module_path, obj, sizes)[0] if sizes else {}
 
 
 class RawObject:
-    """An object known only by its handle, for what python-pkcs11 cannot wrap: a half-written husk
-    whose attributes make python-pkcs11's object factory fail (CKR_ATTRIBUTE_VALUE_INVALID)."""
+    """A token object known by its handle, read and written through the module's functions: what
+    `objects.search` finds. python-pkcs11's own objects cost two calls each before anything is read
+    (a ten-attribute capability read, refused by SoftHSM and retried) and two per read (a size
+    query, then the values); these cost one search and one read. Values come back as
+    python-pkcs11 gives them (its attribute table unpacks them), so callers cannot tell the two
+    apart. Also what python-pkcs11 cannot wrap at all: a half-written husk whose attributes make
+    its object factory fail (CKR_ATTRIBUTE_VALUE_INVALID)."""
 
     def __init__(self, session: pkcs11.Session, module_path: str, handle: int) -> None:
         self.session = session
         self.module_path = module_path
         self.handle = handle
 
-    def destroy(self) -> None:
-        library = _library(self.module_path)
-        rv = library.C_DestroyObject(ctypes.c_ulong(self.session.handle), ctypes.c_ulong(self.handle))
+    def get_attributes(self, attributes: Iterable[Attribute]) -> dict[Attribute, Any]:
+        """The attributes the token gives (refused and unknown ones are left out), unpacked."""
+        values = read_raw(self.session, self.module_path, self.handle, attributes)
+        return {Attribute(kind): _unpack(Attribute(kind), value) for kind, value in values.items()}
+
+    def __getitem__(self, attribute: Attribute) -> Any:
+        values = self.get_attributes([attribute])
+        if attribute not in values:
+            raise pkcs11.exceptions.AttributeTypeInvalid()
+        return values[attribute]
+
+    def __setitem__(self, attribute: Attribute, value: Any) -> None:
+        rv = set_attributes(self.session, self.module_path, self.handle, {attribute: value})
         if rv != CKR_OK:
-            raise pkcs11.exceptions.PKCS11Error(f"C_DestroyObject: CKR 0x{rv:x}")
+            raise exception_for(rv)
+
+    def destroy(self) -> None:
+        rv = _library(self.module_path).C_DestroyObject(_ULONG(self.session.handle), _ULONG(self.handle))
+        if rv != CKR_OK:
+            raise exception_for(rv)
+
+
+def _rv_name(rv: int) -> str:
+    from tokenagent.token.ckr import rv_name
+
+    return rv_name(rv)
+
+
+@cache
+def _mapper() -> Any:
+    # made on first use: token/names.py registers CKA_CERTIFICATE_CATEGORY in the table it copies
+    from pkcs11.attributes import AttributeMapper
+
+    return AttributeMapper()
+
+
+def _unpack(attribute: Attribute, value: bytes) -> Any:
+    try:
+        return _mapper().unpack_attributes(attribute, value)
+    except (NotImplementedError, ValueError, KeyError):  # an attribute python-pkcs11 has no type for
+        return value
+
+
+def exception_for(rv: int) -> Exception:
+    """The python-pkcs11 exception for a CKR value, as python-pkcs11 itself would raise it."""
+    from tokenagent.token.ckr import exception_class_name
+
+    cls = getattr(pkcs11.exceptions, exception_class_name(rv), None)
+    if isinstance(cls, type) and issubclass(cls, pkcs11.exceptions.PKCS11Error):
+        return cls()
+    return pkcs11.exceptions.PKCS11Error(f"Unmapped error code 0x{rv:x}")
+
+
+#: which module each open python-pkcs11 session belongs to (TokenSession registers it), so that
+#: searches given only a session can go through that module's functions
+_SESSION_MODULES: dict[int, tuple[pkcs11.Session, str]] = {}
+
+
+def register_session(session: pkcs11.Session, module_path: str) -> None:
+    _SESSION_MODULES[id(session)] = (session, module_path)
+
+
+def module_of(session: pkcs11.Session) -> str | None:
+    entry = _SESSION_MODULES.get(id(session))
+    return entry[1] if entry is not None and entry[0] is session else None
 
 
 def as_bool(value: bytes | None) -> bool | None:
@@ -377,30 +471,6 @@ def set_attributes(session: pkcs11.Session, module_path: str, obj: int, values: 
     rv = _library(module_path).C_SetAttributeValue(_ULONG(session.handle), _ULONG(obj), template, _ULONG(len(values)))
     del buffers
     return int(rv)
-
-
-def read_sized(session: pkcs11.Session, module_path: str, obj: int, sizes: Mapping[Attribute, int]) -> dict[int, bytes]:
-    """Attributes whose size the caller knows (a P-256 CKA_EC_POINT is 67 bytes, a modulus is the key
-    size): one C_GetAttributeValue into buffers that large, no size query. A buffer too small
-    (CKR_BUFFER_TOO_SMALL) falls back to `read_raw`'s two calls."""
-    wanted = list(sizes.items())
-    buffers = [ctypes.create_string_buffer(max(1, size)) for _, size in wanted]
-    template = (CK_ATTRIBUTE * len(wanted))(
-        *(
-            CK_ATTRIBUTE(int(kind), ctypes.cast(buffer, ctypes.c_void_p), size)
-            for (kind, size), buffer in zip(wanted, buffers, strict=True)
-        )
-    )
-    rv = _library(module_path).C_GetAttributeValue(_ULONG(session.handle), _ULONG(obj), template, _ULONG(len(wanted)))
-    if rv == CKR_BUFFER_TOO_SMALL:
-        return read_raw(session, module_path, obj, [kind for kind, _ in wanted])
-    if rv not in (CKR_OK, *_PARTIAL):
-        raise TokenOperationError(f"the token refused to read an object's attributes (CKR 0x{rv:x})")
-    return {
-        int(t.type): buffer.raw[: t.ulValueLen]
-        for t, buffer in zip(template, buffers, strict=True)
-        if t.ulValueLen != CK_UNAVAILABLE_INFORMATION
-    }
 
 
 #: the longest signature tokenagent asks for: RSA-16384 (2048 bytes); ECDSA r||s is at most 132

@@ -42,6 +42,7 @@ from tokenagent.errors import (
     TokenNotFoundError,
     TokenOperationError,
 )
+from tokenagent.token import raw
 from tokenagent.token.library import TokenHandle
 from tokenagent.token.pins import PINPAD, Pin, PinSource, ProtectedAuthentication
 
@@ -103,6 +104,7 @@ class TokenSession:
     def __init__(self, handle: TokenHandle, session: pkcs11.Session, *, logged_in: bool, rw: bool) -> None:
         self.handle = handle
         self.session = session
+        raw.register_session(session, handle.module.path)
         self.logged_in = logged_in
         self.rw = rw
         #: kept only for CKA_ALWAYS_AUTHENTICATE keys (context-specific login); never logged.

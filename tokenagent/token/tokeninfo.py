@@ -4,6 +4,7 @@ of its private keys, its object count and free memory (CK_TOKEN_INFO)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pkcs11
@@ -49,7 +50,7 @@ def gather_facts(ts: TokenSession, needs: FactNeeds = EVERYTHING) -> TokenFacts:
     handle = ts.handle if ts.logged_in else ts.handle.refresh()
     state = PinState.from_flags(handle.flags)
     mechanisms = mechanism_ranges(handle, needs.mechanisms)
-    count = sum(1 for _ in ts.session.get_objects({})) if needs.objects else 0
+    count = len(raw.find_handles(ts.session, handle.module.path, {})) if needs.objects else 0
     if needs.private_keys:  # every private key's label: the count, and any label collision
         labels = [
             str(read_attributes(obj, [Attribute.LABEL]).get(Attribute.LABEL) or "")
@@ -141,12 +142,13 @@ def mechanism_ranges(handle: TokenHandle, wanted: frozenset[str] | None) -> dict
     return mechanisms
 
 
-def mechanism_names(ts: TokenSession) -> frozenset[str]:
-    """The CKM_* names the slot lists, without reading each mechanism's info (cheap)."""
-    try:
-        return frozenset(f"CKM_{m.name}" for m in ts.handle.slot.get_mechanisms() if isinstance(m, Mechanism))
-    except p11.PKCS11Error as exc:
-        raise TokenOperationError(f"token '{ts.handle.label}': cannot list mechanisms: {_rv(exc)}") from None
+def first_mechanism(ts: TokenSession, names: Iterable[str]) -> str | None:
+    """The first of ``names`` (CKM_*, in order of preference) the token has: one C_GetMechanismInfo
+    per name tried, not C_GetMechanismList and a scan (issue 15)."""
+    for name in names:
+        if mechanism_ranges(ts.handle, frozenset({name})):
+            return name
+    return None
 
 
 def read_token_info(handle: TokenHandle) -> raw.CK_TOKEN_INFO | None:
