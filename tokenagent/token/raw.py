@@ -290,12 +290,30 @@ def read_raw(session: pkcs11.Session, module_path: str, obj: int, attributes: It
     wanted = [int(a) for a in attributes]
     if not wanted:
         return {}
-    sizes = {kind: _VALUE_BUFFER if kind == int(Attribute.VALUE) else _ATTRIBUTE_BUFFER for kind in wanted}
-    values, rv = _read_into(session, module_path, obj, sizes)
+    values, rv = _read_into(session, module_path, obj, {kind: _buffer_size(kind) for kind in wanted})
     if rv == CKR_BUFFER_TOO_SMALL:
         missing = [kind for kind in wanted if kind not in values]
         values.update(_read_sizing(session, module_path, obj, missing))
     return values
+
+
+@cache
+def _buffer_size(kind: int) -> int:
+    """A CK_ULONG attribute gets exactly sizeof(CK_ULONG), a CK_BBOOL one byte (NSS softokn leaves a
+    CK_ULONG attribute out when its buffer has another size); the rest a buffer they fit in."""
+    import pkcs11.attributes
+
+    import tokenagent.token.names  # noqa: F401  (it adds CKA_CERTIFICATE_CATEGORY to the table)
+
+    handler = pkcs11.attributes.ATTRIBUTE_TYPES.get(Attribute(kind)) if kind in Attribute._value2member_map_ else None
+    if handler is not None:
+        try:
+            packed = len(handler[0](0))
+        except (AttributeError, TypeError, ValueError):
+            packed = 0
+        if packed in (1, ctypes.sizeof(_ULONG)):
+            return packed
+    return _VALUE_BUFFER if kind == int(Attribute.VALUE) else _ATTRIBUTE_BUFFER
 
 
 def _read_into(
