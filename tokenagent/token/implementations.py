@@ -6,11 +6,16 @@ Differences the code acts on:
   is both CKA_SIGN and CKA_ENCRYPT, TPMA_OBJECT_DECRYPT both CKA_DECRYPT and CKA_VERIFY, on both
   halves; a template that sets one of a pair differently from the other (CKA_SIGN TRUE, CKA_ENCRYPT
   FALSE) is refused with CKR_GENERAL_ERROR ("attr mismatch", src/lib/attrs.c), and it knows no
-  CKA_WRAP/CKA_UNWRAP. So only the private half's CKA_SIGN/CKA_DECRYPT are given; the rest follow.
-  It signs RSA-PSS with the TPM's salt, which is the largest that fits (TPM 2.0 part 1, §B.7), not
-  the hash length, so PSS requests declare the salt the token really used.
+  CKA_WRAP/CKA_UNWRAP. So only the private half's CKA_SIGN/CKA_DECRYPT are given; the rest follow
+  (providers/plan.py `for_implementation`). It offers the RSA-PSS mechanisms only when the TPM signs
+  with a hash-length salt, the salt a request declares (a TPM that uses the largest salt gets none,
+  and the INF is refused before generation); swtpm does. P-521: refused before generation (its
+  signatures fail with CKR_HOST_MEMORY in 1.9).
 - NSS softokn: C_Initialize needs its configdir init string (token/modules.py, a p11-kit module
-  file's x-init-reserved); both of its tokens have serial 0000000000000000.
+  file's x-init-reserved); both of its tokens have serial 0000000000000000; its memory figures are
+  placeholders (token/tokeninfo.py); a CK_ULONG attribute must be read into exactly
+  sizeof(CK_ULONG) (token/raw.py).
+- SoftHSM: its file store can hold half-written objects after a kill (`LEAVES_HUSKS`).
 - ykcs11: PIV slots (providers/piv.py).
 """
 

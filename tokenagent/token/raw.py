@@ -1,17 +1,22 @@
-"""C_FindObjects and C_GetAttributeValue without python-pkcs11's object wrapper, for listings.
+"""PKCS#11 calls made directly, through the module's CK_FUNCTION_LIST, in the sessions python-pkcs11
+opened (the library is already initialized: the same shared object, the same session handle).
 
-python-pkcs11 turns every object a search finds into a Python class built from a bulk read of ten
-capability attributes; on SoftHSM that read fails (two attributes are PKCS#11 3.2's) and is retried
-one attribute at a time, so each object costs ~9 calls before tokenagent reads anything. On a
-smart card each call is an APDU round trip. A listing needs only handles and one read per object
-(its size query, then the values), so this module calls the module's functions directly, in the
-session python-pkcs11 opened (the library is already initialized: the same shared object, the
-same session handle). The functions come from the module's CK_FUNCTION_LIST (C_GetFunctionList),
-not from exported C_* symbols: NSS softokn and p11-kit-proxy export only C_GetFunctionList.
-Operations on objects (sign, destroy, set attributes) stay with python-pkcs11.
+Why (issue 15): on a smart card each call is an APDU round trip, and python-pkcs11 spends calls
+tokenagent does not need. It turns every object a search finds into a Python class built from a
+bulk read of ten capability attributes (on SoftHSM that read fails, two attributes being PKCS#11
+3.2's, and is retried one attribute at a time), asks for every attribute's size before reading
+it, asks for a signature's size before making it, reads CKA_KEY_TYPE before each signature, and
+adds usage attributes of its own to generation templates (FALSE, which tpm2-pkcs11 refuses). So:
+- searches give handles (`find_handles`) and `RawObject`s, which read in one call into buffers
+  sized in advance (`read_raw`) and write with C_SetAttributeValue;
+- `generate_key_pair` sends exactly the plan's templates; `sign` makes C_SignInit and one C_Sign;
+- `read_token_info` gives CK_TOKEN_INFO whole (free memory, the model's NUL padding);
+- `initialize`: C_Initialize with CK_C_INITIALIZE_ARGS.pReserved set to a module's init string,
+  which python-pkcs11 cannot pass (it calls C_Initialize(NULL)).
+Loading the module, the slot list and opening/closing sessions stay with python-pkcs11.
 
-It also holds `initialize`: C_Initialize with CK_C_INITIALIZE_ARGS.pReserved set to a module's init
-string, which python-pkcs11 cannot pass (it calls C_Initialize(NULL)).
+The functions come from C_GetFunctionList, not from exported C_* symbols: NSS softokn and
+p11-kit-proxy export only C_GetFunctionList.
 
 PKCS#11 v2.40 §5.7.7 (C_GetAttributeValue): for an attribute the token cannot give, it sets
 ulValueLen to CK_UNAVAILABLE_INFORMATION and returns CKR_ATTRIBUTE_SENSITIVE or
