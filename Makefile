@@ -18,12 +18,13 @@ BIN := $(VENV)/bin
 #   jq                the JSON examples in docs/commands.md (run by tests/test_docs_commands.py)
 #   vsmartcard-vpcd   virtual card readers for pcscd (the virtual PIV cards, tests/peers/piv.py)
 #   ykcs11            Yubico's PKCS#11 module, driven against those cards
-#   libnss3, libnss3-tools   NSS softokn (a second PKCS#11 implementation) and certutil (its listing)
+#   libnss3, libnss3-tools   NSS softokn (a second PKCS#11 implementation) and certutil (makes its database)
+#   p11-kit-modules   p11-kit-proxy.so: pkcs11-tool reaches NSS through it (it passes the init string)
 #   swtpm, libtpm2-pkcs11-1, tpm2-tools   a software TPM with tpm2-pkcs11 in front (the third one;
 #                     tpm2-tools flushes what a failed run leaves and checks the TPM's PSS salt)
 APT_PACKAGES := softhsm2 opensc opensc-pkcs11 gnutls-bin pcscd swig libpcsclite-dev gcc python3-dev \
 	libengine-pkcs11-openssl openssl python3-venv make p11-kit libkrb5-dev krb5-kdc krb5-admin-server krb5-user jq \
-	vsmartcard-vpcd ykcs11 libnss3 libnss3-tools swtpm libtpm2-pkcs11-1 tpm2-tools
+	vsmartcard-vpcd ykcs11 libnss3 libnss3-tools swtpm libtpm2-pkcs11-1 tpm2-tools p11-kit-modules
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup apt venv peers demo test lint bench clean

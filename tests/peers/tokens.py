@@ -6,9 +6,8 @@ the core-chain suite (tests/test_implementations.py) that runs the same tests on
     tpm.stop()                      # swtpm ends; the directory goes with pytest's tmp_path
 
 Each is an `Implementation`: the module spec for TOKENAGENT_MODULE, the token's label, the
-environment its processes need, and an independent listing of the token (pkcs11-tool for modules it
-can load; NSS's own certutil for softokn, which pkcs11-tool cannot initialize: it has no way to
-pass softokn's init string).
+environment its processes need, and an independent listing of the token by pkcs11-tool (for NSS
+through p11-kit-proxy, which passes softokn's init string: `Implementation._nss_listing`).
 
 swtpm has no resource manager in front of it: a TPM holds three transient objects, and tpm2-pkcs11
 leaves its transient objects behind when a command fails half-way (a refused key generation), so
@@ -58,15 +57,9 @@ class Implementation:
             subprocess.run(["tpm2_flushcontext", "-t"], env=self.env(), capture_output=True, check=False)
 
     def listing(self) -> str:
-        """The token's objects as a tool we did not write lists them (logged in)."""
+        """The token's objects as pkcs11-tool lists them (logged in): a tool we did not write."""
         if self.name == "nss":
-            database = f"sql:{self.directory / 'nss'}"
-            pin_file = self.directory / "nss" / "pin.txt"
-            keys = subprocess.run(
-                ["certutil", "-K", "-d", database, "-f", str(pin_file)], capture_output=True, text=True, check=False
-            )
-            certs = subprocess.run(["certutil", "-L", "-d", database], capture_output=True, text=True, check=False)
-            return keys.stdout + keys.stderr + certs.stdout
+            return self._nss_listing()
         result = subprocess.run(
             ["pkcs11-tool", "--module", self.library, "--token-label", self.token, "--login", "--pin", USER_PIN, "-O"],
             capture_output=True,
@@ -76,6 +69,37 @@ class Implementation:
         )
         if result.returncode != 0:
             raise AssertionError(f"pkcs11-tool -O on {self.name}: {result.stderr}")
+        return result.stdout
+
+    def _nss_listing(self) -> str:
+        """pkcs11-tool cannot give softokn its init string, but p11-kit-proxy passes a module file's
+        x-init-reserved, and p11-kit reads the user's module files (~/.config/pkcs11/modules),
+        except for root. So: a read-only copy of the database, a module file for it in a private
+        HOME, and pkcs11-tool through p11-kit-proxy.so, as user nobody when this runs as root."""
+        import shutil
+        import tempfile
+
+        proxy = next(Path("/usr/lib").glob("*-linux-gnu/p11-kit-proxy.so"), None)
+        assert proxy is not None, "p11-kit-proxy.so not found (Debian package p11-kit-modules)"
+        with tempfile.TemporaryDirectory(prefix="nss-listing-") as work:
+            copy, home = Path(work) / "db", Path(work) / "home"
+            shutil.copytree(self.directory / "nss", copy)
+            (home / ".config" / "pkcs11" / "modules").mkdir(parents=True)
+            init = f"configdir='sql:{copy}' certPrefix='' keyPrefix='' secmod='secmod.db' flags=readOnly"
+            (home / ".config" / "pkcs11" / "modules" / "nss-listing.module").write_text(
+                f"module: {self.library}\nx-init-reserved: {init}\n"
+            )
+            for path in [Path(work), *Path(work).rglob("*")]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.getuid() == 0 else []
+            config = home / ".config"
+            result = subprocess.run(
+                [*as_user, "env", f"HOME={home}", f"XDG_CONFIG_HOME={config}", "pkcs11-tool", "--module", str(proxy),
+                 "--token-label", self.token, "--login", "--pin", USER_PIN, "-O"],
+                capture_output=True, text=True, check=False, cwd=work,
+            )  # fmt: skip
+        if result.returncode != 0:
+            raise AssertionError(f"pkcs11-tool -O through p11-kit-proxy on NSS: {result.stderr}")
         return result.stdout
 
     def stop(self) -> None:
