@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pkcs11 import Attribute, KeyType, ObjectClass
+from pkcs11 import Attribute, ObjectClass
 
 from tokenagent.errors import CapacityError, TokenOperationError
 from tokenagent.token import raw
@@ -14,8 +14,6 @@ from tokenagent.token.ckr import rv_name
 from tokenagent.token.names import mechanism, template
 from tokenagent.token.objects import destroy_objects, ec_spki, key_id_for, rsa_spki
 from tokenagent.token.session import TokenSession
-
-_KEY_TYPES = {"CKK_RSA": KeyType.RSA, "CKK_EC": KeyType.EC}
 
 
 @dataclass(frozen=True)
@@ -95,7 +93,7 @@ def generate_key_pair(
     name = f"'{ts.handle.label}'"
     public_attrs, private_attrs = _exact_templates(public_template, private_template, fixed_id or temporary_id)
     path = ts.handle.module.path
-    if _KEY_TYPES[key_type] == KeyType.RSA and Attribute.PUBLIC_EXPONENT not in public_attrs:
+    if key_type == "CKK_RSA" and Attribute.PUBLIC_EXPONENT not in public_attrs:
         raise ValueError("an RSA template must set CKA_PUBLIC_EXPONENT")  # planning always does
     code, public_handle, private_handle = raw.generate_key_pair(
         ts.session, path, int(mechanism(generation_mechanism)), public_attrs, private_attrs

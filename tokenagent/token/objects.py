@@ -21,6 +21,7 @@ from pkcs11.exceptions import PKCS11Error
 
 from tokenagent.display import dn_text
 from tokenagent.errors import TokenOperationError
+from tokenagent.token import raw
 from tokenagent.token.library import TokenHandle
 from tokenagent.token.names import rv
 from tokenagent.token.uri import Pkcs11Uri
@@ -118,8 +119,6 @@ class ObjectInfo:
 
 def _describe_values(raw_values: dict[int, bytes], token: TokenHandle) -> ObjectInfo:
     """One object as `objects` lists it, from the raw attribute bytes token/raw.py read."""
-    from tokenagent.token import raw
-
     object_class = raw.as_int(raw_values.get(Attribute.CLASS))
     label = raw.as_text(raw_values.get(Attribute.LABEL))
     object_id = raw_values.get(Attribute.ID)
@@ -254,8 +253,6 @@ def list_objects(session: pkcs11.Session, token: TokenHandle) -> list[ObjectInfo
 
     Two calls per object (token/raw.py) plus one more for a certificate's value; python-pkcs11's
     objects cost ~9 calls each on SoftHSM before anything was read."""
-    from tokenagent.token import raw
-
     order = {"private-key": 0, "public-key": 1, "secret-key": 2, "certificate": 3, "data": 4}
     path = token.module.path
     infos = []
@@ -292,8 +289,6 @@ def search(session: pkcs11.Session, template: dict[Attribute, Any]) -> list[Any]
     """C_FindObjects*; a token that fails the search is a `TokenOperationError`, not a crash. In a
     `TokenSession`'s session the objects are `raw.RawObject`s (one search, then one read per need:
     issue 15), else python-pkcs11's."""
-    from tokenagent.token import raw
-
     path = raw.module_of(session)
     if path is not None:
         return [raw.RawObject(session, path, handle) for handle in raw.find_handles(session, path, template)]

@@ -35,6 +35,7 @@ import pkcs11
 from pkcs11 import Attribute
 
 from tokenagent.errors import TokenOperationError
+from tokenagent.token.ckr import exception_class_name, rv_name
 
 CK_UNAVAILABLE_INFORMATION = ctypes.c_ulong(-1).value
 CKR_OK = 0x000
@@ -264,7 +265,7 @@ def find_handles(session: pkcs11.Session, module_path: str, values: Mapping[Attr
     template, _buffers = _template(values)  # kept alive until the search is over
     rv = library.C_FindObjectsInit(handle, template if values else None, ctypes.c_ulong(len(values)))
     if rv != CKR_OK:
-        raise TokenOperationError(f"the token failed a search of its objects ({_rv_name(rv)})")
+        raise TokenOperationError(f"the token failed a search of its objects ({rv_name(rv)})")
     found: list[int] = []
     try:
         batch = (ctypes.c_ulong * _BATCH)()
@@ -272,7 +273,7 @@ def find_handles(session: pkcs11.Session, module_path: str, values: Mapping[Attr
         while True:
             rv = library.C_FindObjects(handle, batch, ctypes.c_ulong(_BATCH), ctypes.byref(count))
             if rv != CKR_OK:
-                raise TokenOperationError(f"the token failed a search of its objects ({_rv_name(rv)})")
+                raise TokenOperationError(f"the token failed a search of its objects ({rv_name(rv)})")
             found.extend(batch[i] for i in range(count.value))
             if count.value < _BATCH:
                 break
@@ -336,7 +337,7 @@ def _read_into(
         _library(module_path).C_GetAttributeValue(_ULONG(session.handle), _ULONG(obj), template, _ULONG(len(wanted)))
     )
     if rv not in (CKR_OK, CKR_BUFFER_TOO_SMALL, *_PARTIAL):
-        raise TokenOperationError(f"the token refused to read an object's attributes ({_rv_name(rv)})")
+        raise TokenOperationError(f"the token refused to read an object's attributes ({rv_name(rv)})")
     values = {
         int(t.type): buffer.raw[: t.ulValueLen]
         for t, buffer in zip(template, buffers, strict=True)
@@ -352,7 +353,7 @@ def _read_sizing(session: pkcs11.Session, module_path: str, obj: int, wanted: li
     template = (CK_ATTRIBUTE * len(wanted))(*(CK_ATTRIBUTE(a, None, 0) for a in wanted))
     rv = _library(module_path).C_GetAttributeValue(_ULONG(session.handle), _ULONG(obj), template, _ULONG(len(wanted)))
     if rv not in (CKR_OK, *_PARTIAL):
-        raise TokenOperationError(f"the token refused to read an object's attributes ({_rv_name(rv)})")
+        raise TokenOperationError(f"the token refused to read an object's attributes ({rv_name(rv)})")
     sizes = {int(t.type): int(t.ulValueLen) for t in template if t.ulValueLen != CK_UNAVAILABLE_INFORMATION}
     return _read_into(session, module_path, obj, sizes)[0] if sizes else {}
 
@@ -393,12 +394,6 @@ class RawObject:
             raise exception_for(rv)
 
 
-def _rv_name(rv: int) -> str:
-    from tokenagent.token.ckr import rv_name
-
-    return rv_name(rv)
-
-
 @cache
 def _mapper() -> Any:
     # made on first use: token/names.py registers CKA_CERTIFICATE_CATEGORY in the table it copies
@@ -416,8 +411,6 @@ def _unpack(attribute: Attribute, value: bytes) -> Any:
 
 def exception_for(rv: int) -> Exception:
     """The python-pkcs11 exception for a CKR value, as python-pkcs11 itself would raise it."""
-    from tokenagent.token.ckr import exception_class_name
-
     cls = getattr(pkcs11.exceptions, exception_class_name(rv), None)
     if isinstance(cls, type) and issubclass(cls, pkcs11.exceptions.PKCS11Error):
         return cls()
@@ -431,6 +424,10 @@ _SESSION_MODULES: dict[int, tuple[pkcs11.Session, str]] = {}
 
 def register_session(session: pkcs11.Session, module_path: str) -> None:
     _SESSION_MODULES[id(session)] = (session, module_path)
+
+
+def forget_session(session: pkcs11.Session) -> None:
+    _SESSION_MODULES.pop(id(session), None)
 
 
 def module_of(session: pkcs11.Session) -> str | None:

@@ -133,6 +133,7 @@ class TokenSession:
         return self._signing_pin
 
     def close(self) -> None:
+        raw.forget_session(self.session)
         try:
             self.session.close()
         except PKCS11Error as exc:  # a removed token cannot be logged out; nothing to undo
