@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from tokenagent.ca.answers import Answer
@@ -31,16 +31,54 @@ class CaRequest:
     attributes: tuple[tuple[str, str], ...] = ()  # certreq -attrib pairs, in order
     sender_nonce: bytes | None = None  # CMC senderNonce, which the response must echo as recipientNonce
     transaction_id: int | None = None  # CMC transactionId
+    #: the request's key on its token, when the command has a session on it (`enroll`); not compared
+    key: RequesterKey | None = field(default=None, compare=False, repr=False)
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.der).hexdigest()
 
 
+class RequesterKey(Protocol):
+    """The request's own private key, on its token, for protocols that use it beyond the request's
+    signature: SCEP signs its pkiMessage with it and decrypts the CertRep with it, CMP signs the
+    proof of possession and may protect messages with it, EST re-enrollment authenticates TLS with it.
+
+    Made by `enroll` (enroll/requester_key.py) from the session the key was generated in; a command
+    without a token session (`submit`, `retrieve`) has none, and such a connector says so.
+    """
+
+    #: "RSA" or "EC"
+    family: str
+    #: DER SubjectPublicKeyInfo
+    public_key_info: bytes
+    #: pkcs11: URI of the private key (for an external TLS client such as curl with libp11)
+    uri: str
+
+    def sign(self, data: bytes, hash_name: str = "sha256") -> bytes:
+        """An X.509-shaped signature over ``data``: RSA PKCS#1 v1.5, or ECDSA as DER (r, s)."""
+        ...
+
+    def decrypt(self, ciphertext: bytes) -> bytes:
+        """RSA PKCS#1 v1.5 key transport undone on the token (C_Decrypt with CKM_RSA_PKCS)."""
+        ...
+
+
+@dataclass(frozen=True)
+class KeyNeeds:
+    """What a CA protocol needs from the key it certifies, checked before the key is generated."""
+
+    protocol: str
+    families: tuple[str, ...] | None = None  # None: any family tokenagent makes
+    decrypt: bool = False  # the private key must have CKA_DECRYPT (RSA key transport to the requester)
+    signs_messages: bool = False  # the protocol signs with the key beyond the request (needs a session)
+    why: str = ""  # for the plan's notes and the refusal
+
+
 class Connector(Protocol):
     """One CA endpoint. Knows nothing about tokens; never raises for what the CA answers."""
 
-    #: the protocol ("file", "cmc", "certsrv")
+    #: the protocol ("file", "cmc", "certsrv", "scep", "acme", "cmp", "est", "cfssl")
     protocol: str
 
     def describe(self) -> str:
@@ -79,6 +117,12 @@ def ca_request(der: bytes, attributes: Sequence[tuple[str, str]] = (), what: str
         sender_nonce=nonce,
         transaction_id=transaction,
     )
+
+
+def request_public_key_info(der: bytes, what: str = "request") -> bytes:
+    """The DER SubjectPublicKeyInfo of a request (PKCS#10, or the one inside PKCS7 / CMC)."""
+    inner = inner_certification_request(der, what) if content_type_of(der) is not None else der
+    return _spki(inner)
 
 
 def certificate_key_sha256(certificate_der: bytes) -> str:

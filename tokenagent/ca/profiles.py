@@ -6,8 +6,16 @@
 ``cmc+https://HOST/PATH``       CMC over HTTP(S) (RFC 5273), e.g. django-ca-cmc's /cmc/SERIAL/
 ``certsrv+https://HOST/certsrv`` AD CS web enrollment; a plain https URL ending in /certsrv too
 ``HOST\\CA Name``                certreq's form: AD CS web enrollment at https://HOST/certsrv
+``scep+http://HOST/scep``       SCEP (RFC 8894), e.g. NDES's /certsrv/mscep/mscep.dll
+``acme+https://HOST/dir``       ACME (RFC 8555): the directory URL
+``cmp+http://HOST/pkix/``       CMP over HTTP (RFC 4210, 9483, 6712)
+``est+https://HOST[/label]``    EST (RFC 7030): /.well-known/est[/label] on HOST
+``cfssl+http://HOST:8888``      cfssl's JSON API (/api/v1/cfssl/...)
 ``NAME``                        the profile [ca.NAME] of cas.toml
 ==============================  ==========================================================
+
+Each protocol adds its own cas.toml keys (`PROTOCOL_SPECS`; docs/ca.md has one section per
+protocol); a key of another protocol is refused by name.
 
 cas.toml files are read in this order, later ones overriding earlier profiles by name (as
 providers.toml): ``/etc/tokenagent/cas.toml``, ``$XDG_CONFIG_HOME/tokenagent/cas.toml``,
@@ -34,6 +42,7 @@ A password never goes into cas.toml, a URL or the command line: only its source 
 
 from __future__ import annotations
 
+import importlib
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -41,7 +50,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tokenagent.ca.connector import Connector
+from tokenagent.ca.connector import Connector, KeyNeeds
 from tokenagent.ca.http import AUTH_METHODS, DEFAULT_TIMEOUT, HttpSettings, parse_base_url
 from tokenagent.errors import CAConfigError, InputError, UsageError
 from tokenagent.inputs import read_input
@@ -49,9 +58,62 @@ from tokenagent.secret_sources import parse_secret_source
 
 ENV_CAS = "TOKENAGENT_CAS"
 SYSTEM_CAS = Path("/etc/tokenagent/cas.toml")
-PROTOCOLS = ("file", "cmc", "certsrv")
 _KEYS = {"url", "trust", "ca_bundle", "auth", "user", "password_source", "template", "attributes", "timeout"}
 MAX_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """A CA protocol: its URL schemes, where its connector lives, and its own cas.toml keys.
+
+    ``connector`` names a module with ``connector_for(profile, settings, trust) -> Connector`` and,
+    when the protocol needs something of the key before it is generated, ``key_needs(profile) ->
+    KeyNeeds | None``. It is imported only when a profile of the protocol is used.
+    """
+
+    name: str
+    transports: tuple[str, ...]  # the schemes after "name+": http, https
+    connector: str  # a module of tokenagent.ca
+    keys: dict[str, type]  # protocol keys of cas.toml and their TOML types (str, bool, int, list)
+    secret_keys: tuple[str, ...] = ()  # those of the keys that name a secret's source (env:, file:, fd:, prompt)
+    path_keys: tuple[str, ...] = ()  # those that name files, relative to the cas.toml that says them
+
+
+PROTOCOL_SPECS: dict[str, ProtocolSpec] = {
+    spec.name: spec
+    for spec in (
+        ProtocolSpec("scep", ("http", "https"), "scep", {"challenge_source": str}, ("challenge_source",)),
+        ProtocolSpec(
+            "acme",
+            ("https", "http"),
+            "acme",
+            {"account_key": str, "contact": str, "challenge": str, "hook": str, "http_port": int},
+            path_keys=("account_key", "hook"),
+        ),
+        ProtocolSpec(
+            "cmp",
+            ("http", "https"),
+            "cmp",
+            {"secret_source": str, "reference": str, "recipient": str, "body": str, "implicit_confirm": bool},
+            ("secret_source",),
+        ),
+        ProtocolSpec(
+            "est",
+            ("https", "http"),
+            "est",
+            {"client_auth": str, "client_certificate": str},
+            path_keys=("client_certificate",),
+        ),
+        ProtocolSpec(
+            "cfssl",
+            ("http", "https"),
+            "cfssl",
+            {"profile": str, "label": str, "auth_key_source": str},
+            ("auth_key_source",),
+        ),
+    )
+}
+PROTOCOLS = ("file", "cmc", "certsrv", *PROTOCOL_SPECS)
 
 
 @dataclass(frozen=True)
@@ -71,6 +133,12 @@ class CaProfile:
     template: str | None = None
     attributes: tuple[tuple[str, str], ...] = ()
     timeout: float = DEFAULT_TIMEOUT
+    #: the protocol's own keys (PROTOCOL_SPECS[protocol].keys), sorted by name; sources, never secrets
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, key: str, default: Any = None) -> Any:
+        """A protocol key of the profile (``extra``), or ``default``."""
+        return dict(self.extra).get(key, default)
 
     def describe(self) -> str:
         where = f"file:{self.url}" if self.protocol == "file" else self.url
@@ -92,6 +160,7 @@ class CaProfile:
             "template": self.template,
             "attributes": [f"{n}:{v}" for n, v in self.attributes],
             "timeout": self.timeout,
+            **{key: (str(value) if isinstance(value, Path) else value) for key, value in self.extra},
         }
 
 
@@ -131,8 +200,10 @@ def profile_for_url(config: str, *, known: Sequence[str] = ()) -> CaProfile:
         if directory.startswith("//"):
             directory = directory[2:]
         return CaProfile(config, "file", str(Path(directory or ".").absolute()))
-    for protocol in ("cmc", "certsrv"):
-        for scheme in ("http", "https"):
+    transports: dict[str, tuple[str, ...]] = {"cmc": ("http", "https"), "certsrv": ("http", "https")}
+    transports.update({spec.name: spec.transports for spec in PROTOCOL_SPECS.values()})
+    for protocol, schemes in transports.items():
+        for scheme in schemes:
             prefix = f"{protocol}+{scheme}://"
             if text.lower().startswith(prefix):
                 url = f"{scheme}://{text[len(prefix) :]}"
@@ -152,7 +223,8 @@ def profile_for_url(config: str, *, known: Sequence[str] = ()) -> CaProfile:
             return CaProfile(config, "certsrv", f"https://{host}/certsrv")
     listed = ", ".join(known) if known else "none (no cas.toml found)"
     raise CAConfigError(
-        f"--config {text}: neither a CA URL (file:, cmc+https://, certsrv+https://, HOST\\CA) nor a profile "
+        f"--config {text}: neither a CA URL (file:, cmc+, certsrv+, scep+, acme+, cmp+, est+ or cfssl+https://..., "
+        "HOST\\CA) nor a profile "
         f"of cas.toml (known: {listed})"
     )
 
@@ -199,16 +271,20 @@ def load_cas(
 
 def _profile(name: str, table: Mapping[str, Any], path: Path) -> CaProfile:
     where = f"{path}: [ca.{name}]"
-    unknown = set(table) - _KEYS
-    if unknown:
-        raise InputError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
     url = table.get("url")
     if not isinstance(url, str):
-        raise InputError(f'{where}: needs url = "file:DIR", "cmc+https://..." or "certsrv+https://..."')
+        raise InputError(f'{where}: needs url = "file:DIR", "cmc+https://...", "scep+http://..." (docs/ca.md)')
     try:
         base = profile_for_url(url)
     except CAConfigError as exc:
         raise InputError(f"{where}: {exc.message}") from None
+    spec = PROTOCOL_SPECS.get(base.protocol)
+    unknown = set(table) - _KEYS - set(spec.keys if spec else ())
+    if unknown:
+        owners = {key: other.name for other in PROTOCOL_SPECS.values() for key in other.keys if other is not spec}
+        said = ", ".join(f"{key} (a {owners[key]} key)" if key in owners else key for key in sorted(unknown))
+        raise InputError(f"{where}: unknown keys {said} (not keys of a {base.protocol} CA)")
+    extra = _extra(table, spec, path, where) if spec else ()
     texts = {
         key: _text(table, key, where) for key in ("trust", "ca_bundle", "auth", "user", "password_source", "template")
     }
@@ -235,7 +311,29 @@ def _profile(name: str, table: Mapping[str, Any], path: Path) -> CaProfile:
         template=texts["template"],
         attributes=pairs,
         timeout=float(timeout),
+        extra=extra,
     )
+
+
+def _extra(table: Mapping[str, Any], spec: ProtocolSpec, path: Path, where: str) -> tuple[tuple[str, Any], ...]:
+    """The protocol's own keys, type-checked; file keys made absolute; secret sources parsed (not read)."""
+    names = {str: "a string", bool: "true or false", int: "a whole number", list: "a list"}
+    found: list[tuple[str, Any]] = []
+    for key, kind in sorted(spec.keys.items()):
+        if key not in table:
+            continue
+        value = table[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InputError(f"{where}: {key} must be {names.get(kind, kind.__name__)}")
+        if key in spec.path_keys:
+            value = str(_relative(str(value), path))
+        if key in spec.secret_keys:
+            try:
+                parse_secret_source(value, key, f"{where}: {key}")
+            except UsageError as exc:
+                raise InputError(f"{where}: {exc.message}") from None
+        found.append((key, value))
+    return tuple(found)
 
 
 def _text(table: Mapping[str, Any], key: str, where: str) -> str | None:
@@ -287,23 +385,31 @@ def parse_attributes(texts: Sequence[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def key_needs(profile: CaProfile) -> KeyNeeds | None:
+    """What the profile's protocol needs of the key, before it is generated (SCEP: RSA that decrypts)."""
+    spec = PROTOCOL_SPECS.get(profile.protocol)
+    if spec is None:
+        return None
+    module = importlib.import_module(f"tokenagent.ca.{spec.connector}")
+    needs = getattr(module, "key_needs", None)
+    return needs(profile) if needs is not None else None
+
+
 def open_connector(profile: CaProfile) -> Connector:
     """The connector for a resolved profile (nothing is contacted yet)."""
     from tokenagent.ca.trust import load_trust
 
     trust = load_trust(profile.trust) if profile.trust is not None else ()
+    spec = PROTOCOL_SPECS.get(profile.protocol)
+    if spec is not None:
+        module = importlib.import_module(f"tokenagent.ca.{spec.connector}")
+        connector: Connector = module.connector_for(profile, http_settings(profile), trust)
+        return connector
     if profile.protocol == "file":
         from tokenagent.ca.filedrop import FileDropConnector
 
         return FileDropConnector(Path(profile.url), trust=trust)
-    source = (
-        parse_secret_source(profile.password_source, "password", "CA password source")
-        if profile.password_source
-        else None
-    )
-    settings = HttpSettings(
-        timeout=profile.timeout, ca_bundle=profile.ca_bundle, auth=profile.auth, user=profile.user, password=source
-    )
+    settings = http_settings(profile)
     if profile.protocol == "cmc":
         from tokenagent.ca.cmc_http import CmcHttpConnector
 
@@ -312,4 +418,16 @@ def open_connector(profile: CaProfile) -> Connector:
 
     return CertsrvConnector(
         profile.url, settings, template=profile.template, attributes=profile.attributes, trust=trust
+    )
+
+
+def http_settings(profile: CaProfile) -> HttpSettings:
+    """The HTTP client's settings of a profile (its password as a source, read only when asked)."""
+    source = (
+        parse_secret_source(profile.password_source, "password", "CA password source")
+        if profile.password_source
+        else None
+    )
+    return HttpSettings(
+        timeout=profile.timeout, ca_bundle=profile.ca_bundle, auth=profile.auth, user=profile.user, password=source
     )

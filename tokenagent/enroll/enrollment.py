@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from tokenagent.ca.answers import Answer, Issued, error_for
-from tokenagent.ca.connector import ca_request
-from tokenagent.ca.profiles import CaProfile
+from tokenagent.ca.connector import CaRequest, ca_request, request_public_key_info
+from tokenagent.ca.profiles import CaProfile, key_needs
 from tokenagent.enroll.accept import AcceptOptions, AcceptResult, accept_response
 from tokenagent.enroll.new import (
     NewOptions,
@@ -97,7 +97,8 @@ def enroll_policy(
         raise UsageError("enroll has no dry run: use tokenagent new --dry-run to see the plan")
     profile = options.ca.resolve()  # a wrong --config fails before any key exists
     pairs = options.ca.pairs()
-    new_options = replace(options.new, submission=submission_template(profile, options.ca))
+    needs = key_needs(profile)  # SCEP: an RSA key that decrypts; refused or planned before generation
+    new_options = replace(options.new, submission=submission_template(profile, options.ca), ca_needs=needs)
     prepared = prepare(new_options, warn)
     with contextlib.ExitStack() as stack:
         stack.enter_context(lock_selection(prepared, warn))
@@ -118,6 +119,8 @@ def enroll_policy(
         record = (PendingStore(prepared.store_path), pending)
         with _kept_pending(pending):
             request = ca_request(made.outcome.der, pairs, "the new request")
+            if needs is not None and needs.signs_messages:
+                request = lend_key(request, session, made.key_uri() or "")
             if on_status is not None:  # a CA can take seconds (or its timeout) to answer
                 on_status(f"sending the request to {profile.describe()} (pending request {pending.id})...")
             with Exchange(profile, options.ca, record) as exchange:
@@ -241,6 +244,9 @@ def resume(options: ResumeOptions, *, on_warning: Warn | None = None) -> ResumeR
             when = f"{job.submission.retry_after:%Y-%m-%d %H:%M:%S} UTC"
             job.item = _item(job, "waiting", f"the CA asked to be asked again after {when} (--now asks anyway)")
             continue
+        if _signs_with_key(job, options):
+            _ask_with_key(job, options, warn)  # SCEP, CMP: asking again needs the key, so the token first
+            continue
         _ask(job, options)
     by_token: dict[tuple[str, str], list[_Work]] = {}
     for job in work:
@@ -277,6 +283,58 @@ def _select(options: ResumeOptions) -> list[_Work]:
     return work
 
 
+def _ca_options(job: _Work, options: ResumeOptions) -> CaOptions | None:
+    return options.ca or (stored_ca_options(job.submission) if job.submission is not None else None)
+
+
+def _signs_with_key(job: _Work, options: ResumeOptions) -> bool:
+    """Whether asking the CA again needs the request's key (a protocol that signs its messages)."""
+    submission = job.submission
+    if submission is not None and submission.state == "issued" and submission.response and options.ca is None:
+        return False
+    try:
+        ca_options = _ca_options(job, options)
+        needs = key_needs(ca_options.resolve()) if ca_options is not None else None
+    except TokenAgentError:
+        return False  # `_ask` reports it
+    return needs is not None and needs.signs_messages
+
+
+def _ask_with_key(job: _Work, options: ResumeOptions, warn: Warn) -> None:
+    """Open the key's token, ask the CA with the key lent, and install in the same session."""
+    ca_options = _ca_options(job, options)
+    assert ca_options is not None
+    try:
+        profile = ca_options.resolve()
+        session = _open(job.record, options.target, warn)
+    except TokenAgentError as exc:
+        job.item = _item(job, "failed", exc.one_line(), exc)
+        return
+    with session:
+        try:
+            request = ca_request(job.record.request_der, ca_options.pairs(), f"pending request {job.record.id}")
+            request = lend_key(request, session, "")
+            with Exchange(profile, ca_options, (job.store, job.record)) as exchange:
+                answer = exchange.ask(request)
+            job.issued = _issued(answer, profile, job.record)
+            check_for_request(job.issued, request, profile)
+        except RequestPendingError as exc:
+            job.item = _item(job, "pending", exc.one_line(), exc)
+            return
+        except TokenAgentError as exc:
+            job.item = _item(job, "failed", exc.one_line(), exc)
+            return
+        _install_in(session, [job], options, warn)
+
+
+def lend_key(request: CaRequest, session: TokenSession, uri: str) -> CaRequest:
+    """``request`` with its key on ``session`` lent for the exchange (`ca.connector.RequesterKey`)."""
+    from tokenagent.enroll.requester_key import requester_key
+
+    spki = request_public_key_info(request.der)
+    return replace(request, key=requester_key(session, spki, uri))
+
+
 def _ask(job: _Work, options: ResumeOptions) -> None:
     submission = job.submission
     try:
@@ -308,26 +366,30 @@ def _install(jobs: list[_Work], options: ResumeOptions, warn: Warn) -> None:
             job.item = _item(job, "failed", f"the certificate is kept for later: {exc.one_line()}", exc)
         return
     with session:
-        for job in jobs:
-            assert job.issued is not None
-            try:
-                accepted = accept_response(
-                    job.issued.response,
-                    f"the CA's answer for pending request {job.record.id}",
-                    AcceptOptions(
-                        target=options.target,
-                        machine=job.record.machine,
-                        chain=options.chain,
-                        state_dir=options.state_dir,
-                        run_key_test=options.run_key_test,
-                    ),
-                    on_warning=warn,
-                    session=session,
-                )
-            except TokenAgentError as exc:
-                job.item = _item(job, "failed", exc.one_line(), exc)
-                continue
-            job.item = _item(job, "installed", accepted.outcome.installed.pair.certificate_uri, accepted=accepted)
+        _install_in(session, jobs, options, warn)
+
+
+def _install_in(session: TokenSession, jobs: list[_Work], options: ResumeOptions, warn: Warn) -> None:
+    for job in jobs:
+        assert job.issued is not None
+        try:
+            accepted = accept_response(
+                job.issued.response,
+                f"the CA's answer for pending request {job.record.id}",
+                AcceptOptions(
+                    target=options.target,
+                    machine=job.record.machine,
+                    chain=options.chain,
+                    state_dir=options.state_dir,
+                    run_key_test=options.run_key_test,
+                ),
+                on_warning=warn,
+                session=session,
+            )
+        except TokenAgentError as exc:
+            job.item = _item(job, "failed", exc.one_line(), exc)
+            continue
+        job.item = _item(job, "installed", accepted.outcome.installed.pair.certificate_uri, accepted=accepted)
 
 
 def _open(record: PendingRequest, target: TokenTarget, warn: Warn) -> TokenSession:

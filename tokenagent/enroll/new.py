@@ -65,6 +65,7 @@ from tokenagent.token.tokeninfo import FactNeeds, gather_facts
 from tokenagent.token.uri import Pkcs11Uri
 
 if TYPE_CHECKING:  # the agent and CMS/CMC rooms are imported only by the requests that use them
+    from tokenagent.ca.connector import KeyNeeds
     from tokenagent.enroll.agent import Agent, AgentOptions
     from tokenagent.request.cmc import CmcControls
 
@@ -96,6 +97,8 @@ class NewOptions:
     pop_link: bool = False  # RequestType = CMC with a shared secret: popLinkWitnessV2 inside the PKCS#10
     #: `tokenagent enroll`: the CA the request is for, recorded with it in one transaction
     submission: CaSubmission | None = None
+    #: `enroll`: what the CA's protocol needs of the key (SCEP: RSA with CKA_DECRYPT), checked in the plan
+    ca_needs: KeyNeeds | None = None
 
 
 @dataclass(frozen=True)
@@ -375,7 +378,7 @@ def prepare(options: NewOptions, warn: Warn, *, registry: ProviderRegistry | Non
     registry = registry if registry is not None else load_registry(options.providers)
     provider = registry.lookup(policy.provider_name, policy.where("provider_name"))
     machine = policy.machine_key_set if options.machine is None else options.machine
-    plan = plan_key(policy, provider, machine=machine)
+    plan = plan_key(policy, provider, machine=machine, ca_needs=options.ca_needs)
     for note in plan.notes:
         log.info("%s", note)
     if plan.silent and not options.dry_run and not provider.profile.pin_pad:
@@ -406,7 +409,7 @@ def for_token(prepared: Prepared, handle: TokenHandle) -> Prepared:
     provider = prepared.provider
     if handle.is_piv and provider.profile.name != "piv" and prepared.piv_profile is not None:
         provider = replace(provider, profile=prepared.piv_profile)
-        plan = plan_key(prepared.policy, provider, machine=prepared.machine)
+        plan = plan_key(prepared.policy, provider, machine=prepared.machine, ca_needs=prepared.options.ca_needs)
         for note in plan.notes:
             log.info("%s", note)
         return replace(prepared, provider=provider, plan=plan)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenagent.errors import CapacityError, PolicyError
 from tokenagent.inf.policy import KeyProtection, RequestPolicy, RequestType
@@ -17,6 +17,9 @@ from tokenagent.providers.piv import PivSlot, choose_slot
 from tokenagent.providers.registry import ProviderEntry, check_provider_type
 from tokenagent.token.facts import SignMechanism
 from tokenagent.token.implementations import TPM2_PKCS11
+
+if TYPE_CHECKING:
+    from tokenagent.ca.connector import KeyNeeds
 
 #: named curves: INF curve -> (SEC 2 name, DER of the namedCurve OID = CKA_EC_PARAMS)
 CURVES: dict[str, tuple[str, bytes]] = {
@@ -109,13 +112,19 @@ def _json(value: Any) -> Any:
     return value.hex() if isinstance(value, bytes) else value
 
 
-def plan_key(policy: RequestPolicy, provider: ProviderEntry, *, machine: bool | None = None) -> KeyPlan:
+def plan_key(
+    policy: RequestPolicy, provider: ProviderEntry, *, machine: bool | None = None, ca_needs: KeyNeeds | None = None
+) -> KeyPlan:
     """Map the INF's key settings onto PKCS#11. Raises PolicyError (file:line) when the provider cannot.
+
+    ``ca_needs``: what the CA protocol the request goes to needs of the key (`enroll` with a SCEP
+    CA: an RSA key that can decrypt), refused or added here, before any key exists.
 
     Each step returns its part of the plan and its notes; the notes are joined in step order, which
     is the order --dry-run prints them in.
     """
     family = policy.key_family
+    _check_ca_needs(policy, family, ca_needs)
     if provider.profile.name == "piv":
         return _plan_piv(policy, provider, family, machine)
     if provider.profile.kind != "smartcard":  # a smart card may still turn out to be a PIV card
@@ -126,6 +135,9 @@ def plan_key(policy: RequestPolicy, provider: ProviderEntry, *, machine: bool | 
     exportable, export_notes = _export(policy, provider)
     _check_archival(policy, provider)
     usages, usage_notes = _usages(policy, family)
+    if ca_needs is not None and ca_needs.decrypt and not usages.decrypt:
+        usages = replace(usages, decrypt=True)
+        usage_notes.append(f"CKA_DECRYPT = TRUE: {ca_needs.why}")
     always_authenticate, protection_notes = _protection(policy)
     label, label_generated = _label(policy)
     templates = _templates(
@@ -181,6 +193,15 @@ def _check_algorithm(policy: RequestPolicy, provider: ProviderEntry, family: str
             "generate them)"
         )
     check_provider_type(provider, policy.provider_type, family, policy.where("provider_name"))
+
+
+def _check_ca_needs(policy: RequestPolicy, family: str, needs: KeyNeeds | None) -> None:
+    if needs is None or needs.families is None or family in needs.families:
+        return
+    raise PolicyError(
+        f"{policy.where('key_algorithm')}: KeyAlgorithm = {policy.key_algorithm} makes a {family} key, and "
+        f"{needs.protocol} needs {' or '.join(needs.families)}: {needs.why}; nothing was generated"
+    )
 
 
 def _refuse_scep(policy: RequestPolicy) -> None:
