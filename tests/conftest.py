@@ -58,6 +58,7 @@ TOKENS = [
     "ta-cagent",
     "ta-causer",
     "ta-impl",
+    "ta-blank",
 ]
 
 
