@@ -54,9 +54,16 @@ class RequesterKey(Protocol):
     public_key_info: bytes
     #: pkcs11: URI of the private key (for an external TLS client such as curl with libp11)
     uri: str
+    #: the PKCS#11 module the key's token is reached through (for that external client)
+    module_path: str
 
     def sign(self, data: bytes, hash_name: str = "sha256") -> bytes:
         """An X.509-shaped signature over ``data``: RSA PKCS#1 v1.5, or ECDSA as DER (r, s)."""
+        ...
+
+    def external_pin(self) -> bytes | None:
+        """The token's user PIN for that external client (passed through a pipe, never argv);
+        None when the token authenticates on a PIN pad."""
         ...
 
     def decrypt(self, ciphertext: bytes) -> bytes:

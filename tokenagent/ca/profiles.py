@@ -68,7 +68,9 @@ class ProtocolSpec:
 
     ``connector`` names a module with ``connector_for(profile, settings, trust) -> Connector`` and,
     when the protocol needs something of the key before it is generated, ``key_needs(profile) ->
-    KeyNeeds | None``. It is imported only when a profile of the protocol is used.
+    KeyNeeds | None``, and when `enroll` must put attributes into the PKCS#10 it signs (SCEP's
+    challengePassword), ``request_attributes(profile) -> list[csr.CRIAttribute]``. It is imported
+    only when a profile of the protocol is used.
     """
 
     name: str
@@ -87,7 +89,15 @@ PROTOCOL_SPECS: dict[str, ProtocolSpec] = {
             "acme",
             ("https", "http"),
             "acme",
-            {"account_key": str, "contact": str, "challenge": str, "hook": str, "http_port": int},
+            {
+                "account_key": str,
+                "contact": str,
+                "challenge": str,
+                "hook": str,
+                "http_port": int,
+                "http_address": str,
+                "wait": int,
+            },
             path_keys=("account_key", "hook"),
         ),
         ProtocolSpec(
@@ -101,8 +111,8 @@ PROTOCOL_SPECS: dict[str, ProtocolSpec] = {
             "est",
             ("https", "http"),
             "est",
-            {"client_auth": str, "client_certificate": str},
-            path_keys=("client_certificate",),
+            {"client_auth": str, "client_certificate": str, "client_key": str, "csrattrs": str},
+            path_keys=("client_certificate", "client_key"),
         ),
         ProtocolSpec(
             "cfssl",
@@ -393,6 +403,17 @@ def key_needs(profile: CaProfile) -> KeyNeeds | None:
     module = importlib.import_module(f"tokenagent.ca.{spec.connector}")
     needs = getattr(module, "key_needs", None)
     return needs(profile) if needs is not None else None
+
+
+def request_attributes(profile: CaProfile) -> tuple[Any, ...]:
+    """PKCS#10 attributes the profile's protocol wants in the request `enroll` makes (SCEP: its
+    challengePassword, from a secret source read here, before the key is generated)."""
+    spec = PROTOCOL_SPECS.get(profile.protocol)
+    if spec is None:
+        return ()
+    module = importlib.import_module(f"tokenagent.ca.{spec.connector}")
+    attributes = getattr(module, "request_attributes", None)
+    return tuple(attributes(profile)) if attributes is not None else ()
 
 
 def open_connector(profile: CaProfile) -> Connector:

@@ -21,7 +21,7 @@ from typing import Any
 
 from tokenagent.ca.answers import Answer, Issued, error_for
 from tokenagent.ca.connector import CaRequest, ca_request, request_public_key_info
-from tokenagent.ca.profiles import CaProfile, key_needs
+from tokenagent.ca.profiles import CaProfile, key_needs, request_attributes
 from tokenagent.enroll.accept import AcceptOptions, AcceptResult, accept_response
 from tokenagent.enroll.new import (
     NewOptions,
@@ -98,7 +98,10 @@ def enroll_policy(
     profile = options.ca.resolve()  # a wrong --config fails before any key exists
     pairs = options.ca.pairs()
     needs = key_needs(profile)  # SCEP: an RSA key that decrypts; refused or planned before generation
-    new_options = replace(options.new, submission=submission_template(profile, options.ca), ca_needs=needs)
+    attributes = request_attributes(profile)  # SCEP: the challenge password, read before generation
+    new_options = replace(
+        options.new, submission=submission_template(profile, options.ca), ca_needs=needs, ca_attributes=attributes
+    )
     prepared = prepare(new_options, warn)
     with contextlib.ExitStack() as stack:
         stack.enter_context(lock_selection(prepared, warn))

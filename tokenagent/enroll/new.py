@@ -99,6 +99,10 @@ class NewOptions:
     submission: CaSubmission | None = None
     #: `enroll`: what the CA's protocol needs of the key (SCEP: RSA with CKA_DECRYPT), checked in the plan
     ca_needs: KeyNeeds | None = None
+    #: `enroll`: attributes the CA's protocol wants inside the PKCS#10 (SCEP: challengePassword), signed with it
+    ca_attributes: tuple[Any, ...] = ()
+    #: `tokenagent batch`: (name, value) pairs that replace the INF's [Strings] values (one CSV row)
+    strings: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -371,7 +375,7 @@ def prepare(options: NewOptions, warn: Warn, *, registry: ProviderRegistry | Non
 
     ``registry`` lets a caller that runs many requests (enroll.batch) read providers.toml once.
     """
-    policy = load_policy(options.policy)
+    policy = load_policy(options.policy, strings=dict(options.strings) if options.strings else None)
     for diagnostic in policy.warnings:
         warn(f"{diagnostic.filename}:{diagnostic.line}: {diagnostic.message}")
     _check_request_type(policy, options)
@@ -529,7 +533,7 @@ class _Transaction:
             self._end_intent()  # the certificate on the token now explains the key
         else:
             controls, extra = self._cmc_controls()
-            der = build_request(policy, pair.spki, signer, extra_attributes=extra)
+            der = build_request(policy, pair.spki, signer, extra_attributes=[*extra, *self.options.ca_attributes])
             _verify_request(der)
             der = self._wrap(der, pair, signer, controls)
             certificate_label = None

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import pkcs11
-
 from tokenagent.enroll.signer import TokenSigner, token_signer
-from tokenagent.errors import CapacityError, InputError, TokenOperationError
-from tokenagent.token.ckr import exception_rv_name
-from tokenagent.token.objects import find_private_key_for
+from tokenagent.errors import CapacityError, InputError
+from tokenagent.token.objects import find_private_key_for, private_key_uri
+from tokenagent.token.pins import Pin
 from tokenagent.token.session import TokenSession
+from tokenagent.token.signing import decrypt_rsa_pkcs1
 
 
 class TokenRequesterKey:
@@ -29,6 +28,7 @@ class TokenRequesterKey:
         self.family = {"rsa": "RSA", "ec": "EC"}.get(algorithm, algorithm.upper())
         self.public_key_info = public_key_info
         self.uri = uri
+        self.module_path = session.handle.module.path
         self._session = session
         self._key = private_key
         self._signers: dict[str, TokenSigner] = {}
@@ -41,27 +41,28 @@ class TokenRequesterKey:
             self._signers[hash_name] = signer
         return signer.sign(data)
 
+    def external_pin(self) -> bytes | None:
+        """The PIN this session logged in with, for a PKCS#11 client in another process (curl with
+        libp11 for EST's TLS client authentication) that must log in itself; None for a PIN pad."""
+        pin = self._session.signing_pin()
+        return pin.reveal().encode("utf-8") if isinstance(pin, Pin) else None
+
     def decrypt(self, ciphertext: bytes) -> bytes:
         if self.family != "RSA":
             raise CapacityError(f"a {self.family} key cannot undo RSA key transport")
-        name = f"'{self._session.handle.label}'"
-        try:
-            plain = self._key.decrypt(ciphertext, mechanism=pkcs11.Mechanism.RSA_PKCS)
-        except pkcs11.exceptions.KeyFunctionNotPermitted:
-            raise CapacityError(
-                f"token {name}: the key may not decrypt (CKA_DECRYPT is FALSE); the CA encrypts its answer to it"
-            ) from None
-        except pkcs11.exceptions.PKCS11Error as exc:
-            raise TokenOperationError(
-                f"token {name}: decrypting the CA's answer with CKM_RSA_PKCS failed: {exception_rv_name(exc)}"
-            ) from None
+        plain = decrypt_rsa_pkcs1(self._session, self._key, ciphertext)
         self.decryptions += 1
-        return bytes(plain)
+        return plain
 
 
 def requester_key(session: TokenSession, public_key_info: bytes, uri: str) -> TokenRequesterKey:
-    """The private key of ``public_key_info`` in ``session`` (found by the CKA_ID convention first)."""
+    """The private key of ``public_key_info`` in ``session`` (found by the CKA_ID convention first).
+
+    Without ``uri`` (`enroll --resume` knows the key only by its public key), the URI is made
+    from the token and the key's CKA_ID and CKA_LABEL."""
     private = find_private_key_for(session.session, public_key_info)
     if private is None:
         raise InputError(f"token '{session.handle.label}' holds no private key for the request's public key")
+    if not uri:
+        uri = private_key_uri(dict(session.handle.uri().path), private)
     return TokenRequesterKey(session, private, public_key_info, uri)

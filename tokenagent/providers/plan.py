@@ -199,7 +199,7 @@ def _check_ca_needs(policy: RequestPolicy, family: str, needs: KeyNeeds | None) 
     if needs is None or needs.families is None or family in needs.families:
         return
     raise PolicyError(
-        f"{policy.where('key_algorithm')}: KeyAlgorithm = {policy.key_algorithm} makes a {family} key, and "
+        f"{policy.where('key_algorithm')}: KeyAlgorithm = {policy.key_algorithm} makes {family} keys, and "
         f"{needs.protocol} needs {' or '.join(needs.families)}: {needs.why}; nothing was generated"
     )
 

@@ -379,6 +379,19 @@ def find_private_key_for(session: pkcs11.Session, spki_der: bytes) -> pkcs11.Obj
     return None
 
 
+def private_key_uri(token_uri_path: dict[str, str], private: Any) -> str:
+    """RFC 7512 URI of a private key found on the token (its CKA_LABEL and CKA_ID), for a PKCS#11
+    client in another process (curl with OpenSSL's pkcs11 engine)."""
+    from tokenagent.token.uri import Pkcs11Uri
+
+    values = read_attributes(private, [Attribute.LABEL, Attribute.ID])
+    path = dict(token_uri_path)
+    if values.get(Attribute.LABEL):
+        path["object"] = str(values[Attribute.LABEL])
+    path["type"] = "private"
+    return str(Pkcs11Uri(path=path, object_id=bytes(values.get(Attribute.ID) or b"") or None))
+
+
 def find_private_keys(
     session: pkcs11.Session, *, label: str | None = None, object_id: bytes | None = None
 ) -> list[pkcs11.Object]:

@@ -102,8 +102,13 @@ _FUNCTIONS: tuple[tuple[str, tuple[Any, ...]], ...] = (
             "C_Encrypt",
             "C_EncryptUpdate",
             "C_EncryptFinal",
-            "C_DecryptInit",
-            "C_Decrypt",
+        )
+    ),
+    ("C_DecryptInit", (_ULONG, ctypes.c_void_p, _ULONG)),
+    ("C_Decrypt", (_ULONG, ctypes.c_void_p, _ULONG, ctypes.c_void_p, ctypes.c_void_p)),
+    *(
+        (name, ())
+        for name in (
             "C_DecryptUpdate",
             "C_DecryptFinal",
             "C_DigestInit",
@@ -527,3 +532,21 @@ def sign(
         signature = ctypes.create_string_buffer(length.value)
         rv = library.C_Sign(handle, data, _ULONG(len(data)), signature, ctypes.byref(length))
     return int(rv), signature.raw[: length.value] if rv == CKR_OK else b""
+
+
+def decrypt(session: pkcs11.Session, module_path: str, key: int, mechanism: int, data: bytes) -> tuple[int, bytes]:
+    """C_DecryptInit and one C_Decrypt (RSA key transport: the plaintext is shorter than ``data``,
+    so a buffer of its size needs no size query first). Returns the CKR value and the plaintext."""
+    library = _library(module_path)
+    mech = _mechanism(mechanism, None)
+    handle = _ULONG(session.handle)
+    rv = library.C_DecryptInit(handle, ctypes.byref(mech), _ULONG(key))
+    if rv != CKR_OK:
+        return int(rv), b""
+    plain = ctypes.create_string_buffer(max(len(data), 1))
+    length = _ULONG(len(plain))
+    rv = library.C_Decrypt(handle, data, _ULONG(len(data)), plain, ctypes.byref(length))
+    if rv == CKR_BUFFER_TOO_SMALL:
+        plain = ctypes.create_string_buffer(length.value)
+        rv = library.C_Decrypt(handle, data, _ULONG(len(data)), plain, ctypes.byref(length))
+    return int(rv), plain.raw[: length.value] if rv == CKR_OK else b""

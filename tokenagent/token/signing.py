@@ -62,3 +62,22 @@ def sign_raw(ts: TokenSession, key: Any, how: SignMechanism, data: bytes, *, con
     if rv_name(code) == "CKR_DEVICE_MEMORY":
         raise CapacityError(f"token {name}: CKR_DEVICE_MEMORY while signing")
     raise TokenOperationError(f"token {name}: signing with {how.mechanism} failed: {rv_name(code)}")
+
+
+CKR_KEY_FUNCTION_NOT_PERMITTED = 0x068
+
+
+def decrypt_rsa_pkcs1(ts: TokenSession, key: Any, ciphertext: bytes) -> bytes:
+    """One C_Decrypt with CKM_RSA_PKCS (a CA's RSA key transport to the requester: SCEP's CertRep).
+    Through token/raw.py, as `sign_raw`: ``key`` is any object with the key's handle."""
+    name = f"'{ts.handle.label}'"
+    code, plain = raw.decrypt(
+        ts.session, ts.handle.module.path, int(key.handle), int(mechanism("CKM_RSA_PKCS")), ciphertext
+    )
+    if code == CKR_KEY_FUNCTION_NOT_PERMITTED:
+        raise CapacityError(
+            f"token {name}: the key may not decrypt (CKA_DECRYPT is FALSE); the CA encrypts its answer to it"
+        )
+    if code != raw.CKR_OK:
+        raise TokenOperationError(f"token {name}: decrypting with CKM_RSA_PKCS failed: {rv_name(code)}")
+    return plain
