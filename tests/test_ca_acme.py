@@ -218,7 +218,7 @@ def test_enroll_with_the_directory_url_and_port_80(token: SoftHSM, tmp_path_fact
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr
         assert "certificate: installed on the token next to its key" in done.stdout
-        (directory / "enroll.out").write_text(done.stdout)  # docs/ca-acme.md shows this output
+        (directory / "enroll.out").write_text(done.stdout)  # docs/ca.md (ACME) shows this output
         root, intermediate = peer.issuer_pems()
         (directory / "root.pem").write_bytes(root)
         (directory / "intermediate.pem").write_bytes(intermediate)

@@ -326,7 +326,7 @@ def test_waiting_is_pending_and_poll_req_finishes_it(cmp_peer: CmpPeer, tmp_path
 
 @pytest.mark.parametrize("bit", sorted(FAIL_INFO))
 def test_every_fail_info_bit_has_a_stable_exit_code(bit: str) -> None:
-    """The mapping table itself (docs/ca-cmp.md), bit by bit: no bit falls through to a crash."""
+    """The mapping table itself (docs/ca.md, CMP), bit by bit: no bit falls through to a crash."""
     status = cmp_asn1.PKIStatusInfo({"status": "rejection", "status_string": ["said"], "fail_info": {bit}})
     answer = failure_answer(cmp_asn1.PKIStatusInfo.load(status.dump()), "said")
     kind = FAIL_INFO[bit][0]

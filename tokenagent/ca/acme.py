@@ -33,7 +33,7 @@ The answer installed is a certs-only PKCS#7 (DER) of the leaf and the chain the 
 sends a PEM chain, which `accept` reads only one certificate of).
 
 Problem documents (urn:ietf:params:acme:error:*) map to answers: see `problem_answer` and
-docs/ca-acme.md. The HTTP client is the library's (requests): TLS trust is the profile's
+docs/ca.md (ACME). The HTTP client is the library's (requests): TLS trust is the profile's
 ``ca_bundle`` or the system store; redirects are followed as requests does.
 
 Peer notes (tests run Debian pebble 2.4.0 with pebble-challtestsrv as its DNS): a new issuing root
