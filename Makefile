@@ -24,12 +24,13 @@ BIN := $(VENV)/bin
 #                     tpm2-tools flushes what a failed run leaves and checks the TPM's PSS salt)
 #   scep, pebble, golang-cfssl   real SCEP, ACME and cfssl CA servers for the CA connector tests
 #   pcsc-tools        smartcard_list.txt: tests/test_readers.py checks the ATR table against it
+#   sqlite3           the journal read by a tool we did not write (tests/test_station.py)
 #   hwdata, libccid   usb.ids and the CCID driver's reader list: tests/test_udev.py checks udev/'s USB IDs against them
 #   curl              EST re-enrollment: TLS client authentication with the old key on the token (libp11 engine)
 APT_PACKAGES := softhsm2 opensc opensc-pkcs11 gnutls-bin pcscd swig libpcsclite-dev gcc python3-dev \
 	libengine-pkcs11-openssl openssl python3-venv make p11-kit libkrb5-dev krb5-kdc krb5-admin-server krb5-user jq \
 	vsmartcard-vpcd ykcs11 libnss3 libnss3-tools swtpm libtpm2-pkcs11-1 tpm2-tools p11-kit-modules \
-	scep pebble golang-cfssl curl hwdata libccid pcsc-tools
+	scep pebble golang-cfssl curl hwdata libccid pcsc-tools sqlite3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup apt venv peers demo test lint bench clean

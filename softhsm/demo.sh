@@ -5,7 +5,9 @@
 #   venv in build/peers, installed on first use) -> the agent's key born on its card, certified by
 #   the CA and registered with it -> `tokenagent enroll` for the user: key on the user's card, CMC
 #   request co-signed by the agent with RequesterName, sent to the CA, issued, installed next to the
-#   key -> pkcs11-tool and OpenSSL check the card. The server is stopped at the end, whatever happens.
+#   key -> pkcs11-tool and OpenSSL check the card -> `tokenagent batch`: server keys from a CSV on an
+#   HSM partition, run twice (the journal skips what is done). The server is stopped at the end,
+#   whatever happens.
 #
 # Everything lives in build/demo (or $TOKENAGENT_DEMO_DIR: the tests run it elsewhere) and starts
 # from nothing on each run.
@@ -85,6 +87,20 @@ step "OpenSSL signs with Grace's key on the card through the pkcs11 engine" env 
     -out "$demo/message.sig" "$demo/message.txt"
 step "... and the signature verifies with the certificate the CA issued" \
     openssl dgst -sha256 -verify "$demo/grace.pub" -signature "$demo/message.sig" "$demo/message.txt"
+
+# Server keys in bulk: an HSM partition, one key and request per CSV row (tokenagent batch).
+eval "$(softhsm/softhsm-env.sh "$demo/softhsm" server-hsm:87654321:4321)"
+export SERVER_PIN=4321
+step "A batch of server keys on an HSM partition: one key and request per CSV row, one login, journaled" \
+    $ta batch docs/examples/server-batch.inf --items docs/examples/servers.csv --out "$demo/servers" \
+    --name-column host --token server-hsm --pin-source env:SERVER_PIN
+step "OpenSSL checks a request of the batch: its signature, and the row's host in the subject" \
+    openssl req -in "$demo/servers/web2.example.com.req" -noout -verify -subject
+step "The same batch again: the journal says every row is done, nothing is made twice" \
+    $ta batch docs/examples/server-batch.inf --items docs/examples/servers.csv --out "$demo/servers" \
+    --name-column host --token server-hsm --pin-source env:SERVER_PIN
+step "The journal: each row's key started, then key and request done (append-only SQLite)" \
+    $ta journal --user db1.example.com
 
 stop_ca
 trap - EXIT

@@ -59,6 +59,8 @@ TOKENS = [
     "ta-causer",
     "ta-impl",
     "ta-blank",
+    "ta-station-a",
+    "ta-station-b",
 ]
 
 

@@ -60,6 +60,18 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "repair",
         "Relink a certificate on a token with its key (certutil -repairstore).",
     ),
+    "readers": (
+        "tokenagent.cli.readers",
+        "readers",
+        "List smart card readers, their cards and tokens; --watch for card events.",
+    ),
+    "batch": ("tokenagent.cli.batch", "batch", "Many keys and requests on one token, one per CSV row."),
+    "journal": ("tokenagent.cli.journal", "journal", "Show the enrollment journal (append-only)."),
+    "station": (
+        "tokenagent.cli.station",
+        "station",
+        "Enrollment station: card in, key on it, agent co-signature, CA, certificate on it; repeat.",
+    ),
 }
 
 

@@ -217,7 +217,7 @@ def agent_options(f: F) -> F:
             "--agent",
             "agent_key",
             metavar="URI|LABEL",
-            help="The agent's private key: a pkcs11: URI, or its label on the --token / --agent-token.",
+            help="The agent's private key: a pkcs11: URI, or its label on the agent's token.",
         ),
         click.option("--agent-cert", metavar="FILE|URI", help="The agent's certificate (default: on its token)."),
         click.option("--strict", is_flag=True, help="Refuse an agent certificate without the agent EKU, or expired."),

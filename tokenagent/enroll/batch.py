@@ -104,6 +104,14 @@ class NewBatch:
         self.requests += 1
         return result
 
+    def session_for(self, token: TokenHandle) -> TokenSession:
+        """The logged-in session a request on ``token`` was made in (`tokenagent batch --config`
+        installs each certificate in it: one login for the whole batch)."""
+        opened = self._open.get((token.module.path, token.slot_id))
+        if opened is None:
+            raise KeyError(f"no open session on {token.describe()}")
+        return opened.session
+
     @staticmethod
     def _learn_mechanisms(opened: _OpenToken, wanted: frozenset[str]) -> None:
         missing = wanted - opened.asked

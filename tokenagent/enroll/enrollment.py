@@ -12,12 +12,13 @@ certificate is on it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tokenagent.ca.answers import Answer, Issued, error_for
 from tokenagent.ca.connector import CaRequest, ca_request, request_public_key_info
@@ -59,6 +60,9 @@ from tokenagent.token.session import TokenSession, open_session
 from tokenagent.token.target import ANY_TOKEN, TokenTarget
 from tokenagent.token.tokeninfo import gather_facts
 
+if TYPE_CHECKING:
+    from tokenagent.enroll.agent import Agent
+
 log = logging.getLogger("tokenagent")
 Warn = Callable[[str], None]
 
@@ -88,10 +92,30 @@ class EnrollResult:
         }
 
 
+class EnrollSteps(Protocol):
+    """Who hears each step of an enrollment begin and end (the station's journal): "key" (the key
+    and its signed request, one token transaction), "submit", "accept". ``started`` may raise to
+    stop the enrollment there (a card pulled): before "key" nothing exists yet; later the key and
+    request stay as a pending request, which the caller may delete with its key."""
+
+    def started(self, step: str) -> None: ...
+
+    def done(self, step: str, **fields: Any) -> None: ...
+
+
 def enroll_policy(
-    options: EnrollOptions, *, on_warning: Warn | None = None, on_status: Callable[[str], None] | None = None
+    options: EnrollOptions,
+    *,
+    on_warning: Warn | None = None,
+    on_status: Callable[[str], None] | None = None,
+    agent: Agent | None = None,
+    steps: EnrollSteps | None = None,
 ) -> EnrollResult:
-    """New + submit + accept. Raises the `CAError` of the CA's answer with the request kept pending."""
+    """New + submit + accept. Raises the `CAError` of the CA's answer with the request kept pending.
+
+    ``agent``: an agent already logged in (the station logs in to the agent card once per session);
+    else `options.new.agent` is opened for this enrollment. ``steps`` hears each step (`EnrollSteps`).
+    """
     warn = on_warning or (lambda message: log.warning("%s", message))
     if options.new.dry_run:
         raise UsageError("enroll has no dry run: use tokenagent new --dry-run to see the plan")
@@ -107,8 +131,7 @@ def enroll_policy(
         stack.enter_context(lock_selection(prepared, warn))
         handle = select_for(prepared)
         stack.enter_context(lock_token(prepared, handle, warn))
-        agent = None
-        if new_options.agent is not None:
+        if agent is None and new_options.agent is not None:
             from tokenagent.enroll.agent import open_agent
 
             agent = stack.enter_context(open_agent(new_options.agent, on_warning=warn))
@@ -116,11 +139,23 @@ def enroll_policy(
         recover_interrupted(session, prepared.store_path, on_warning=warn)
         prepared = for_token(prepared, handle)
         facts = gather_facts(session, facts_needed(prepared))
+        if steps is not None:
+            steps.started("key")
         made = enroll(prepared, session, facts, agent=agent, on_status=on_status)
         assert made.outcome is not None and made.outcome.pending is not None
         pending = made.outcome.pending
         record = (PendingStore(prepared.store_path), pending)
         with _kept_pending(pending):
+            if steps is not None:
+                steps.done(
+                    "key",
+                    token_label=handle.label,
+                    token_serial=handle.serial,
+                    key_id=made.outcome.key_id.hex(),
+                    request_sha256=hashlib.sha256(made.outcome.der).hexdigest(),
+                    pending_id=pending.id,
+                )
+                steps.started("submit")
             request = ca_request(made.outcome.der, pairs, "the new request")
             if needs is not None and needs.signs_messages:
                 request = lend_key(request, session, made.key_uri() or "")
@@ -130,6 +165,9 @@ def enroll_policy(
                 answer = exchange.ask(request)
             issued = _issued(answer, profile)
             check_for_request(issued, request, profile)
+            if steps is not None:
+                steps.done("submit", ca=profile.describe(), ca_request_id=issued.request_id)
+                steps.started("accept")
             accepted = accept_response(
                 issued.response,
                 f"the answer of {profile.describe()}",
@@ -143,7 +181,15 @@ def enroll_policy(
                 on_warning=warn,
                 session=session,
             )
+            if steps is not None:
+                steps.done("accept", certificate_serial=_serial_hex(issued.certificate))
     return EnrollResult(made, profile, issued, accepted)
+
+
+def _serial_hex(certificate: bytes) -> str:
+    from asn1crypto import x509
+
+    return format(x509.Certificate.load(certificate).serial_number, "x")
 
 
 def _issued(answer: Answer, profile: CaProfile, pending: PendingRequest | None = None) -> Issued:
@@ -275,7 +321,7 @@ def _select(options: ResumeOptions) -> list[_Work]:
             continue
         for record in records:
             submission = submissions.get(record.id)
-            if wanted:
+            if options.pending_ids:  # (not `wanted`: once every ID is found it is empty, and the rest must not join)
                 if record.id in wanted:
                     work.append(_Work(store, record, submission, named=True))
                     wanted.discard(record.id)

@@ -11,12 +11,14 @@
   Fragments are kept apart because their joining depends on the key: base64 concatenates, SAN
   tags split on ``&``, EKU OIDs on ``,``.
 - ``[Strings]`` may stand anywhere; ``%name%`` is replaced in keys and values (after quoting is
-  resolved, as SetupAPI does); ``%%`` is a literal percent sign.
+  resolved, as SetupAPI does); ``%%`` is a literal percent sign. A caller may give values that
+  replace [Strings] entries (``tokenize(..., strings=)``: `tokenagent batch` fills them from a CSV row).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tokenagent.inf.diagnostics import Diagnostics
@@ -160,12 +162,23 @@ class _RawLine:
     value: list[tuple[str, bool]]
 
 
-def tokenize(data: bytes | str, filename: str, diag: Diagnostics) -> InfFile:
+def tokenize(
+    data: bytes | str, filename: str, diag: Diagnostics, *, strings: Mapping[str, str] | None = None
+) -> InfFile:
+    """``strings``: values that replace the [Strings] entries of the same (case-insensitive) name."""
     text, encoding = _text(data, diag)
     lines = _LINE_BREAK.split(text)
     raw, headers = _raw_lines(lines, diag)
-    sections = _sections(raw, headers, diag)
+    sections = _sections(raw, headers, diag, strings or {})
     return InfFile(filename=filename, encoding=encoding, sections=sections, line_count=len(lines))
+
+
+def string_names(data: bytes | str, filename: str) -> dict[str, tuple[str, int]]:
+    """The [Strings] entries of an INF: lower-case name -> (name as written, line of its last definition)."""
+    diag = Diagnostics(filename)
+    text, _ = _text(data, diag)
+    raw, _ = _raw_lines(_LINE_BREAK.split(text), diag)
+    return {_join(item.key).lower(): (_join(item.key), item.line) for item in raw if item.section == "strings"}
 
 
 def _text(data: bytes | str, diag: Diagnostics) -> tuple[str, str]:
@@ -221,8 +234,11 @@ def _section_header(stripped: str, number: int, diag: Diagnostics) -> str:
     return name
 
 
-def _sections(raw: list[_RawLine], headers: dict[str, tuple[str, int]], diag: Diagnostics) -> dict[str, Section]:
+def _sections(
+    raw: list[_RawLine], headers: dict[str, tuple[str, int]], diag: Diagnostics, overrides: Mapping[str, str]
+) -> dict[str, Section]:
     strings = _collect_strings(raw)
+    strings.update({name.lower(): value for name, value in overrides.items()})
     sections: dict[str, Section] = {key: Section(name=name, line=line) for key, (name, line) in headers.items()}
     for item in raw:
         section = sections[item.section]

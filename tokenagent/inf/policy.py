@@ -11,7 +11,7 @@ Defaults follow certreq's documentation except where certreq's default is insecu
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -891,11 +891,14 @@ def _request_attributes(
 # -- entry points ---------------------------------------------------------------------------------
 
 
-def parse_policy(data: bytes | str, filename: str = "<inf>") -> RequestPolicy:
-    """Parse INF bytes or text. Raises `PolicyError` (file:line) on errors; warnings are returned."""
+def parse_policy(
+    data: bytes | str, filename: str = "<inf>", *, strings: Mapping[str, str] | None = None
+) -> RequestPolicy:
+    """Parse INF bytes or text. Raises `PolicyError` (file:line) on errors; warnings are returned.
+    ``strings`` replace [Strings] values of the same name (`tokenagent batch`: one CSV row)."""
     diag = Diagnostics(filename)
-    return resolve(tokenize(data, filename, diag), diag)
+    return resolve(tokenize(data, filename, diag, strings=strings), diag)
 
 
-def load_policy(path: str | Path) -> RequestPolicy:
-    return parse_policy(read_input(path, "INF file"), str(path))
+def load_policy(path: str | Path, *, strings: Mapping[str, str] | None = None) -> RequestPolicy:
+    return parse_policy(read_input(path, "INF file"), str(path), strings=strings)

@@ -81,7 +81,7 @@ class _InitArgsLib(_pkcs11.lib):
     def initialize(self) -> None:
         rv = raw.initialize(self.so, self.init_args[self.so])
         if rv not in (raw.CKR_OK, raw.CKR_CRYPTOKI_ALREADY_INITIALIZED):
-            raise PKCS11Error(f"C_Initialize with the module file's x-init-reserved failed: {rv_name(rv)}")
+            raise PKCS11Error(f"C_Initialize with CK_C_INITIALIZE_ARGS failed: {rv_name(rv)}")
 
 
 #: tpm2-pkcs11 and the TSS under it log every failed TCTI probe on stderr (a machine without a TPM
@@ -89,13 +89,25 @@ class _InitArgsLib(_pkcs11.lib):
 _QUIET_TPM = {"TSS2_LOG": "all+NONE", "TPM2_PKCS11_LOG_LEVEL": "0"}
 
 
+#: Set by `use_os_locking` (the station, which drives several cards from threads)
+_OS_LOCKING = False
+
+
+def use_os_locking() -> None:
+    """Initialize every module loaded from now on with CKF_OS_LOCKING_OK: the application calls it
+    from several threads. python-pkcs11 passes NULL to C_Initialize, which promises single-threaded
+    use, and SoftHSM then works without its mutexes. Modules already loaded keep their setting."""
+    global _OS_LOCKING
+    _OS_LOCKING = True
+
+
 def _open_library(ref: ModuleRef) -> pkcs11.lib:
     if "tpm2_pkcs11" in os.path.basename(ref.path):
         for name, value in _QUIET_TPM.items():
             os.environ.setdefault(name, value)  # read by the library when it starts; the user's own wins
-    if not ref.init_args:
+    if not ref.init_args and not _OS_LOCKING:
         return pkcs11.lib(ref.path)
-    _InitArgsLib.init_args[ref.path] = ref.init_args
+    _InitArgsLib.init_args[ref.path] = ref.init_args or ""
     return _InitArgsLib(ref.path)
 
 

@@ -238,7 +238,8 @@ def token_info(path: str, slot_id: int) -> CK_TOKEN_INFO | None:
 def initialize(path: str, init_args: str) -> int:
     """C_Initialize with ``init_args`` in pReserved and OS locking, as p11-kit passes a module file's
     x-init-reserved; returns the CKR value (CKR_CRYPTOKI_ALREADY_INITIALIZED is the caller's call)."""
-    args = CK_C_INITIALIZE_ARGS(None, None, None, None, CKF_OS_LOCKING_OK, init_args.encode("utf-8"))
+    reserved = init_args.encode("utf-8") if init_args else None  # PKCS#11: NULL unless the module wants a string
+    args = CK_C_INITIALIZE_ARGS(None, None, None, None, CKF_OS_LOCKING_OK, reserved)
     return int(_library(path).C_Initialize(ctypes.cast(ctypes.pointer(args), ctypes.c_void_p)))
 
 
