@@ -92,7 +92,7 @@ def run(config: Config, work: Path) -> dict[str, Any]:
             row(
                 "batch_cli_jobs2",
                 "tokenagent batch (CLI), P-256, --jobs 2 vs --jobs 1 on one token",
-                "measured (token calls are serialized: docs/station-batch.md)",
+                "measured (token calls are serialized: docs/station.md (batch))",
                 jobs2,
                 jobs1,
                 versus_jobs1,

@@ -25,7 +25,7 @@ record (deleted). So a killed run and a re-run end with exactly one key and one 
 will not call it from several threads at once, and SoftHSM then runs without its mutexes
 (SoftHSM::C_Initialize disables its MutexFactory). So the token work of the workers is
 serialized by one lock; what runs in parallel is the rest of each row (journal transactions,
-recovery checks). docs/station-batch.md has the measured effect.
+recovery checks). docs/station.md (batch) has the measured effect.
 """
 
 from __future__ import annotations
