@@ -61,6 +61,7 @@ TOKENS = [
     "ta-blank",
     "ta-station-a",
     "ta-station-b",
+    "ta-station-c",
 ]
 
 

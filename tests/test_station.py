@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import queue
 import re
+import stat
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import USER_PIN, CaAgent, SoftHSM, pkcs11_tool
+from tests.conftest import SO_PIN, USER_PIN, CaAgent, SoftHSM, pkcs11_tool
 from tests.peers.faulty import FaultyServer
 
 INF = """\
@@ -295,3 +296,58 @@ def test_the_users_file_is_read_with_file_line_errors(tmp_path: Path) -> None:
     [user] = read_users(path)
     assert user.strings == {"user": "EXAMPLE\\ada", "name": "Ada"} and user.pin is not None
     assert "1234" not in repr(user)
+
+
+def test_a_generated_user_pin_is_set_by_the_so_written_0600_and_enrolls(
+    softhsm: SoftHSM,
+    piv_station: Any,
+    django_ca: Any,
+    django_agents: dict[str, CaAgent],
+    tmp_path: Path,
+) -> None:
+    inf = tmp_path / "logon.inf"
+    inf.write_text(INF)
+    pins = tmp_path / "new-pins.txt"
+    config = tmp_path / "station.toml"
+    config.write_text(
+        "[station]\n"
+        'user_pin = "generate"\n'
+        'so_pin_source = "env:CARD_SO_PIN"\n'
+        f'pin_file = "{pins}"\n'
+        "pin_length = 10\n\n"
+        "[readers]\n"
+        f'"{piv_station.reader_names[1]}" = "ta-station-c"\n'
+    )
+    users = tmp_path / "users.csv"
+    users.write_text("user,name,container\nEXAMPLE\\cy,Cy Tester,cy-logon\n")
+    state = tmp_path / "state"
+    ca = ["--config", f"cmc+{django_ca.url}", "--ca-trust", str(django_ca.ca_pem)]
+    env = piv_station.env(**softhsm.env(TA_PIN=USER_PIN, CARD_SO_PIN=SO_PIN))
+    run = StationRun(
+        [
+            str(inf), "--agent", django_agents["cmc-agent-1"].uri, "--agent-pin-source", "env:TA_PIN", *ca,
+            "--station-config", str(config), "--module", softhsm.module, "--yes", "--json",
+            "--users", str(users), "--count", "1", "--idle-timeout", "60", "--state-dir", str(state),
+        ],
+        env,
+    )  # fmt: skip
+    run.wait_for("logged in; insert a card")
+    piv_station.insert_blank(1)
+    run.wait_for(r"enrolled EXAMPLE\\cy")
+    piv_station.remove(1)
+    code, result = run.finish()
+    assert code == 0, run.seen
+    assert stat.S_IMODE(pins.stat().st_mode) == 0o600
+    [(serial, pin)] = [line.split("\t") for line in pins.read_text().splitlines()]
+    assert serial == result["cards"][0]["token_serial"] and len(pin) == 10 and pin.isdigit()
+    assert pin not in "\n".join(run.seen) + json.dumps(result)  # written to the file, not shown
+    assert pin.encode() not in (state / "journal.sqlite3").read_bytes()
+    # the new PIN logs in (pkcs11-tool), and the key made with it is there
+    listing = subprocess.run(
+        ["pkcs11-tool", "--module", softhsm.module, "--token-label", "ta-station-c", "--login", "--pin", pin, "-O",
+         "--type", "privkey"],
+        capture_output=True, text=True, env=softhsm.env(), check=True,
+    ).stdout  # fmt: skip
+    assert "cy-logon" in listing
+    steps = [(step, status) for step, status, *_ in journal_rows(state)]
+    assert ("pin", "done") in steps and ("accept", "done") in steps

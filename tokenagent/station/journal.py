@@ -48,7 +48,7 @@ JOURNAL_DB_NAME = "journal.sqlite3"
 JOURNAL_SCHEMA_VERSION = 1
 TABLE = "journal_events"
 
-STEPS = ("key", "request", "submit", "accept", "attempt")
+STEPS = ("pin", "key", "request", "submit", "accept", "attempt")  # pin: the station set a blank card's user PIN
 STATUSES = ("started", "done", "failed", "skipped")
 
 #: The context fields an event may carry, in column order (besides id, time, attempt, step, status).

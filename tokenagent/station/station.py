@@ -303,6 +303,7 @@ class Station:
         self.cards: list[CardOutcome] = []
         self._users: Iterator[StationUser] | None = None
         self._users_lock = threading.Lock()
+        self._exhausted = False  # the users file has no more rows
         self._workers: dict[str, tuple[threading.Thread, threading.Event]] = {}
         self._roll_back: dict[str, list[int]] = {}  # token serial -> pending IDs to delete when it is back
         self._agent: Agent | None = None
@@ -403,7 +404,7 @@ class Station:
             del self._workers[reader]
 
     def _users_done(self) -> bool:
-        return getattr(self, "_exhausted", False)
+        return self._exhausted
 
     def _next_user(self, reader: str) -> StationUser | None:
         with self._users_lock:
@@ -535,7 +536,7 @@ class Station:
         pin = generate_pin(handle, self.settings.pin_length)
         init_user_pin(handle, parse_pin_source(self.settings.so_pin_source), pin)
         where = deliver_pin(pin, link.serial, pin_file=self.settings.pin_file, show=self.say)
-        attempt.event("key", "skipped", message=f"user PIN generated and set with the SO PIN; {where}")
+        attempt.event("pin", "done", message=f"user PIN generated and set with the SO PIN; {where}")
         return literal_pin_source(pin.reveal())
 
     def _enroll(
