@@ -19,7 +19,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import accept, batch_cli, batch_new, calls, cosign, memory, oneshot, profiles, startup
+from benchmarks import (
+    accept,
+    batch_cli,
+    batch_new,
+    calls,
+    cosign,
+    memory,
+    oneshot,
+    parallel_tokens,
+    profiles,
+    startup,
+)
 from benchmarks.analysis import analysis, derived_rows
 from benchmarks.common import ROOT, Config, log
 from benchmarks.report import machine, markdown, write_json
@@ -29,6 +40,7 @@ BENCHMARKS = {
     "oneshot": oneshot.run,
     "batch_new": batch_new.run,
     "batch_cli": batch_cli.run,
+    "parallel_tokens": parallel_tokens.run,
     "calls": calls.run,
     "cosign": cosign.run,
     "accept": accept.run,

@@ -351,3 +351,47 @@ def test_a_generated_user_pin_is_set_by_the_so_written_0600_and_enrolls(
     assert "cy-logon" in listing
     steps = [(step, status) for step, status, *_ in journal_rows(state)]
     assert ("pin", "done") in steps and ("accept", "done") in steps
+
+
+def test_two_cards_at_once_one_agent_login_for_the_session_and_one_user_login_per_card(
+    softhsm: SoftHSM,
+    piv_station: Any,
+    django_ca: Any,
+    django_agents: dict[str, CaAgent],
+    station_files: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """Both readers get a card at the same moment; pkcs11-spy (OpenSC's recorder) counts the logins."""
+    from tests.test_login import spy_module
+
+    state = tmp_path / "state"
+    users = users_file(tmp_path, "dee", "eve")
+    log = tmp_path / "spy.log"
+    ca = ["--config", f"cmc+{django_ca.url}", "--ca-trust", str(django_ca.ca_pem)]
+    env = piv_station.env(**softhsm.env(TA_PIN=USER_PIN, PKCS11SPY=softhsm.module, PKCS11SPY_OUTPUT=str(log)))
+    args = [
+        str(station_files["inf"]), "--agent", django_agents["cmc-agent-1"].uri, "--agent-pin-source", "env:TA_PIN",
+        *ca, "--station-config", str(station_files["config"]), "--module", spy_module(), "--yes", "--json",
+        "--users", str(users), "--count", "2", "--idle-timeout", "60", "--state-dir", str(state),
+    ]  # fmt: skip
+    run = StationRun(args, env)
+    run.wait_for("logged in; insert a card")
+    piv_station.insert_blank(0)
+    piv_station.insert_blank(1)
+    run.wait_for(r"enrolled EXAMPLE\\(dee|eve)")
+    run.wait_for(r"enrolled EXAMPLE\\(dee|eve)")
+    piv_station.remove(0)
+    piv_station.remove(1)
+    code, result = run.finish()
+    assert code == 0, run.seen
+    assert sorted(card["user"] for card in result["cards"]) == ["EXAMPLE\\dee", "EXAMPLE\\eve"]
+    assert {card["outcome"] for card in result["cards"]} == {"enrolled"}
+    assert {card["token_serial"] for card in result["cards"]} == {
+        re.search(r"serial=(\w+)", card["certificate_uri"]).group(1)  # type: ignore[union-attr]
+        for card in result["cards"]
+    }
+    assert len({card["reader"] for card in result["cards"]}) == 2
+    assert len(key_ids(softhsm, "ta-station-a", "dee-logon") + key_ids(softhsm, "ta-station-a", "eve-logon")) == 1
+    assert len(key_ids(softhsm, "ta-station-b", "dee-logon") + key_ids(softhsm, "ta-station-b", "eve-logon")) == 1
+    logins = re.findall(r"^\d+: C_Login\b", log.read_text(errors="replace"), flags=re.M)
+    assert len(logins) == 3, f"{len(logins)} logins: one for the agent, one per card expected"
