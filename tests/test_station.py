@@ -395,3 +395,43 @@ def test_two_cards_at_once_one_agent_login_for_the_session_and_one_user_login_pe
     assert len(key_ids(softhsm, "ta-station-b", "dee-logon") + key_ids(softhsm, "ta-station-b", "eve-logon")) == 1
     logins = re.findall(r"^\d+: C_Login\b", log.read_text(errors="replace"), flags=re.M)
     assert len(logins) == 3, f"{len(logins)} logins: one for the agent, one per card expected"
+
+
+def test_ctrl_c_stops_the_card_in_progress_and_rolls_it_back(
+    softhsm: SoftHSM,
+    piv_station: Any,
+    django_agents: dict[str, CaAgent],
+    django_ca: Any,
+    station_files: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    state = tmp_path / "state"
+    users = users_file(tmp_path, "fay")
+    hanging = FaultyServer()
+    try:
+        ca = ["--config", f"cmc+{hanging.url('hang')}", "--ca-trust", str(django_ca.ca_pem), "--timeout", "3"]
+        run = start_station(
+            softhsm, piv_station, station_files, django_agents["cmc-agent-1"], ca,
+            "--users", str(users), "--idle-timeout", "60", "--state-dir", str(state),
+        )  # fmt: skip
+        run.wait_for("logged in; insert a card")
+        piv_station.insert_blank(0)
+        deadline = time.monotonic() + 20
+        while not any(r[0] == "submit" and r[1] == "started" for r in journal_rows(state)):
+            assert time.monotonic() < deadline, journal_rows(state)
+            time.sleep(0.1)
+        run.process.send_signal(signal.SIGINT)  # while the CA keeps the request waiting
+        out, _ = run.process.communicate(timeout=60)
+        while not run.lines.empty():
+            run.seen.append(run.lines.get())
+    finally:
+        hanging.stop()
+        piv_station.remove(0)
+    assert run.process.returncode == 130, run.seen
+    assert any("station interrupted during submit" in line and "were deleted" in line for line in run.seen), run.seen
+    assert json.loads(out)["exit_code"] == 130  # --json: the error as JSON
+    assert key_ids(softhsm, "ta-station-a", "fay-logon") == []
+    failed = [row for row in journal_rows(state) if row[0] == "submit" and row[1] == "failed"]
+    assert failed and "station interrupted" in failed[0][4]

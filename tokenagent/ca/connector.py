@@ -33,6 +33,10 @@ class CaRequest:
     transaction_id: int | None = None  # CMC transactionId
     #: the request's key on its token, when the command has a session on it (`enroll`); not compared
     key: RequesterKey | None = field(default=None, compare=False, repr=False)
+    #: `enroll` with INF RenewalCert: the certificate being renewed and its key (first submission only)
+    renewal: LentSigner | None = field(default=None, compare=False, repr=False)
+    #: `enroll --agent`: the enrollment agent's certificate and key (first submission only)
+    agent: LentSigner | None = field(default=None, compare=False, repr=False)
 
     @property
     def sha256(self) -> str:
@@ -69,6 +73,16 @@ class RequesterKey(Protocol):
     def decrypt(self, ciphertext: bytes) -> bytes:
         """RSA PKCS#1 v1.5 key transport undone on the token (C_Decrypt with CKM_RSA_PKCS)."""
         ...
+
+
+@dataclass(frozen=True)
+class LentSigner:
+    """Another key on a token with its certificate, lent for one exchange: the certificate being
+    renewed (INF RenewalCert; SCEP's RenewalReq and CMP's kur are signed with it) or the enrollment
+    agent's (CMP messages protected by the agent's signature)."""
+
+    certificate: bytes  # DER
+    key: RequesterKey
 
 
 @dataclass(frozen=True)

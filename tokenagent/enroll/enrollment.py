@@ -159,6 +159,7 @@ def enroll_policy(
             request = ca_request(made.outcome.der, pairs, "the new request")
             if needs is not None and needs.signs_messages:
                 request = lend_key(request, session, made.key_uri() or "")
+                request = lend_signers(request, session, prepared.policy.renewal_cert, agent)
             if on_status is not None:  # a CA can take seconds (or its timeout) to answer
                 on_status(f"sending the request to {profile.describe()} (pending request {pending.id})...")
             with Exchange(profile, options.ca, record) as exchange:
@@ -382,6 +383,30 @@ def lend_key(request: CaRequest, session: TokenSession, uri: str) -> CaRequest:
 
     spki = request_public_key_info(request.der)
     return replace(request, key=requester_key(session, spki, uri))
+
+
+def lend_signers(request: CaRequest, session: TokenSession, renewal: bytes | None, agent: Agent | None) -> CaRequest:
+    """``request`` with the renewed certificate's key (INF RenewalCert, by SHA-1 thumbprint) and the
+    agent's key lent too, for protocols that sign with them (SCEP RenewalReq, CMP kur and protection)."""
+    from tokenagent.ca.connector import LentSigner
+    from tokenagent.enroll.requester_key import TokenRequesterKey
+    from tokenagent.token.keypairs import find_key_pair_by_certificate
+    from tokenagent.token.objects import private_key_uri
+
+    if renewal is not None:
+        old, certificate = find_key_pair_by_certificate(session, renewal)
+        uri = private_key_uri(dict(session.handle.uri().path), old.private)
+        request = replace(
+            request, renewal=LentSigner(certificate, TokenRequesterKey(session, old.private, old.spki, uri))
+        )
+    if agent is not None:
+        from asn1crypto import x509
+
+        spki = x509.Certificate.load(agent.certificate).public_key.dump()
+        uri = private_key_uri(dict(agent.session.handle.uri().path), agent.key)
+        key = TokenRequesterKey(agent.session, agent.key, spki, uri)
+        request = replace(request, agent=LentSigner(agent.certificate, key))
+    return request
 
 
 def _ask(job: _Work, options: ResumeOptions) -> None:

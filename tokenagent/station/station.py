@@ -70,7 +70,23 @@ RESERVED_COLUMNS = ("pin",)  # CSV columns that are not INF [Strings]
 
 
 class CardRemovedError(TokenNotFoundError):
-    """The card left its reader while its enrollment ran."""
+    """The card left its reader (or the station was interrupted) while its enrollment ran."""
+
+
+class _Stop:
+    """Why a card's enrollment must stop: its card was pulled, or the station was interrupted."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str) -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
 
 
 # -- configuration -----------------------------------------------------------------------------------
@@ -304,7 +320,7 @@ class Station:
         self._users: Iterator[StationUser] | None = None
         self._users_lock = threading.Lock()
         self._exhausted = False  # the users file has no more rows
-        self._workers: dict[str, tuple[threading.Thread, threading.Event]] = {}
+        self._workers: dict[str, tuple[threading.Thread, _Stop]] = {}
         self._roll_back: dict[str, list[int]] = {}  # token serial -> pending IDs to delete when it is back
         self._agent: Agent | None = None
         self._operator = ""
@@ -365,7 +381,7 @@ class Station:
             try:
                 stopped_by = self._watch()
             except KeyboardInterrupt:
-                self._stop_all("the station was interrupted")
+                self._stop_all("station interrupted")
                 self._join_all()
                 raise Interrupted(
                     "interrupted: the cards in progress were stopped and rolled back; see tokenagent journal"
@@ -425,7 +441,7 @@ class Station:
         if user is None:
             self.say(f"{escape(reader)}: no more users; remove the card")
             return False
-        cancel = threading.Event()
+        cancel = _Stop()
         thread = threading.Thread(
             target=self._enroll_card, args=(event, user, cancel), name=f"card {reader}", daemon=True
         )
@@ -436,11 +452,11 @@ class Station:
     def _removed(self, reader: str) -> None:
         worker = self._workers.get(reader)
         if worker is not None and worker[0].is_alive():
-            worker[1].set()
+            worker[1].set("card removed")
 
     def _stop_all(self, why: str) -> None:
         for _, cancel in self._workers.values():
-            cancel.set()
+            cancel.set(why)
 
     def _join_all(self) -> None:
         for thread, _ in list(self._workers.values()):
@@ -449,7 +465,7 @@ class Station:
 
     # -- one card ----------------------------------------------------------------------------------
 
-    def _enroll_card(self, event: ReaderEvent, user: StationUser, cancel: threading.Event) -> None:
+    def _enroll_card(self, event: ReaderEvent, user: StationUser, cancel: _Stop) -> None:
         reader = event.reader
         shown = escape(reader)
         context = {
@@ -478,9 +494,7 @@ class Station:
                         removed = (
                             exc
                             if isinstance(exc, CardRemovedError)
-                            else CardRemovedError(
-                                f"the card was removed from {reader} during {card.current or 'the enrollment'}"
-                            )
+                            else CardRemovedError(f"{cancel.reason} during {card.current or 'the enrollment'}")
                         )
                         outcome.outcome, outcome.exit_code = "aborted", removed.exit_code
                         outcome.message = self._aborted(removed, card)
@@ -558,16 +572,17 @@ class Station:
     def _aborted(self, exc: CardRemovedError, card: _CardRun) -> str:
         """Roll back what the card's enrollment made; the journal says which step the card left in."""
         step = card.current or "key"
+        why = card.cancel.reason or "card removed"
         if card.pending_id is None:
-            card.attempt.event(step, "failed", **error_fields(exc), message="card removed; nothing was made")
-            return f"card removed before {step}: nothing was made; insert the next card"
+            card.attempt.event(step, "failed", **error_fields(exc), message=f"{why}; nothing was made")
+            return f"{why} before {step}: nothing was made"
         if self._delete(card.pending_id, card.link, card.pin_source):
-            message = f"card removed during {step}: its key and request (pending {card.pending_id}) were deleted"
+            message = f"{why} during {step}: its key and request (pending {card.pending_id}) were deleted"
         else:
             assert card.link is not None
             self._roll_back.setdefault(card.link.serial, []).append(card.pending_id)
             message = (
-                f"card removed during {step}: its key and request (pending {card.pending_id}) are deleted when "
+                f"{why} during {step}: its key and request (pending {card.pending_id}) are deleted when "
                 "the card is back"
             )
         card.attempt.event(step, "failed", **error_fields(exc), message=message)
@@ -597,7 +612,7 @@ class _CardRun:
     """One card's enrollment: what it has made so far, and `enroll_policy`'s steps to the journal.
     A pulled card (``cancel``) stops the enrollment when its next step starts."""
 
-    def __init__(self, reader: str, attempt: Attempt, cancel: threading.Event) -> None:
+    def __init__(self, reader: str, attempt: Attempt, cancel: _Stop) -> None:
         self.reader = reader
         self.attempt = attempt
         self.cancel = cancel
@@ -609,7 +624,7 @@ class _CardRun:
     def started(self, step: str) -> None:
         self.current = step
         if self.cancel.is_set():
-            raise CardRemovedError(f"the card was removed from {self.reader} before {step}")
+            raise CardRemovedError(f"{self.cancel.reason} in {self.reader} before {step}")
         self.attempt.event(step, "started")
 
     def done(self, step: str, **fields: Any) -> None:
