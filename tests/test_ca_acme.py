@@ -6,11 +6,14 @@ built-in responder on pebble's httpPort, DNS-01 TXT records are published by a h
 calls challtestsrv's management API, as an operator's DNS hook would. The keys go on a SoftHSM
 instance of this module's own. What pebble issued is checked with openssl (the chain up to the
 root from pebble's management API) and pkcs11-tool (the certificate beside its key on the token).
+An account key on the token (account_key_uri) is made there by pkcs11-tool; that pebble holds an
+account for it is asked with a newAccount/onlyReturnExisting JWS signed by pkcs11-tool.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 import sqlite3
@@ -520,3 +523,220 @@ def test_problem_documents_map_to_answers() -> None:
     ):
         answer = problem_answer(problem(code), phase)
         assert isinstance(answer, Misconfigured) and answer.authentication
+
+
+# -- the account key on the token ------------------------------------------------------------------------------
+
+ACCOUNT_EC = "account-p256"  # labels without "acme": the software-key test checks no such key is on the token
+ACCOUNT_RSA = "account-rsa"
+ACCOUNT_IDS = {ACCOUNT_EC: "a1", ACCOUNT_RSA: "a2"}
+
+
+def account_uri(label: str) -> str:
+    return f"pkcs11:token={TOKEN};object={label};type=private"
+
+
+@pytest.fixture(scope="module")
+def account_keys(token: SoftHSM) -> dict[str, bytes]:
+    """ACME account keys made on the token once, by pkcs11-tool (the connector never makes one): label -> SPKI."""
+    made: dict[str, bytes] = {}
+    for label, key_type in ((ACCOUNT_EC, "EC:prime256v1"), (ACCOUNT_RSA, "rsa:2048")):
+        tool = ["pkcs11-tool", "--module", token.module, "--token-label", TOKEN, "--login", "--pin", USER_PIN]
+        generated = subprocess.run(
+            [*tool, "--keypairgen", "--key-type", key_type, "--label", label, "--id", ACCOUNT_IDS[label]],
+            capture_output=True, env=token.env(), check=False,
+        )  # fmt: skip
+        assert generated.returncode == 0, generated.stderr
+        read = subprocess.run(
+            [*tool, "--read-object", "--type", "pubkey", "--label", label],
+            capture_output=True, env=token.env(), check=True,
+        )  # fmt: skip
+        made[label] = read.stdout
+    return made
+
+
+def pkcs11_tool_sign(token: SoftHSM, label: str, data: bytes, mechanism: str) -> bytes:
+    # a file and --id: from a pipe, or with --label, pkcs11-tool 0.23 fails C_SignUpdate
+    signed = token.directory / "to-sign.bin"
+    signed.write_bytes(data)
+    done = subprocess.run(
+        [
+            "pkcs11-tool", "--module", token.module, "--token-label", TOKEN, "--login", "--pin", USER_PIN,
+            "--sign", "--mechanism", mechanism, "--id", ACCOUNT_IDS[label], "--input-file", str(signed),
+        ],
+        capture_output=True, env=token.env(), check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def existing_account(pebble: Pebble, token: SoftHSM, label: str, spki: bytes) -> tuple[int, dict[str, object]]:
+    """newAccount with onlyReturnExisting (RFC 8555 7.3.1), signed by pkcs11-tool with the token's key and
+    carrying the JWK of the public key pkcs11-tool read: pebble's status and account (200: it has one)."""
+    import base64
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    context = ssl.create_default_context(cafile=str(pebble.tls_ca))
+    directory = json.loads(urllib.request.urlopen(pebble.url, context=context, timeout=5).read())
+    with urllib.request.urlopen(
+        urllib.request.Request(directory["newNonce"], method="HEAD"), context=context, timeout=5
+    ) as answer:
+        nonce = answer.headers["Replay-Nonce"]
+    public = load_der_public_key(spki)
+    ec_key = isinstance(public, ec.EllipticCurvePublicKey)
+    jwk = _public_jwk(public)
+    header = {"alg": "ES256" if ec_key else "RS256", "jwk": jwk, "nonce": nonce, "url": directory["newAccount"]}
+    protected = b64(json.dumps(header).encode())
+    payload = b64(json.dumps({"onlyReturnExisting": True}).encode())
+    # pkcs11-tool's ECDSA signature is r || s, which is JWS's form (SoftHSM has CKM_ECDSA only: hashed
+    # here); RSA PKCS#1 v1.5 is the same in both
+    signed = f"{protected}.{payload}".encode()
+    if ec_key:
+        signature = pkcs11_tool_sign(token, label, hashlib.sha256(signed).digest(), "ECDSA")
+    else:
+        signature = pkcs11_tool_sign(token, label, signed, "SHA256-RSA-PKCS")
+    body = json.dumps({"protected": protected, "payload": payload, "signature": b64(signature)}).encode()
+    request = urllib.request.Request(
+        directory["newAccount"], data=body, headers={"Content-Type": "application/jose+json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _public_jwk(public: object) -> dict[str, object]:
+    import josepy
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return dict(josepy.JWKEC(key=public).to_partial_json())
+    return dict(josepy.JWKRSA(key=public).to_partial_json())
+
+
+def test_account_key_on_the_token_signs_every_jws(
+    token: SoftHSM, pebble: Pebble, issuers: tuple[Path, Path], account_keys: dict[str, bytes], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    spki = account_keys[ACCOUNT_EC]
+    # no account of this key before the run (pebble answers accountDoesNotExist)
+    status, said = existing_account(pebble, token, ACCOUNT_EC, spki)
+    assert status == 400 and "accountDoesNotExist" in str(said.get("type")), said
+
+    started = time.monotonic()
+    ca = responder(tmp_path, pebble, account_key_uri=account_uri(ACCOUNT_EC))
+    run = enroll(token, state, inf(tmp_path, "tokenacct.example.test"), *ca)
+    seconds = time.monotonic() - started
+    assert run.returncode == 0, run.stderr
+    print(f"enroll over ACME with the account key on the token (P-256): {seconds:.2f} s")
+    (tmp_path / "enroll.out").write_text(run.stdout)  # docs/ca.md (ACME) shows this output
+    certificate = certificate_on_token(token, "tokenacct")
+    assert certificate is not None
+    assert "DNS:tokenacct.example.test" in verified_text(issuers, certificate)
+    assert not pending(token, state)
+    assert not (state / "acme").exists()  # no software account key was made
+
+    # pebble now has an account whose JWK is the token key's public key, as pkcs11-tool reads it
+    status, account = existing_account(pebble, token, ACCOUNT_EC, spki)
+    assert status == 200, account
+    assert account["status"] == "valid"
+    assert account["key"] == _public_jwk(load_spki(spki))
+
+    # a second run finds the same account again (newAccount answers 200 with its URL)
+    again = enroll(token, state, inf(tmp_path, "tokenacct2.example.test"), *ca)
+    assert again.returncode == 0, again.stderr
+    assert certificate_on_token(token, "tokenacct2") is not None
+
+
+def load_spki(spki: bytes) -> object:
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    return load_der_public_key(spki)
+
+
+def test_rsa_account_key_on_the_token_and_a_pending_order_finished_by_resume(
+    token: SoftHSM, pebble: Pebble, issuers: tuple[Path, Path], account_keys: dict[str, bytes], tmp_path: Path
+) -> None:
+    """enroll --resume opens the token again: the order is carried on with the same account key."""
+    state = tmp_path / "state"
+    hook = tmp_path / "dns-hook.sh"
+    hook.write_text(DNS_HOOK.format(log=tmp_path / "hook.log", port=pebble.challtestsrv_port))
+    hook.chmod(0o755)
+    ca = cas_toml(
+        tmp_path, pebble, challenge="dns-01", hook=str(hook), wait=0, account_key_uri=account_uri(ACCOUNT_RSA)
+    )
+    run = enroll(token, state, inf(tmp_path, "rsaacct.example.test"), *ca)
+    assert run.returncode == 14, run.stderr
+    assert "holds the request pending" in one_error_line(run)
+
+    resumed = tokenagent(token, state, "enroll", "--resume", "--pin-source", "env:TA_PIN")
+    assert resumed.returncode == 0, resumed.stderr
+    certificate = certificate_on_token(token, "rsaacct")
+    assert certificate is not None and "DNS:rsaacct.example.test" in verified_text(issuers, certificate)
+    assert not pending(token, state)
+    assert not (state / "acme").exists()
+    status, account = existing_account(pebble, token, ACCOUNT_RSA, account_keys[ACCOUNT_RSA])
+    assert status == 200 and account["key"] == _public_jwk(load_spki(account_keys[ACCOUNT_RSA])), account
+
+
+@pytest.mark.parametrize(
+    ("uri", "said"),
+    [
+        (f"pkcs11:token={TOKEN};object=no-such-key;type=private", "holds no private key"),
+        (f"pkcs11:token=another-token;object={ACCOUNT_EC};type=private", "names another token"),
+        (f"pkcs11:token={TOKEN};object={ACCOUNT_EC};type=cert", "names a cert object"),
+        (f"pkcs11:token={TOKEN};object={ACCOUNT_EC};type=private?pin-value=9876", "holds a pin-value"),
+    ],
+)
+def test_account_key_uri_naming_no_key_fails_before_anything_is_sent(
+    token: SoftHSM, account_keys: dict[str, bytes], tmp_path: Path, uri: str, said: str
+) -> None:
+    """The CA is a closed port: had anything been sent, the answer would be "refused" (exit 16)."""
+    state = tmp_path / "state"
+    lines = [
+        "[ca.closed]",
+        f'url = "acme+http://127.0.0.1:{closed_port()}/dir"',
+        f"account_key_uri = {json.dumps(uri)}",
+    ]
+    (tmp_path / "cas.toml").write_text("\n".join(lines) + "\n")
+    name = f"{said.split()[-1]}.example.test"
+    run = enroll(token, state, inf(tmp_path, name), "--config", "closed", "--cas", str(tmp_path / "cas.toml"))
+    assert run.returncode == 18, run.stderr
+    line = one_error_line(run)
+    assert "the ACME account key" in line and said in line and "enroll --resume" in line
+    assert "9876" not in run.stderr + run.stdout
+    assert len(pending(token, state)) == 1
+    assert not (state / "acme").exists()
+
+
+def test_submit_has_no_session_to_sign_with_the_account_key(
+    token: SoftHSM, account_keys: dict[str, bytes], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    request = tmp_path / "nosession.req"
+    made = tokenagent(
+        token, state, "new", str(inf(tmp_path, "nosession.example.test")), str(request),
+        "--token", TOKEN, "--pin-source", "env:TA_PIN",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    lines = [
+        "[ca.closed]",
+        f'url = "acme+http://127.0.0.1:{closed_port()}/dir"',
+        f"account_key_uri = {json.dumps(account_uri(ACCOUNT_EC))}",
+    ]
+    (tmp_path / "cas.toml").write_text("\n".join(lines) + "\n")
+    submitted = tokenagent(
+        token, state, "submit", str(request), str(tmp_path / "out.pem"), "--config", "closed",
+        "--cas", str(tmp_path / "cas.toml"),
+    )  # fmt: skip
+    assert submitted.returncode == 18, submitted.stderr
+    assert "has no session on it: use tokenagent enroll" in one_error_line(submitted)

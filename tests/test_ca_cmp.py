@@ -538,8 +538,8 @@ def test_transport_failures_keep_the_request_and_resume_finishes(
 def test_configuration_mistakes_are_one_line_errors_before_anything_is_sent(cmp_peer: CmpPeer, tmp_path: Path) -> None:
     server = cmp_peer.server("normal")
     before = server.requests()
-    run = enroll(cmp_peer, tmp_path / "body", server, body="kur")
-    assert run.returncode == 18 and "body = 'kur'" in one_error_line(run)
+    run = enroll(cmp_peer, tmp_path / "body", server, body="rr")
+    assert run.returncode == 18 and "body = 'rr'" in one_error_line(run)
     run = enroll(cmp_peer, tmp_path / "secret", server, secret_source=None)
     assert run.returncode == 18 and "secret_source and reference" in one_error_line(run)
     run = enroll(cmp_peer, tmp_path / "recipient", server, recipient="not a name")

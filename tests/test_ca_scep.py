@@ -332,3 +332,108 @@ def test_a_server_without_post_gets_the_message_by_get_with_3des(
         ["openssl", "cms", "-cmsout", "-inform", "DER", "-print"], input=envelope, capture_output=True, check=True
     ).stdout
     assert b"des-ede3-cbc" in printed
+
+
+# -- RenewalReq (messageType 17): signed with the certificate being renewed and its key -----------------
+
+
+def thumbprint(certificate: Path) -> str:
+    """The SHA-1 thumbprint of a PEM certificate, by openssl (what INF RenewalCert names)."""
+    done = subprocess.run(
+        ["openssl", "x509", "-noout", "-fingerprint", "-sha1", "-in", str(certificate)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip().split("=", 1)[1].replace(":", "")
+
+
+def renewal_inf(directory: Path, name: str, renewed: str) -> Path:
+    """A NEW RSA key (not UseExistingKeySet) whose request renews the certificate ``renewed`` (thumbprint)."""
+    inf = rsa_inf(directory, name)
+    inf.write_text(
+        inf.read_text().replace("[EnhancedKeyUsageExtension]", f"RenewalCert = {renewed}\n[EnhancedKeyUsageExtension]")
+    )
+    return inf
+
+
+def signer_of(message: bytes, tmp_path: Path) -> str:
+    """The signer certificate of a pkiMessage as openssl cms -verify reports it (its SHA-1 thumbprint)."""
+    path, signer = tmp_path / "sent.der", tmp_path / "signer.pem"
+    path.write_bytes(message)
+    done = subprocess.run(
+        ["openssl", "cms", "-verify", "-inform", "DER", "-in", str(path), "-noverify", "-binary",
+         "-signer", str(signer), "-out", str(tmp_path / "envelope.der")],
+        capture_output=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return thumbprint(signer)
+
+
+@pytest.fixture(scope="module")
+def renewed(hsm: SoftHSM, scepserver: ScepServer, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A certificate from scepserver on the token, to be renewed: (its PEM, its SHA-1 thumbprint)."""
+    work = tmp_path_factory.mktemp("scep-renewed")
+    run = enroll(hsm, work / "state", rsa_inf(work, "scep-old"), scepserver.url, netns=scepserver.enter())
+    assert run.returncode == 0, run.stderr
+    certificate = certificate_of(hsm, "scep-old", work)
+    return certificate, thumbprint(certificate)
+
+
+def test_renewal_req_is_signed_with_the_old_certificate_and_a_new_key_is_certified(
+    hsm: SoftHSM, scepserver: ScepServer, renewed: tuple[Path, str], state: Path, tmp_path: Path
+) -> None:
+    old, old_thumbprint = renewed
+    started = time.monotonic()
+    run = enroll(
+        hsm, state, renewal_inf(tmp_path, "scep-new", old_thumbprint), scepserver.url, netns=scepserver.enter()
+    )
+    seconds = time.monotonic() - started
+    assert run.returncode == 0, run.stderr
+    print(f"scepserver RenewalReq enrollment (key generation included): {seconds:.2f} s\n{run.stdout}")
+    certificate = certificate_of(hsm, "scep-new", tmp_path)
+    openssl_verify(scepserver.ca_pem, certificate)
+    keys = [
+        subprocess.run(["openssl", "x509", "-noout", "-pubkey", "-in", str(p)], capture_output=True, check=True).stdout
+        for p in (old, certificate)
+    ]
+    assert keys[0] != keys[1]  # a new key, certified; the old certificate is still on the token
+    assert key_block(hsm, "scep-old", "privkey") is not None
+    assert pending(hsm, state) == []
+
+
+def test_renewal_req_as_sent_and_resumed_with_cert_poll(
+    hsm: SoftHSM, pending_ca: PendingScepCa, renewed: tuple[Path, str], state: Path, tmp_path: Path
+) -> None:
+    _old, old_thumbprint = renewed
+    trust = ["--ca-trust", str(pending_ca.trust_pem)]
+    first = enroll(hsm, state, renewal_inf(tmp_path, "scep-renew-pend", old_thumbprint), pending_ca.url(), *trust)
+    assert first.returncode == 14, first.stderr
+    sent = pending_ca.received[-1]
+    assert sent.message_type == "17"  # RenewalReq
+    assert signer_of(sent.message, tmp_path) == old_thumbprint  # openssl: signed by the old certificate
+    parsed = subprocess.run(
+        ["openssl", "req", "-inform", "DER", "-noout", "-subject"], input=sent.content, capture_output=True
+    )
+    assert b"CN = scep-renew-pend" in parsed.stdout
+
+    # enroll --resume has no old key lent: CertPoll is signed by the new key (self-signed certificate)
+    pending_ca.approve(sent.transaction_id)
+    done = tokenagent(hsm, state, "enroll", "--resume", "--now", "--pin-source", "env:TA_PIN")
+    assert done.returncode == 0, done.stderr + done.stdout
+    poll = pending_ca.received[-1]
+    assert poll.message_type == "20" and poll.transaction_id == sent.transaction_id
+    assert signer_of(poll.message, tmp_path) != old_thumbprint
+    openssl_verify(
+        pending_ca.trust_pem, certificate_of(hsm, "scep-renew-pend", tmp_path), untrusted=pending_ca.ca.sub_cert
+    )
+
+
+def test_renewal_of_a_certificate_not_on_the_token_fails_and_the_request_stays(
+    hsm: SoftHSM, pending_ca: PendingScepCa, state: Path, tmp_path: Path
+) -> None:
+    before = len(pending_ca.received)
+    inf = renewal_inf(tmp_path, "scep-renew-missing", "00" * 20)
+    run = enroll(hsm, state, inf, pending_ca.url())
+    assert run.returncode == 9, run.stderr  # ObjectNotFoundError: looked up after generation, before sending
+    assert "no certificate with SHA-1 thumbprint" in one_error_line(run)
+    assert_kept_pending(hsm, state, run, "scep-renew-missing")
+    assert len(pending_ca.received) == before  # nothing was sent

@@ -216,7 +216,7 @@ class PendingScepCa:
                 mode = "scep"
             if mode.startswith("fail-"):
                 return 200, "application/x-pki-message", self._cert_rep(request, "2", fail_info=mode[5:])
-            if request.message_type == "19":  # PKCSReq
+            if request.message_type in ("19", "17"):  # PKCSReq, RenewalReq (signed with the renewed certificate)
                 challenge = _challenge(request.content)
                 if challenge != self.challenge:
                     return 200, "application/x-pki-message", self._cert_rep(request, "2", fail_info="2")
@@ -246,9 +246,11 @@ class PendingScepCa:
         signed = cms.ContentInfo.load(message)["content"]
         certificate = signed["certificates"][0].chosen
         (work / "requester.pem").write_bytes(_pem(certificate.dump()))
+        # a self-signed requester certificate is its own trust anchor; a RenewalReq's signer is the
+        # renewed certificate, issued by another CA here: its signature is checked, not its chain
+        anchor = ["-CAfile", work / "requester.pem"] if certificate.self_signed != "no" else ["-noverify"]
         envelope = openssl(
-            "cms", "-verify", "-inform", "DER", "-in", work / "message.der", "-binary",
-            "-CAfile", work / "requester.pem", "-purpose", "any",
+            "cms", "-verify", "-inform", "DER", "-in", work / "message.der", "-binary", *anchor, "-purpose", "any",
         )  # fmt: skip
         content = openssl(
             "cms", "-decrypt", "-inform", "DER", "-binary", "-recip", self.ra_cert, "-inkey", self.ra_key,

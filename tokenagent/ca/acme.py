@@ -1,12 +1,25 @@
 """ACME (RFC 8555): an order for the request's names, challenges answered, finalize with the CSR,
 the certificate chain downloaded. Built on certbot's `acme` library (JWS, nonces, badNonce retry).
 
-The token signs only the CSR (the request `new` made there). ACME's own signatures (JWS on every
-POST) are made with a separate **account key**: a software EC P-256 key kept in the state
-directory, ``<state dir>/acme/<first 16 hex of SHA-256 of the directory URL>.key`` (mode 0600 in a
-0700 directory, created on first use), or the PEM file the profile names (``account_key``). The
-account is registered (``newAccount``, terms of service agreed) or found again with that key on
-every run.
+The request's key signs only the CSR (the request `new` made there). ACME's own signatures (JWS on
+every POST) are made with a separate **account key**, one of:
+
+- by default a software EC P-256 key kept in the state directory, ``<state dir>/acme/<first 16 hex
+  of SHA-256 of the directory URL>.key`` (mode 0600 in a 0700 directory, created on first use);
+- the PEM file the profile names (``account_key``, EC P-256/384/521 or RSA; made on first use);
+- a private key ON the request's token (``account_key_uri = "pkcs11:...;object=...;type=private"``,
+  EC P-256/384/521 or RSA), made there once beforehand (pkcs11-tool --keypairgen, or `tokenagent
+  new`): this connector never makes it. Every JWS is then signed on the token: josepy signs with
+  a cryptography-shaped key (``sign``, ``public_key``, ``curve``), and `_TokenEcKey`/`_TokenRsaKey`
+  are such keys whose ``sign`` is the lent `RequesterKey`'s C_Sign. The connector has no token
+  session of its own: `key_needs` asks `enroll` (and `enroll --resume`) to lend the request's key,
+  and the account key is found beside it (`RequesterKey.key_beside`), on the same token and in the
+  same session (one login; a key on another token is refused). `submit` and `retrieve` have no
+  session: Misconfigured, "use tokenagent enroll". A URI naming no key, another token, or a key
+  that cannot sign JWS is Misconfigured before anything is sent.
+
+The account is registered (``newAccount``, terms of service agreed) or found again with that key
+on every run.
 
 Identifiers: the library takes them from the CSR, the subject's CN and every dNSName and
 iPAddress of its subjectAltName; a CN that is not a host name is refused by the CA. Challenges:
@@ -41,7 +54,8 @@ at every start; it answers finalize with "processing" and the order is "valid" m
 `ISSUE_WAIT`, even with ``wait = 0``); it validates an HTTP-01 challenge from three "perspectives" (three
 fetches); ``domainBlocklist`` names are refused with rejectedIdentifier at newOrder; a deactivated
 account is answered with unauthorized; it rejects 5 % of good nonces unless
-PEBBLE_WFE_NONCEREJECT=0, which the library's single retry mostly absorbs.
+PEBBLE_WFE_NONCEREJECT=0, which the library's single retry mostly absorbs; its account object
+carries the account's JWK (``key``), which the tests compare with the token's public key.
 """
 
 from __future__ import annotations
@@ -62,12 +76,13 @@ import josepy
 import requests
 from acme import client, errors, messages
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from tokenagent.ca.answers import Answer, Issued, Misconfigured, NeedsRekey, Pending, Rejected, Unreachable
-from tokenagent.ca.connector import CaRequest, certificate_key_sha256
+from tokenagent.ca.connector import CaRequest, KeyNeeds, RequesterKey, certificate_key_sha256
 from tokenagent.ca.http import HttpResponse, HttpSettings
 from tokenagent.ca.profiles import CaProfile
 from tokenagent.ca.trust import check_issued_under
@@ -115,6 +130,13 @@ def connector_for(profile: CaProfile, settings: HttpSettings, trust: tuple[bytes
     return AcmeConnector(profile, settings, trust)
 
 
+def key_needs(profile: CaProfile) -> KeyNeeds | None:
+    """With the account key on the token, every JWS is signed there: `enroll` lends its session."""
+    if not profile.option("account_key_uri"):
+        return None
+    return KeyNeeds("acme", signs_messages=True, why="the ACME account key (account_key_uri) signs on the token")
+
+
 def default_account_key(directory_url: str) -> Path:
     """Where the account key of an ACME directory is kept unless the profile names one."""
     name = hashlib.sha256(directory_url.encode("utf-8")).hexdigest()[:16]
@@ -152,6 +174,9 @@ class AcmeConnector:
         self.wait = int(profile.option("wait", DEFAULT_WAIT))
         configured = profile.option("account_key")
         self.account_key = Path(configured) if configured else default_account_key(self.url)
+        self.account_key_configured = bool(configured)
+        self.account_key_uri: str | None = profile.option("account_key_uri")
+        self._token_key: RequesterKey | None = None  # the account key on the token, lent with the request's
         self._client: client.ClientV2 | None = None  # once the account is known
         self._network: _Network | None = None
         self._responder: _Responder | None = None
@@ -201,8 +226,27 @@ class AcmeConnector:
             return Misconfigured(f"challenge = {self.challenge!r}: use one of {', '.join(CHALLENGES)}")
         if self.hook is None and self.challenge == "dns-01":
             return Misconfigured("dns-01 needs a hook program that publishes the TXT record (hook = PATH in cas.toml)")
-        if str(self.account_key).startswith("pkcs11:"):
-            return Misconfigured("an ACME account key on a token is not supported yet: give a PEM file or leave it out")
+        if "pkcs11:" in str(self.account_key):  # made relative to cas.toml as a file name would be
+            return Misconfigured('account_key names a PEM file; a key on the token is account_key_uri = "pkcs11:..."')
+        if self.account_key_uri is None:
+            return None
+        if self.account_key_configured:
+            return Misconfigured("give account_key (a PEM file) or account_key_uri (a key on the token), not both")
+        if request.key is None:
+            return Misconfigured(
+                "the ACME account key is on the token (account_key_uri), and this command has no session on it: "
+                "use tokenagent enroll, or enroll --resume for a pending request"
+            )
+        try:
+            key = request.key.key_beside(self.account_key_uri)
+        except LookupError as exc:
+            return Misconfigured(f"the ACME account key: {exc}")
+        try:
+            self._token_key = key
+            _token_account_key(key)  # a key that cannot sign JWS is found before the CA is asked
+        except _Stop as stop:
+            self._token_key = None
+            return stop.answer
         return None
 
     # -- the flow ------------------------------------------------------------------------------------
@@ -337,7 +381,11 @@ class AcmeConnector:
 
     def _account(self) -> Any:
         self._phase = "account"
-        key, alg = _load_account_key(self.account_key)
+        if self._token_key is not None:
+            key, alg = _token_account_key(self._token_key)
+            log.info("ACME account key on the token: %s", self._token_key.uri)
+        else:
+            key, alg = _load_account_key(self.account_key)
         # requests takes a CA bundle's path where the library's annotation says bool
         verify = cast(bool, str(self.settings.ca_bundle) if self.settings.ca_bundle is not None else True)
         network = _Network(
@@ -449,8 +497,10 @@ class AcmeConnector:
 
     @property
     def _account_jwk(self) -> josepy.JWK:
+        """The account's public JWK (key authorizations hash its thumbprint; a key on the token has
+        no private numbers to serialize)."""
         assert self._network is not None and self._network.key is not None, "the account comes first"
-        return self._network.key
+        return self._network.key.public_key()
 
     def _retry_after(self) -> Any:
         last = self._network.last if self._network is not None else None
@@ -553,13 +603,65 @@ def _load_account_key(path: Path) -> tuple[Any, Any]:
     if path.stat().st_mode & 0o077:
         log.warning("the ACME account key %s can be read by others: chmod 600 it", path)
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        algs = {"secp256r1": josepy.ES256, "secp384r1": josepy.ES384, "secp521r1": josepy.ES512}
-        if key.curve.name not in algs:
+        if key.curve.name not in CURVE_ALGORITHMS:
             raise _Stop(Misconfigured(f"{path}: an EC key on {key.curve.name} cannot sign ACME requests"))
-        return josepy.JWKEC(key=key), algs[key.curve.name]
+        return josepy.JWKEC(key=key), CURVE_ALGORITHMS[key.curve.name]
     if isinstance(key, rsa.RSAPrivateKey):
         return josepy.JWKRSA(key=key), josepy.RS256
     raise _Stop(Misconfigured(f"{path}: an ACME account key must be EC (P-256, P-384, P-521) or RSA"))
+
+
+CURVE_ALGORITHMS = {"secp256r1": josepy.ES256, "secp384r1": josepy.ES384, "secp521r1": josepy.ES512}
+
+
+def _token_account_key(key: RequesterKey) -> tuple[Any, Any]:
+    """The account key on the token as a JWK josepy signs with (through `_TokenEcKey`/`_TokenRsaKey`)."""
+    public = serialization.load_der_public_key(key.public_key_info)
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        if public.curve.name not in CURVE_ALGORITHMS:
+            raise _Stop(Misconfigured(f"{key.uri}: an EC key on {public.curve.name} cannot sign ACME requests"))
+        return josepy.JWKEC(key=_TokenEcKey(key, public)), CURVE_ALGORITHMS[public.curve.name]
+    if isinstance(public, rsa.RSAPublicKey):
+        return josepy.JWKRSA(key=_TokenRsaKey(key, public)), josepy.RS256
+    raise _Stop(Misconfigured(f"{key.uri}: an ACME account key must be EC (P-256, P-384, P-521) or RSA"))
+
+
+class _TokenEcKey:
+    """An EC private key on the token, shaped as josepy uses a cryptography key: ``public_key()``,
+    ``curve`` and ``sign(data, ECDSA(hash))``, which gives DER (r, s) as cryptography's does (josepy
+    turns it into JWS's r || s). josepy's wrapper only forwards attributes, so no subclass is needed."""
+
+    def __init__(self, key: RequesterKey, public: ec.EllipticCurvePublicKey) -> None:
+        self._key = key
+        self._public = public
+        self.curve = public.curve
+        self.key_size = public.key_size
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._public
+
+    def sign(self, data: bytes, signature_algorithm: ec.ECDSA) -> bytes:
+        algorithm = signature_algorithm.algorithm
+        if not isinstance(algorithm, hashes.HashAlgorithm):  # josepy hashes the message itself
+            raise ValueError("the token signs ACME requests over the message, not a digest")
+        return self._key.sign(data, algorithm.name)
+
+
+class _TokenRsaKey:
+    """An RSA private key on the token, shaped as josepy's RS256 uses one: ``sign(data, PKCS1v15(), hash)``."""
+
+    def __init__(self, key: RequesterKey, public: rsa.RSAPublicKey) -> None:
+        self._key = key
+        self._public = public
+        self.key_size = public.key_size
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self._public
+
+    def sign(self, data: bytes, padding: Any, algorithm: Any) -> bytes:
+        if not isinstance(padding, asym_padding.PKCS1v15):  # PS256 would need CKM_RSA_PKCS_PSS
+            raise ValueError(f"the token signs ACME requests with RSA PKCS#1 v1.5, not {padding.name}")
+        return self._key.sign(data, str(algorithm.name))
 
 
 def _create_account_key(path: Path) -> None:

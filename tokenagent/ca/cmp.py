@@ -12,8 +12,17 @@ Every message is protected with PasswordBasedMac (RFC 4210 5.1.3.1; OWF SHA-256,
 by the shared secret of ``secret_source``, its senderKID the ``reference`` the CA gave with the
 secret. An answer counts only when its protection verifies (the same MAC, or a signature by the
 first extraCerts certificate, which must lead to ``trust``) and it echoes our transactionID and
-senderNonce; otherwise it is not an answer (`VerificationError`). Protecting our own messages with
-a signature is not implemented, nor is ``kur``.
+senderNonce; otherwise it is not an answer (`VerificationError`).
+
+Signature protection (RFC 4210 5.1.3.3, RFC 9483 3.2; ``protection = "signature"``, the default
+without ``secret_source``): the ProtectedPart is signed on the token by a lent key, whose
+certificate goes first in extraCerts, its subject as sender and its key identifier as senderKID.
+The signer is the enrollment agent (`enroll --agent`, `CaRequest.agent`), else the certificate
+being renewed (INF ``RenewalCert``, `CaRequest.renewal`). ``body = "kur"`` (key update, RFC 9483
+4.1.3; chosen in the profile, never implicitly) is always signed by the certificate being renewed,
+names it in the oldCertID control, and carries the NEW key's template and POPO. Only the first
+submission has the lent keys: `enroll --resume` protects its pollReq / certConf with the MAC when
+``secret_source`` and ``reference`` are configured, and otherwise answers `Misconfigured`.
 
 What the CA said maps to answers: accepted / grantedWithMods (and the revocation / key update
 warnings, which come with a certificate) -> `Issued`; waiting or pollRep -> `Pending`; rejection or
@@ -26,7 +35,9 @@ transaction at a time, answers a p10cr with certReqId -1 (RFC 9483; RFC 4210 sai
 sender DN, protects its answers with its own PBM parameters (HMAC-SHA1, 500 iterations), sends
 caPubs only in an ``ip``, and answers a request whose MAC does not verify with an error (failInfo
 badRequest, "wrong pbm value") protected with its own secret, which tokenagent cannot verify
-either: that is reported as refused credentials, nothing else.
+either: that is reported as refused credentials, nothing else. With ``-srv_trusted`` it verifies
+signature protection; a signer it cannot chain is badRequest "no suitable sender cert". For kur it
+compares the oldCertID with its fixed ``-rsp_cert`` (same issuer and serial), not with the signer.
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ from asn1crypto import algos, core, csr, x509
 
 from tokenagent.ca import cmp_asn1 as asn1
 from tokenagent.ca.answers import Answer, Issued, Misconfigured, NeedsRekey, Pending, Rejected, Unreachable
-from tokenagent.ca.connector import CaRequest, KeyNeeds, certificate_key_sha256
+from tokenagent.ca.connector import CaRequest, KeyNeeds, LentSigner, certificate_key_sha256
 from tokenagent.ca.http import HttpClient, HttpFailure, HttpSettings, transport_failure
 from tokenagent.ca.profiles import CaProfile
 from tokenagent.ca.trust import check_issued_under
@@ -53,9 +64,12 @@ from tokenagent.secret_sources import Secret, SecretSource, parse_secret_source
 log = logging.getLogger("tokenagent")
 
 CONTENT_TYPE = "application/pkixcmp"  # RFC 6712 3.4
-BODIES = ("p10cr", "ir", "cr")
+BODIES = ("p10cr", "ir", "cr", "kur")
 #: the response body each request body is answered with
-REPLIES = {"p10cr": "cp", "cr": "cp", "ir": "ip"}
+REPLIES = {"p10cr": "cp", "cr": "cp", "ir": "ip", "kur": "kup"}
+PROTECTIONS = ("mac", "signature")
+#: signature protection (RFC 9481 3): the algorithm for each key family, OID and whether it has NULL parameters
+SIGNATURE_ALGORITHMS = {"RSA": ("1.2.840.113549.1.1.11", True), "EC": ("1.2.840.10045.4.3.2", False)}
 #: the PKIStatus values that come with a certificate (the warnings too: RFC 4210 5.2.3)
 GRANTED = ("accepted", "grantedWithMods", "revocationWarning", "revocationNotification", "keyUpdateWarning")
 PVNO = 2  # cmp2000: nothing tokenagent sends needs cmp2021
@@ -113,12 +127,17 @@ FAIL_INFO: dict[str, tuple[str, str]] = {
 
 
 def key_needs(profile: CaProfile) -> KeyNeeds | None:
-    """ir and cr carry a proof of possession the key signs beyond the PKCS#10; p10cr does not."""
+    """ir, cr and kur carry a proof of possession the key signs beyond the PKCS#10; p10cr does not.
+    kur and signature protection also sign with another key (the renewed certificate's, the agent's),
+    which `enroll` lends with the request's own."""
     body = _body(profile)
-    if body == "p10cr":
+    protection = _protection(profile)  # a wrong combination stops enroll before the key is made
+    if body == "p10cr" and protection == "mac":
         return None
     why = f"CMP {body} carries a proof of possession signed with the key on the token"
-    return KeyNeeds("CMP", signs_messages=True, why=why)
+    if body == "p10cr":
+        why = "CMP signature protection signs with the enrollment agent's key on its token"
+    return KeyNeeds("CMP", signs_messages=True, agent_signs=protection == "signature", why=why)
 
 
 def connector_for(profile: CaProfile, settings: HttpSettings, trust: tuple[bytes, ...]) -> CmpConnector:
@@ -134,6 +153,7 @@ def connector_for(profile: CaProfile, settings: HttpSettings, trust: tuple[bytes
         reference=profile.option("reference"),
         recipient=recipient,
         implicit_confirm=bool(profile.option("implicit_confirm", False)),
+        protection=_protection(profile),
     )
 
 
@@ -142,6 +162,20 @@ def _body(profile: CaProfile) -> str:
     if body not in BODIES:
         raise CAConfigError(f"{profile.describe()}: body = {body!r}: use one of {', '.join(BODIES)}")
     return body
+
+
+def _protection(profile: CaProfile) -> str:
+    """Which protection: "mac" (the shared secret) or "signature"; kur is always signed (RFC 9483 4.1.3)."""
+    default = "mac" if profile.option("secret_source") and _body(profile) != "kur" else "signature"
+    protection = str(profile.option("protection", default))
+    if protection not in PROTECTIONS:
+        raise CAConfigError(f"{profile.describe()}: protection = {protection!r}: use mac or signature")
+    if protection == "mac" and _body(profile) == "kur":
+        raise CAConfigError(
+            f"{profile.describe()}: body = kur is protected by the signature of the certificate being renewed "
+            "(RFC 9483 4.1.3), not by a MAC: remove protection = mac"
+        )
+    return protection
 
 
 def _name(text: str, profile: CaProfile) -> x509.Name:
@@ -184,6 +218,7 @@ class CmpConnector:
         reference: str | None = None,
         recipient: x509.Name | None = None,
         implicit_confirm: bool = False,
+        protection: str = "mac",
     ) -> None:
         self.http = HttpClient(url, settings)
         self.trust = trust
@@ -192,6 +227,7 @@ class CmpConnector:
         self.reference = reference
         self.recipient = recipient
         self.implicit_confirm = implicit_confirm
+        self.protection = protection
         self._secret: Secret | None = None
         self._ca_certificates: tuple[bytes, ...] = ()
 
@@ -212,6 +248,9 @@ class CmpConnector:
             return refused
         transaction = secrets.token_bytes(16)
         sender = _subject(request)
+        signer = self._signer(request)
+        if isinstance(signer, Misconfigured):
+            return signer
         if self.body == "p10cr":
             body = asn1.PKIBody(name="p10cr", value=csr.CertificationRequest.load(request.der))
             expected_id: int | None = None  # RFC 4210 says 0, RFC 9483 -1: take what the CA answers
@@ -221,9 +260,43 @@ class CmpConnector:
                     f"CMP {self.body} needs the request's key to sign its proof of possession, and only "
                     "`tokenagent enroll` (and `enroll --resume`) have it: use tokenagent enroll"
                 )
-            body = asn1.PKIBody(name=self.body, value=_cert_req_messages(request))
+            old = request.renewal.certificate if self.body == "kur" and request.renewal is not None else None
+            body = asn1.PKIBody(name=self.body, value=_cert_req_messages(request, old))
             expected_id = 0
-        return self._transact(body, transaction, sender, request, expected_id)
+        return self._transact(body, transaction, sender, request, expected_id, signer)
+
+    def _signer(self, request: CaRequest | None, polling: bool = False) -> LentSigner | Misconfigured | None:
+        """Who signs the protection: None for MAC; the renewed certificate for kur (RFC 9483 4.1.3), else
+        the enrollment agent (`enroll --agent`) or the renewed certificate.
+
+        Only the first submission has them (`enroll`); `enroll --resume` polls with the MAC when a
+        shared secret is configured, and otherwise cannot protect its pollReq."""
+        if self.protection == "mac":
+            return None
+        if self.body == "kur":
+            found = request.renewal if request is not None else None
+            wanted = (
+                "body = kur is signed with the certificate being renewed and its key: name it with "
+                "RenewalCert = <SHA-1 thumbprint> in the INF and run tokenagent enroll"
+            )
+        else:
+            found = (request.agent or request.renewal) if request is not None else None
+            wanted = (
+                "CMP messages are protected with a shared secret (give secret_source and reference) or a "
+                "signature: protection = signature signs with the enrollment agent's key (tokenagent enroll "
+                "--agent ...) or the renewed certificate's (INF RenewalCert), and neither was lent"
+            )
+        if found is not None:
+            return found
+        if polling and self.secret_source is not None and self.reference:
+            return None  # the MAC: the signing key is lent for the first submission only
+        if polling:
+            wanted = (
+                "the CA holds this CMP request; asking again is protected like the request, with a key that "
+                "only the first tokenagent enroll run lends (give secret_source and reference so that "
+                "enroll --resume can ask with the MAC)"
+            )
+        return Misconfigured(wanted)
 
     def poll(self, cookie: str, request: CaRequest | None) -> Answer:
         parsed = _parse_cookie(cookie)
@@ -236,7 +309,10 @@ class CmpConnector:
         poll = asn1.PollReqContent([asn1.PollReq({"cert_req_id": cert_req_id})])
         body = asn1.PKIBody(name="poll_req", value=poll)
         sender = _subject(request) if request is not None else _null_dn()
-        return self._transact(body, transaction, sender, request, cert_req_id, recip_nonce)
+        signer = self._signer(request, polling=True)
+        if isinstance(signer, Misconfigured):
+            return signer
+        return self._transact(body, transaction, sender, request, cert_req_id, signer, recip_nonce)
 
     def _unusable(self, request: CaRequest | None) -> Answer | None:
         if request is not None and request.form != "PKCS10":
@@ -246,10 +322,10 @@ class CmpConnector:
             )
         if request is not None and request.attributes:
             return Misconfigured("CMP has no place for --attrib / profile attributes: put them into the INF")
-        if self.secret_source is None or not self.reference:
+        if self.protection == "mac" and (self.secret_source is None or not self.reference):
             return Misconfigured(
                 "CMP messages are protected with the shared secret the CA gave with a reference: give "
-                "secret_source and reference in the cas.toml profile (signature protection is not supported)"
+                "secret_source and reference in the cas.toml profile (or protection = signature)"
             )
         return None
 
@@ -261,6 +337,8 @@ class CmpConnector:
         refused = self._unusable(None)
         if refused is not None:
             return refused
+        if self.protection != "mac":
+            return Misconfigured("revocation requests are protected with the shared secret only (protection = mac)")
         parsed = x509.Certificate.load(certificate)
         tbs = parsed["tbs_certificate"]
         template = asn1.CertTemplate({"issuer": tbs["issuer"], "serial_number": tbs["serial_number"]})
@@ -271,7 +349,7 @@ class CmpConnector:
             value = crl.CRLReason(reason).dump()
             details["crl_entry_details"] = [{"extn_id": "2.5.29.21", "critical": False, "extn_value": value}]
         body = asn1.PKIBody(name="rr", value=asn1.RevReqContent([asn1.RevDetails(details)]))
-        answer = self._send(body, secrets.token_bytes(16), tbs["subject"], None, ("rp",))
+        answer = self._send(body, secrets.token_bytes(16), tbs["subject"], None, ("rp",), None)
         if not isinstance(answer, asn1.PKIMessage):
             return answer
         if answer["body"].name == "error":
@@ -296,10 +374,11 @@ class CmpConnector:
         sender: x509.Name,
         request: CaRequest | None,
         expected_id: int | None,
+        signer: LentSigner | None,
         recip_nonce: bytes | None = None,
     ) -> Answer:
-        replies = ("poll_rep", "ip", "cp") if body.name == "poll_req" else (REPLIES[body.name],)
-        answer = self._send(body, transaction, sender, recip_nonce, replies)
+        replies = ("poll_rep", "ip", "cp", "kup") if body.name == "poll_req" else (REPLIES[body.name],)
+        answer = self._send(body, transaction, sender, recip_nonce, replies, signer)
         if not isinstance(answer, asn1.PKIMessage):
             return answer
         found = answer["body"]
@@ -307,7 +386,7 @@ class CmpConnector:
             return _error_answer(found.chosen)
         if found.name == "poll_rep":
             return _poll_answer(found.chosen, transaction, _nonce(answer))
-        return self._certificate(answer, transaction, sender, request, expected_id)
+        return self._certificate(answer, transaction, sender, request, expected_id, signer)
 
     def _certificate(
         self,
@@ -316,6 +395,7 @@ class CmpConnector:
         sender: x509.Name,
         request: CaRequest | None,
         expected_id: int | None,
+        signer: LentSigner | None,
     ) -> Answer:
         content = message["body"].chosen
         responses = list(content["response"])
@@ -333,12 +413,12 @@ class CmpConnector:
         extra += [c.dump() for c in message["extra_certs"]] if message["extra_certs"].native else []
         problem = self._unacceptable(certificate, extra, request)
         if problem is not None:
-            self._confirm(certificate, cert_req_id, transaction, sender, _nonce(message), problem)
+            self._confirm(certificate, cert_req_id, transaction, sender, _nonce(message), problem, signer)
             if isinstance(problem, VerificationError):
                 raise problem
             return Unreachable(problem, True)
         if not _granted_implicitly(message):
-            confirmed = self._confirm(certificate, cert_req_id, transaction, sender, _nonce(message), None)
+            confirmed = self._confirm(certificate, cert_req_id, transaction, sender, _nonce(message), None, signer)
             if confirmed is not None:
                 return confirmed
         chain = _chain(certificate, extra)
@@ -367,6 +447,7 @@ class CmpConnector:
         sender: x509.Name,
         recip_nonce: bytes,
         refusal: str | VerificationError | None,
+        signer: LentSigner | None,
     ) -> Answer | None:
         """certConf -> pkiConf. None when the CA confirmed the acceptance; a refusal is sent best effort."""
         status: dict[str, Any] = {"cert_hash": _certificate_hash(certificate), "cert_req_id": cert_req_id}
@@ -377,7 +458,7 @@ class CmpConnector:
             )
         body = asn1.PKIBody(name="cert_conf", value=asn1.CertConfirmContent([asn1.CertStatus(status)]))
         try:
-            answer = self._send(body, transaction, sender, recip_nonce, ("pkiconf",))
+            answer = self._send(body, transaction, sender, recip_nonce, ("pkiconf",), signer)
         except VerificationError:
             if refusal is not None:
                 return None
@@ -396,10 +477,11 @@ class CmpConnector:
         sender: x509.Name,
         recip_nonce: bytes | None,
         replies: tuple[str, ...],
+        signer: LentSigner | None,
     ) -> asn1.PKIMessage | Answer:
         """Protect and POST one message; the verified answer, or the `Answer` for a failure on the way."""
         nonce = secrets.token_bytes(16)
-        der = self._protected(body, transaction, sender, nonce, recip_nonce)
+        der = self._protected(body, transaction, sender, nonce, recip_nonce, signer)
         try:
             # One connection per message, as RFC 6712 allows: OpenSSL's server cancels the transaction
             # when a kept-alive connection ends, which would lose a pending request.
@@ -422,8 +504,16 @@ class CmpConnector:
         return refused if refused is not None else message
 
     def _protected(
-        self, body: asn1.PKIBody, transaction: bytes, sender: x509.Name, nonce: bytes, recip_nonce: bytes | None
+        self,
+        body: asn1.PKIBody,
+        transaction: bytes,
+        sender: x509.Name,
+        nonce: bytes,
+        recip_nonce: bytes | None,
+        signer: LentSigner | None,
     ) -> bytes:
+        if signer is not None:
+            return self._signed(body, transaction, nonce, recip_nonce, signer)
         salt = secrets.token_bytes(16)
         parameters = asn1.PBMParameter(
             {
@@ -451,6 +541,38 @@ class CmpConnector:
         protected = asn1.ProtectedPart({"header": pki_header, "body": body}).dump()
         mac = _pbm(self._shared_secret(), salt, "sha256", PBM_ITERATIONS, "sha256", protected)
         return asn1.PKIMessage({"header": pki_header, "body": body, "protection": mac}).dump()
+
+    def _signed(
+        self, body: asn1.PKIBody, transaction: bytes, nonce: bytes, recip_nonce: bytes | None, signer: LentSigner
+    ) -> bytes:
+        """Signature protection (RFC 4210 5.1.3.3, RFC 9483 3.2): signed on the token by ``signer``'s key,
+        its certificate first in extraCerts, the sender its subject and senderKID its key identifier."""
+        certificate = x509.Certificate.load(signer.certificate)
+        algorithm = SIGNATURE_ALGORITHMS.get(signer.key.family)
+        if algorithm is None:
+            raise CAConfigError(f"a {signer.key.family} key cannot protect CMP messages here")
+        oid, null = algorithm
+        header: dict[str, Any] = {
+            "pvno": PVNO,
+            "sender": x509.GeneralName(name="directory_name", value=certificate.subject),
+            "recipient": x509.GeneralName(name="directory_name", value=self.recipient or _null_dn()),
+            "message_time": datetime.now(UTC).replace(microsecond=0),
+            "protection_alg": {"algorithm": oid, **({"parameters": core.Null()} if null else {})},
+            "transaction_id": transaction,
+            "sender_nonce": nonce,
+        }
+        if certificate.key_identifier is not None:
+            header["sender_kid"] = certificate.key_identifier
+        if recip_nonce is not None:
+            header["recip_nonce"] = recip_nonce
+        if self.implicit_confirm and body.name in BODIES:
+            header["general_info"] = [{"info_type": asn1.OID_IMPLICIT_CONFIRM, "info_value": core.Null()}]
+        pki_header = asn1.PKIHeader(header)
+        protected = asn1.ProtectedPart({"header": pki_header, "body": body}).dump()
+        signature = signer.key.sign(protected, "sha256")  # on the token
+        return asn1.PKIMessage(
+            {"header": pki_header, "body": body, "protection": signature, "extra_certs": [certificate]}
+        ).dump()
 
     def _check(self, message: asn1.PKIMessage, sent: _Sent) -> Answer | None:
         """The answer's protection, transaction and nonce; `VerificationError` when it is not the CA's answer."""
@@ -559,15 +681,26 @@ def _subject(request: CaRequest | None) -> x509.Name:
     return subject
 
 
-def _cert_req_messages(request: CaRequest) -> asn1.CertReqMessages:
-    """The PKCS#10's subject, key and requested extensions as a CRMF request; the POPO signed on the token."""
+def _cert_req_messages(request: CaRequest, old: bytes | None = None) -> asn1.CertReqMessages:
+    """The PKCS#10's subject, key and requested extensions as a CRMF request; the POPO signed on the token.
+    ``old``: the certificate a kur updates, named by the oldCertID control (RFC 4211 6.5, RFC 9483 4.1.3)."""
     assert request.key is not None
     info = csr.CertificationRequest.load(request.der)["certification_request_info"]
     template: dict[str, Any] = {"subject": info["subject"], "public_key": info["subject_pk_info"]}
     for attribute in info["attributes"]:
         if attribute["type"].native == "extension_request":
             template["extensions"] = attribute["values"][0]
-    cert_request = asn1.CertRequest({"cert_req_id": 0, "cert_template": asn1.CertTemplate(template)})
+    fields: dict[str, Any] = {"cert_req_id": 0, "cert_template": asn1.CertTemplate(template)}
+    if old is not None:
+        renewed = x509.Certificate.load(old)
+        cert_id = asn1.CertId(
+            {
+                "issuer": x509.GeneralName(name="directory_name", value=renewed.issuer),
+                "serial_number": renewed.serial_number,
+            }
+        )
+        fields["controls"] = [{"type": asn1.OID_REG_CTRL_OLD_CERT_ID, "value": cert_id}]
+    cert_request = asn1.CertRequest(fields)
     algorithm = {"RSA": "sha256_rsa", "EC": "sha256_ecdsa"}.get(request.key.family)
     if algorithm is None:
         raise CAConfigError(f"a {request.key.family} key cannot sign a CMP proof of possession here")

@@ -74,6 +74,12 @@ class RequesterKey(Protocol):
         """RSA PKCS#1 v1.5 key transport undone on the token (C_Decrypt with CKM_RSA_PKCS)."""
         ...
 
+    def key_beside(self, uri: str) -> RequesterKey:
+        """Another private key on the same token, in the same session, named by a ``pkcs11:`` URI
+        (``object=`` and/or ``id=``): ACME's account key. Raises `LookupError` with a one-line
+        reason when the URI names another token, or no private key, or more than one."""
+        ...
+
 
 @dataclass(frozen=True)
 class LentSigner:
@@ -93,6 +99,7 @@ class KeyNeeds:
     families: tuple[str, ...] | None = None  # None: any family tokenagent makes
     decrypt: bool = False  # the private key must have CKA_DECRYPT (RSA key transport to the requester)
     signs_messages: bool = False  # the protocol signs with the key beyond the request (needs a session)
+    agent_signs: bool = False  # the protocol's messages may be signed by the enrollment agent (CMP protection)
     why: str = ""  # for the plan's notes and the refusal
 
 

@@ -91,6 +91,7 @@ PROTOCOL_SPECS: dict[str, ProtocolSpec] = {
             "acme",
             {
                 "account_key": str,
+                "account_key_uri": str,
                 "contact": str,
                 "challenge": str,
                 "hook": str,
@@ -104,7 +105,14 @@ PROTOCOL_SPECS: dict[str, ProtocolSpec] = {
             "cmp",
             ("http", "https"),
             "cmp",
-            {"secret_source": str, "reference": str, "recipient": str, "body": str, "implicit_confirm": bool},
+            {
+                "secret_source": str,
+                "reference": str,
+                "recipient": str,
+                "body": str,
+                "implicit_confirm": bool,
+                "protection": str,
+            },
             ("secret_source",),
         ),
         ProtocolSpec(

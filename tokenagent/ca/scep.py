@@ -37,8 +37,15 @@ before checking the signature, so they must be DER-sorted (asn1crypto's SetOf so
 GetCACaps ``Renewal SHA-1 SHA-256 AES DES3 SCEPStandard POSTPKIOperation``; GetCACert one DER
 certificate; the CertRep is encrypted with single DES-CBC; a wrong challenge and an EC key are
 FAILURE badRequest; a body that is no pkiMessage is HTTP 500 with a text reason; it never pends.
-RenewalReq (messageType 17, signed with the old certificate and key) is not sent: tokenagent lends
-only the new request's key to a connector.
+
+RenewalReq (messageType 17, RFC 8894 3.3.1.2): when `enroll` lends the certificate being renewed
+(INF ``RenewalCert``, `CaRequest.renewal`), the pkiMessage around the NEW key's PKCS #10 is signed
+with that old certificate and its key instead of a self-signed certificate. The CA encrypts its
+CertRep to the signer's certificate, so the OLD key decrypts the content key (C_Decrypt on the
+token): it must be RSA with CKA_DECRYPT, as a key SCEP certified is. scepserver (``-allowrenew 0``)
+issues it and still wants the challenge in the PKCS #10. `enroll --resume` lends no old key: a
+CertPoll is signed by the new key (self-signed), which RFC 8894 allows; a RenewalReq that never
+reached the CA is then sent as a PKCSReq.
 """
 
 from __future__ import annotations
@@ -86,7 +93,7 @@ OID_TRANSACTION_ID = "2.16.840.1.113733.1.9.7"
 OID_FAIL_INFO_TEXT = "1.3.6.1.5.5.7.24.1"  # RFC 8894 3.2.1.4.1
 
 # RFC 8894 3.2.1.2 messageType
-CERT_REP, PKCS_REQ, CERT_POLL = "3", "19", "20"
+CERT_REP, RENEWAL_REQ, PKCS_REQ, CERT_POLL = "3", "17", "19", "20"
 # RFC 8894 3.2.1.3 pkiStatus
 SUCCESS, FAILURE, PENDING = "0", "2", "3"
 
@@ -361,13 +368,23 @@ class ScepConnector:
         refused = _unusable(request)
         if refused is not None:
             return refused
+        assert request.key is not None
         key = request.key
-        assert key is not None
+        signer = _signer_certificate(request, key)
+        if message_type == PKCS_REQ and request.renewal is not None:
+            # RFC 8894 3.3.1.2: a renewal is signed with the certificate being renewed and its key; the
+            # CA encrypts its CertRep to that signer certificate, so the OLD key decrypts it too
+            if request.renewal.key.family != "RSA":
+                return Misconfigured(
+                    f"SCEP RenewalReq is signed with the renewed certificate's key and the CA encrypts to it: "
+                    f"it must be RSA, not {request.renewal.key.family}"
+                )
+            message_type, key, signer = RENEWAL_REQ, request.renewal.key, request.renewal.certificate
         try:
             caps = self._capabilities()
             ca = self._ca_certs()
             hash_name = "sha256" if caps & {"SHA-256", "SCEPSTANDARD"} else "sha1"
-            sent = _Sent(_transaction_id(request), secrets.token_bytes(16), _signer_certificate(request, key))
+            sent = _Sent(_transaction_id(request), secrets.token_bytes(16), signer)
             envelope = _envelope(content, ca.recipient, caps)
             message = _pki_message(envelope, message_type, sent, key, hash_name)
             response = self._send(message, caps)

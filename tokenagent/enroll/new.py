@@ -783,7 +783,9 @@ def _check_request_type(policy: RequestPolicy, options: NewOptions) -> None:
     RequesterName only makes sense with an agent's signature (certreq -new -cert)."""
     kind = policy.request_type
     where = policy.where("request_type")
-    if options.agent is not None and kind not in (RequestType.CMC, RequestType.PKCS7):
+    # a CA protocol whose messages the agent's key signs (CMP signature protection); nothing else takes --agent
+    protocol_signs = options.ca_needs is not None and options.ca_needs.agent_signs and kind == RequestType.PKCS10
+    if options.agent is not None and kind not in (RequestType.CMC, RequestType.PKCS7) and not protocol_signs:
         raise UsageError(f"{where}: --agent co-signs RequestType = CMC or PKCS7, not {kind.name}")
     if kind == RequestType.PKCS7 and options.agent is None and policy.renewal_cert is None:
         raise PolicyError(

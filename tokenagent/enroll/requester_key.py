@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenagent.enroll.signer import TokenSigner, token_signer
-from tokenagent.errors import CapacityError, InputError
+from tokenagent.errors import CapacityError, InputError, UsageError
 from tokenagent.token.objects import find_private_key_for, private_key_uri
 from tokenagent.token.pins import Pin
 from tokenagent.token.session import TokenSession
@@ -53,6 +53,41 @@ class TokenRequesterKey:
         plain = decrypt_rsa_pkcs1(self._session, self._key, ciphertext)
         self.decryptions += 1
         return plain
+
+    def key_beside(self, uri: str) -> TokenRequesterKey:
+        """Another private key of this session's token, by its ``pkcs11:`` URI (ACME's account key).
+
+        Only this token: a second token would need a second login, and its PIN source, which the
+        CA profile has no place for."""
+        from tokenagent.token.library import TokenSelector
+        from tokenagent.token.objects import find_private_keys, public_key_info
+        from tokenagent.token.uri import parse_uri
+
+        handle = self._session.handle
+        try:
+            wanted = parse_uri(uri)
+        except UsageError as exc:
+            raise LookupError(exc.message) from None
+        if wanted.has_pin_value:  # never echoed: a PIN comes from --pin-source, not from a CA profile
+            raise LookupError("the key's pkcs11: URI holds a pin-value: leave it out (the PIN is --pin-source's)")
+        if wanted.type not in (None, "private"):
+            raise LookupError(f"{uri} names a {wanted.type} object: name the private key (type=private)")
+        if wanted.object is None and wanted.object_id is None:
+            raise LookupError(f"{uri} names no key: give its object= (CKA_LABEL) or id= (CKA_ID)")
+        if not TokenSelector(uri, wanted).matches(handle):
+            raise LookupError(
+                f"{uri} names another token than the request's, '{handle.label}' (serial {handle.serial}): "
+                "the key must be on the token the request's key is on"
+            )
+        found = find_private_keys(self._session.session, label=wanted.object, object_id=wanted.object_id)
+        if not found:
+            raise LookupError(f"token '{handle.label}' holds no private key {uri}")
+        if len(found) > 1:
+            raise LookupError(f"token '{handle.label}' holds {len(found)} private keys that match {uri}: add id=")
+        spki = public_key_info(found[0], self._session.session)
+        if spki is None:
+            raise LookupError(f"token '{handle.label}' does not tell the public half of {uri} (no public key object)")
+        return TokenRequesterKey(self._session, found[0], spki, private_key_uri(dict(handle.uri().path), found[0]))
 
 
 def requester_key(session: TokenSession, public_key_info: bytes, uri: str) -> TokenRequesterKey:
