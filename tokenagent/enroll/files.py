@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenagent.display import escape
 from tokenagent.errors import OutputError
 
 
+def is_device(output: Path) -> bool:
+    """An existing output that is not a regular file: a character device (/dev/null, /dev/stdout,
+    a terminal) or a FIFO. It is written in place, never replaced by a rename: as root, renaming a
+    temporary file onto /dev/null would put a regular file where the device was."""
+    try:
+        mode = os.stat(output).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
 def check_output(output: Path, overwrite: bool) -> None:
     """Refuse an output that exists, unless ``overwrite``: an existing name is any directory entry,
-    a dangling symbolic link included (the link, not its target, is what -f replaces)."""
+    a dangling symbolic link included (the link, not its target, is what -f replaces). A device or
+    a FIFO is written into, not replaced, so it needs no -f."""
     if output.is_dir():
         raise OutputError(f"cannot write {escape(str(output))}: it is a directory")
+    if is_device(output):
+        if not os.access(output, os.W_OK):
+            raise OutputError(f"cannot write {escape(str(output))}: not writable")
+        return
     if os.path.lexists(output) and not overwrite:
         raise OutputError(f"{escape(str(output))} exists; give --overwrite (certreq -f) to replace it")
     parent = output.parent if str(output.parent) else Path(".")
@@ -38,14 +56,44 @@ def write_temp(output: Path, data: bytes) -> Path:
     return Path(name)
 
 
+@dataclass
+class Staged:
+    """An output written but not yet in place: a temporary file beside a regular file (renamed by
+    `commit`), or the bytes for a device (written into it by `commit`)."""
+
+    output: Path
+    data: bytes = field(repr=False)
+    temp: Path | None = None
+
+    def commit(self) -> None:
+        try:
+            if self.temp is None:
+                with open(self.output, "wb") as handle:  # a device or FIFO: written in place
+                    handle.write(self.data)
+            else:
+                os.replace(self.temp, self.output)
+                self.temp = None
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.output}: {exc.strerror or exc}") from None
+
+    def discard(self) -> None:
+        if self.temp is not None:
+            self.temp.unlink(missing_ok=True)
+            self.temp = None
+
+
+def stage(output: Path, data: bytes) -> Staged:
+    """The first half of an all-or-nothing write (`Staged.commit` is the second)."""
+    return Staged(output, data) if is_device(output) else Staged(output, data, write_temp(output, data))
+
+
 def write_atomically(output: Path, data: bytes) -> None:
     """Write ``data`` to ``output`` so that readers see the old file or the whole new one."""
-    temp = write_temp(output, data)
+    staged = stage(output, data)
     try:
-        os.replace(temp, output)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from None
+        staged.commit()
+    finally:
+        staged.discard()
 
 
 def encode_request(der: bytes, binary: bool) -> bytes:

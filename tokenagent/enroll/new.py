@@ -24,14 +24,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tokenagent.enroll.files import Staged, stage
 from tokenagent.enroll.files import check_output as _check_output
-from tokenagent.enroll.files import write_temp as _write_temp
 from tokenagent.enroll.recovery import intent_objects, recover_interrupted
 from tokenagent.enroll.signer import TokenSigner
 from tokenagent.errors import (
     Interrupted,
     ModuleError,
-    OutputError,
     PinError,
     PolicyError,
     TokenAgentError,
@@ -494,7 +493,7 @@ class _Transaction:
         self.options = options
         self.result = result
         self.created: list[Any] = []  # token objects, in creation order
-        self.temp_file: Path | None = None
+        self.staged: Staged | None = None  # the request file written, not yet in place
         self.pending: PendingRequest | None = None
         self.store_path = pending_db_path(result.plan.machine, options.state_dir)
         self.intents = IntentStore(self.store_path)
@@ -540,15 +539,12 @@ class _Transaction:
         encoded = der if self.options.binary else armor(der, result.armor_label).encode("ascii")
         output = self.options.output
         if output is not None:
-            self.temp_file = _write_temp(output, encoded)
+            self.staged = stage(output, encoded)
         if policy.request_type != RequestType.CERT:
             self._record(pair, der)
-        if output is not None and self.temp_file is not None:
-            try:
-                os.replace(self.temp_file, output)
-            except OSError as exc:
-                raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from None
-            self.temp_file = None
+        if self.staged is not None:
+            self.staged.commit()
+            self.staged = None
         return NewOutcome(
             der=der,
             encoded=encoded,
@@ -728,9 +724,9 @@ class _Transaction:
 
     def undo(self) -> int:
         """Put everything back; returns how many token objects were destroyed."""
-        if self.temp_file is not None:
+        if self.staged is not None:
             with contextlib.suppress(OSError):
-                self.temp_file.unlink()
+                self.staged.discard()
         if self.pending is not None:
             try:
                 PendingStore(self.store_path).delete(self.pending.id)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -24,8 +23,8 @@ from typing import Any
 from tokenagent.ca.answers import Answer, Issued, Misconfigured, NeedsRekey, Pending, Rejected, Unreachable, error_for
 from tokenagent.ca.connector import CaRequest, ca_request, certificate_key_sha256
 from tokenagent.ca.profiles import CaOverrides, CaProfile, open_connector, parse_attributes, resolve_config
-from tokenagent.enroll.files import check_output, write_temp
-from tokenagent.errors import CAProtocolError, InputError, OutputError, TokenAgentError, UsageError, VerificationError
+from tokenagent.enroll.files import Staged, check_output, stage
+from tokenagent.errors import CAProtocolError, InputError, TokenAgentError, UsageError, VerificationError
 from tokenagent.inputs import read_input
 from tokenagent.request.armor import read_der
 from tokenagent.store.paths import pending_db_path
@@ -408,17 +407,15 @@ def write_answer(issued: Issued, files: AnswerFiles) -> tuple[Path, ...]:
         contents.append((files.chain, _pem_chain(issued.certificate, issued.chain)))
     if files.response is not None:
         contents.append((files.response, issued.response))
-    temps: list[tuple[Path, Path]] = []
+    staged: list[Staged] = []
     try:
         for path, data in contents:
-            temps.append((write_temp(path, data), path))
-        for temp, path in temps:
-            os.replace(temp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write the CA's answer: {exc.strerror or exc}") from None
+            staged.append(stage(path, data))
+        for item in staged:
+            item.commit()
     finally:
-        for temp, _ in temps:
-            temp.unlink(missing_ok=True)
+        for item in staged:
+            item.discard()
     return tuple(path for path, _ in contents)
 
 
