@@ -64,6 +64,7 @@ class Staged:
     output: Path
     data: bytes = field(repr=False)
     temp: Path | None = None
+    committed: bool = False
 
     def commit(self) -> None:
         try:
@@ -72,9 +73,16 @@ class Staged:
                     handle.write(self.data)
             else:
                 os.replace(self.temp, self.output)
-                self.temp = None
+                self.temp, self.committed = None, True
         except OSError as exc:
             raise OutputError(f"cannot write {self.output}: {exc.strerror or exc}") from None
+
+    def withdraw(self) -> None:
+        """Undo a commit into a regular file (a run interrupted right after it): the file goes too."""
+        self.discard()
+        if self.committed:
+            self.output.unlink(missing_ok=True)
+            self.committed = False
 
     def discard(self) -> None:
         if self.temp is not None:

@@ -543,8 +543,7 @@ class _Transaction:
         if policy.request_type != RequestType.CERT:
             self._record(pair, der)
         if self.staged is not None:
-            self.staged.commit()
-            self.staged = None
+            self.staged.commit()  # kept: an interruption before the return withdraws it with the key
         return NewOutcome(
             der=der,
             encoded=encoded,
@@ -726,7 +725,7 @@ class _Transaction:
         """Put everything back; returns how many token objects were destroyed."""
         if self.staged is not None:
             with contextlib.suppress(OSError):
-                self.staged.discard()
+                self.staged.withdraw()
         if self.pending is not None:
             try:
                 PendingStore(self.store_path).delete(self.pending.id)

@@ -438,17 +438,23 @@ class _Run:
             try:
                 with self.token_lock:
                     made = self.batch.new(options)
+                assert made.outcome is not None
+                digest = hashlib.sha256(made.outcome.der).hexdigest()
+                key_id = made.outcome.key_id.hex()
+                result = RowResult(row, "made", output, key_id, digest, _key_uri(made), seconds=0.0)
             except BaseException as exc:
                 attempt.event("key", "failed", **error_fields(exc))
                 raise
-            assert made.outcome is not None
-            self.token_label, self.token_serial = made.token.label, made.token.serial
-            digest = hashlib.sha256(made.outcome.der).hexdigest()
-            key_id = made.outcome.key_id.hex()
-            attempt.note(
-                token_label=made.token.label, token_serial=made.token.serial, key_id=key_id, request_sha256=digest
-            )
-            attempt.events(("key", "done"), ("request", "done"))
+            try:
+                self.token_label, self.token_serial = made.token.label, made.token.serial
+                attempt.note(
+                    token_label=made.token.label, token_serial=made.token.serial, key_id=key_id, request_sha256=digest
+                )
+                attempt.events(("key", "done"), ("request", "done"))
+            except KeyboardInterrupt:
+                # the key and its request exist: the summary counts the row; the next run journals it as done
+                self.report(result)
+                raise
             if self.ca is None:
                 return RowResult(
                     row, "made", output, key_id, digest, _key_uri(made), seconds=time.monotonic() - started
