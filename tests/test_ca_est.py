@@ -21,12 +21,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import USER_PIN, Run, SoftHSM, make_softhsm, run_cli
-from tests.peers.estpeer import EstPeer, Label, csr_attrs
+from tests.peers.estpeer import EstPeer, Label, csr_attrs, extensions
 from tests.peers.faulty import closed_port
 
 TOKEN = "ta-est"
 EST_USER = "est-station"
 EST_PASSWORD = "Est-Secret-41b7"  # distinctive, so a leak check cannot match anything else
+OID_EXTENSION_REQUEST = "1.2.840.113549.1.9.14"
+CLIENT_AUTH_EKU = bytes.fromhex("300a06082b06010505070302")  # ExtKeyUsageSyntax { id-kp-clientAuth }
+KEY_ENCIPHERMENT = bytes.fromhex("03020520")  # KeyUsage { keyEncipherment }
 
 SUBJECT = "CN={cn},OU=Devices,DC=example,DC=com"
 INF = """[NewRequest]
@@ -63,6 +66,21 @@ def peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EstPeer]:
                     ("1.2.840.113549.1.9.14", ["1.3.6.1.1.1.1.22"]),
                 )
             ),
+            # RFC 9908's form: extensions with values (extKeyUsage to merge; a keyUsage the INF sets
+            # otherwise, a conflict), with challengePassword (cannot be filled) and a P-384 key
+            "merge": Label(
+                csrattrs=csr_attrs(
+                    "1.2.840.113549.1.9.7",
+                    ("1.2.840.10045.2.1", ["1.3.132.0.34"]),
+                    (
+                        OID_EXTENSION_REQUEST,
+                        [extensions(("2.5.29.37", False, CLIENT_AUTH_EKU), ("2.5.29.15", True, KEY_ENCIPHERMENT))],
+                    ),
+                )
+            ),
+            "attrs-500": Label(csrattrs_fail=500),
+            "attrs-404": Label(csrattrs_fail=404),
+            "attrs-garbage": Label(csrattrs=b"\x30\x03garbage"),
         }
     )
     yield server
@@ -419,3 +437,106 @@ def test_token_client_auth_without_a_certificate_for_the_key_is_misconfigured(
     line = one_error_line(run)
     assert "pkcs11 engine" in line and "same CKA_ID" in line and "enroll --resume" in line, line
     assert [r["key_label"] for r in pending(hsm, tmp_path)] == ["est-nocert"]
+
+
+# -- csrattrs = merge ----------------------------------------------------------------------------------
+
+
+def test_csrattrs_merge_adds_the_cas_extension_and_reports_conflicts(
+    hsm: SoftHSM, peer: EstPeer, tmp_path: Path
+) -> None:
+    cas = cas_toml(tmp_path, peer, "merge", user=EST_USER, password_source="env:EST_PASSWORD", csrattrs="merge")
+    run = enroll(hsm, tmp_path, inf(tmp_path, "est-merge"), "--cas", str(cas), "--config", "est")
+    assert run.returncode == 0, run.stderr
+    assert "installed on the token" in run.stdout
+    assert ("merge", "csrattrs") in peer.gets
+    warned = run.stderr
+    assert "the extension extKeyUsage (2.5.29.37)" in warned and "added to the request" in warned
+    assert "keyUsage (2.5.29.15) with another value than the request's" in warned  # the INF's kept
+    assert "challengePassword" in warned and "cannot fill it in" in warned
+    assert "P-384" in warned  # the key stays the INF's P-256, reported
+    assert EST_PASSWORD not in run.stderr + run.stdout
+
+    [sent] = [s for s in peer.seen if s.label == "merge" and s.csr is not None and b"est-merge" in s.csr]
+    assert sent.status == 200
+    text = openssl("req", "-inform", "DER", "-noout", "-text", stdin=sent.csr).stdout.decode()
+    assert "TLS Web Client Authentication" in text  # merged from csrattrs
+    assert "Digital Signature" in text and "Key Encipherment" not in text  # the INF's KeyUsage, not the CA's
+    assert "DNS:est-merge.example.com" in text
+    assert "prime256v1" in text or "P-256" in text
+    # one extensionRequest attribute, holding the INF's extensions and the merged one
+    parsed = openssl("asn1parse", "-inform", "DER", stdin=sent.csr).stdout.decode()
+    assert parsed.count("Extension Request") == 1, parsed
+    assert openssl("req", "-inform", "DER", "-noout", "-verify", stdin=sent.csr).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("label", "said"),
+    [("attrs-500", "HTTP 500"), ("attrs-404", "HTTP 404"), ("attrs-garbage", "cannot be read")],
+)
+def test_csrattrs_merge_goes_on_without_a_broken_csrattrs(
+    hsm: SoftHSM, peer: EstPeer, tmp_path: Path, label: str, said: str
+) -> None:
+    cas = cas_toml(tmp_path, peer, label, user=EST_USER, password_source="env:EST_PASSWORD", csrattrs="merge")
+    container = f"est-merge-{label}"
+    run = enroll(hsm, tmp_path, inf(tmp_path, container), "--cas", str(cas), "--config", "est")
+    assert run.returncode == 0, run.stderr
+    assert said in run.stderr and "made without them" in run.stderr
+    assert "Traceback" not in run.stderr
+    certificate_with_id(hsm, key_id(hsm, container))
+
+
+def test_csrattrs_merge_with_the_ca_unreachable_fails_before_any_key(
+    hsm: SoftHSM, peer: EstPeer, tmp_path: Path
+) -> None:
+    cas = tmp_path / "cas.toml"
+    cas.write_text(
+        f'[ca.est]\nurl = "est+https://127.0.0.1:{closed_port()}"\nca_bundle = "{peer.tls_bundle}"\n'
+        'csrattrs = "merge"\n'
+    )
+    run = enroll(hsm, tmp_path, inf(tmp_path, "est-merge-refused"), "--cas", str(cas), "--config", "est")
+    assert run.returncode == 16, run.stderr
+    line = one_error_line(run)
+    assert "refused" in line and "enroll --resume" not in line
+    assert not pending(hsm, tmp_path)
+    listing = pkcs11(hsm, "-O")
+    assert "est-merge-refused" not in listing  # no key was made
+
+
+@pytest.mark.parametrize("suppress", [False, True])
+def test_csrattrs_extensions_join_the_one_extension_request(suppress: bool) -> None:
+    """With or without extensions of the INF's own (SuppressDefaults, no KeyUsage), the merged
+    ones end in one extensionRequest; an OID the INF sets keeps the INF's value."""
+    from asn1crypto import csr, x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from tokenagent.ca.est import csr_attribute_extensions
+    from tokenagent.inf import parse_policy
+    from tokenagent.request.algorithms import signature_algorithm
+    from tokenagent.request.pkcs10 import build_request
+    from tokenagent.request.signer import SoftwareSigner
+
+    more = "SuppressDefaults = TRUE\nKeyUsage = 0" if suppress else "KeyUsage = CERT_DIGITAL_SIGNATURE_KEY_USAGE"
+    text = f'[NewRequest]\nSubject = "CN=merged"\nKeyAlgorithm = ECDSA_P256\n{more}\n'
+    policy = parse_policy(text, "merged.inf")
+    key = ec.generate_private_key(ec.SECP256R1())
+    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    wanted = csr_attribute_extensions(
+        csr_attrs(
+            (
+                OID_EXTENSION_REQUEST,
+                [extensions(("2.5.29.37", False, CLIENT_AUTH_EKU), ("2.5.29.15", True, KEY_ENCIPHERMENT))],
+            )
+        )
+    )
+    extra = [csr.CRIAttribute({"type": OID_EXTENSION_REQUEST, "values": [x509.Extensions(wanted)]})]
+    der = build_request(policy, spki, SoftwareSigner(key, signature_algorithm(policy)), extra_attributes=extra)
+    shown = openssl("req", "-inform", "DER", "-noout", "-text", "-verify", stdin=der)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout.decode()
+    assert "TLS Web Client Authentication" in out
+    assert ("Key Encipherment" in out) == suppress  # only when the INF sets no KeyUsage
+    assert ("Digital Signature" in out) != suppress
+    parsed = openssl("asn1parse", "-inform", "DER", stdin=der).stdout.decode()
+    assert parsed.count("Extension Request") == 1

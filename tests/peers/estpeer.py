@@ -7,7 +7,8 @@ packaged for Debian, so this one follows the RFC and issues with the `openssl ca
 - ``GET  /.well-known/est[/LABEL]/cacerts``: the CA certificates, certs-only PKCS#7, base64
   (``application/pkcs7-mime; smime-type=certs-only``, ``Content-Transfer-Encoding: base64``),
   without authentication (RFC 7030 4.1.1).
-- ``GET  .../csrattrs``: the label's CsrAttrs (``application/csrattrs``, base64 DER), or 204.
+- ``GET  .../csrattrs``: the label's CsrAttrs (``application/csrattrs``, base64 DER), or 204;
+  ``csrattrs_fail`` answers it with that status instead (a text/plain reason).
 - ``POST .../simpleenroll``: a base64 PKCS#10 (``application/pkcs10``). The client must be
   authenticated, by a verified TLS client certificate or by HTTP Basic (RFC 7030 3.2.3); else
   401 with ``WWW-Authenticate: Basic``. The CSR's signature is checked with ``openssl req -verify``.
@@ -68,8 +69,9 @@ class CsrAttrs(univ.SequenceOf):
     componentType = AttrOrOID()
 
 
-def csr_attrs(*items: str | tuple[str, list[str]]) -> bytes:
-    """DER CsrAttrs: an OID as a string, an attribute as (type OID, [value OIDs])."""
+def csr_attrs(*items: str | tuple[str, list[str | bytes]]) -> bytes:
+    """DER CsrAttrs: an OID as a string, an attribute as (type OID, [values]); a value is an OID
+    (a string) or the DER of any other value (e.g. `extensions`, RFC 9908's extensionRequest form)."""
     attrs = CsrAttrs()
     for item in items:
         choice = AttrOrOID()
@@ -80,10 +82,23 @@ def csr_attrs(*items: str | tuple[str, list[str]]) -> bytes:
             attribute = rfc5280.Attribute()
             attribute["type"] = univ.ObjectIdentifier(kind)
             for value in values:
-                attribute["values"].append(encoder.encode(univ.ObjectIdentifier(value)))
+                der = value if isinstance(value, bytes) else encoder.encode(univ.ObjectIdentifier(value))
+                attribute["values"].append(der)
             choice["attribute"] = attribute
         attrs.append(choice)
     return encoder.encode(attrs)
+
+
+def extensions(*items: tuple[str, bool, bytes]) -> bytes:
+    """DER Extensions (RFC 5280) from (OID, critical, the extnValue's DER) triples."""
+    result = rfc5280.Extensions()
+    for oid, critical, value in items:
+        extension = rfc5280.Extension()
+        extension["extnID"] = univ.ObjectIdentifier(oid)
+        extension["critical"] = critical
+        extension["extnValue"] = value
+        result.append(extension)
+    return encoder.encode(result)
 
 
 @dataclass
@@ -94,6 +109,7 @@ class Label:
     garbage: bool = False  # answer enrollments 200 with a body that is not base64 PKCS#7
     basic: bool = True  # HTTP Basic is accepted (else only a TLS client certificate)
     csrattrs: bytes | None = None  # DER CsrAttrs; None: 204 No Content
+    csrattrs_fail: int | None = None  # answer csrattrs with this HTTP status
 
 
 @dataclass
@@ -116,6 +132,7 @@ class EstPeer:
     ca: OpenSslCA = field(init=False)
     labels: dict[str, Label] = field(default_factory=lambda: {"": Label()})
     seen: list[Seen] = field(default_factory=list)
+    gets: list[tuple[str, str]] = field(default_factory=list)  # (label, operation) of each GET served
 
     def __post_init__(self) -> None:
         self.ca = OpenSslCA.create(self.directory / "ca", key="ec")
@@ -261,12 +278,16 @@ def _handler(peer: EstPeer) -> type[BaseHTTPRequestHandler]:
             label, operation = self._route()
             if operation is None:
                 return
+            peer.gets.append((label, operation))
             if operation == "cacerts":
                 body = _base64(peer.certs_only([peer.ca.sub_der, peer.ca.root_der]))
                 self._send(200, body, "application/pkcs7-mime; smime-type=certs-only", base64=True)
             elif operation == "csrattrs":
                 attrs = peer.labels[label].csrattrs
-                if attrs is None:
+                failed = peer.labels[label].csrattrs_fail
+                if failed is not None:
+                    self._send(failed, b"csrattrs are not available\n", "text/plain")
+                elif attrs is None:
                     self._send(204, b"", None)
                 else:
                     self._send(200, _base64(attrs), "application/csrattrs", base64=True)

@@ -9,9 +9,18 @@
   request" (`Pending` with the cookie "resend"; `poll` sends it again, as RFC 7030 4.2.3 says);
   4xx/5xx carry a human-readable reason (text/plain, erratum 5108), shown as the CA's words.
 - ``csrattrs`` (GET): what the CA wants in the request (CsrAttrs, RFC 7030 4.5). The request is
-  already signed on the token when a connector sees it, so nothing can be added: each attribute
-  the request lacks or contradicts is reported before sending (``csrattrs = "warn"``, the
-  default: a warning; ``"require"``: not sent, `Misconfigured`; ``"off"``: not asked).
+  already signed on the token when a connector sees it, so nothing can be added there: each
+  attribute the request lacks or contradicts is reported before sending (``csrattrs = "warn"``,
+  the default: a warning; ``"require"``: not sent, `Misconfigured`; ``"off"``: not asked).
+  ``csrattrs = "merge"`` (opt-in) also asks BEFORE the key is generated (`request_attributes`):
+  the extensions the CA gives with values (an extensionRequest attribute holding Extensions) go
+  into the request's extensionRequest, except those whose OID the INF sets (the INF wins); each
+  merged one is warned. What cannot be filled in (a bare OID such as challengePassword or
+  macAddress, another attribute) and what contradicts the INF (key type, curve, signature
+  algorithm, an extension's value) is then warned about at submission, as with ``"warn"``. A
+  csrattrs that fails (404, 500, garbage, a 401) is warned about and the request made without
+  it (csrattrs is optional); a CA that cannot be reached stops `enroll` before any key exists.
+  Not the default: what goes into the request would change with what a server says.
 
 Authentication (RFC 7030 3.2.3, 3.3.2): HTTP Basic (``--ca-user``, ``--ca-password-source``;
 asked for by a 401, sent once, a refusal never retried), and/or a TLS client certificate:
@@ -44,13 +53,13 @@ import shutil
 import ssl
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, Protocol
 
-from asn1crypto import core, csr
+from asn1crypto import core, csr, x509
 
-from tokenagent.ca.answers import Answer, Issued, Misconfigured, Pending, Rejected, Unreachable
+from tokenagent.ca.answers import Answer, Issued, Misconfigured, Pending, Rejected, Unreachable, error_for
 from tokenagent.ca.connector import CaRequest, KeyNeeds, RequesterKey, certificate_key_sha256
 from tokenagent.ca.http import (
     MAX_BODY,
@@ -72,7 +81,7 @@ from tokenagent.token.uri import Pkcs11Uri, parse_uri
 log = logging.getLogger("tokenagent")
 
 CLIENT_AUTH = ("none", "file", "token")
-CSRATTRS_MODES = ("warn", "require", "off")
+CSRATTRS_MODES = ("warn", "require", "merge", "off")
 PKCS7_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
 #: the cookie of a pending EST request: asking again is sending the same request (RFC 7030 4.2.3)
 RESEND = "resend"
@@ -81,6 +90,7 @@ _LIBP11_ATTRIBUTES = ("token", "manufacturer", "serial", "model", "object", "typ
 
 OID_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
 OID_RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
+OID_CHALLENGE_PASSWORD = "1.2.840.113549.1.9.7"
 
 
 # -- RFC 7030 4.5.2 ---------------------------------------------------------------------------------
@@ -126,6 +136,83 @@ def key_needs(profile: CaProfile) -> KeyNeeds | None:
         signs_messages=True,
         why="EST re-enrollment (client_auth = token) signs the TLS handshake with the key being renewed",
     )
+
+
+def request_attributes(profile: CaProfile) -> list[csr.CRIAttribute]:
+    """With ``csrattrs = "merge"``: the extensionRequest of the extensions the CA's csrattrs give,
+    asked for before the key is generated (RFC 7030 4.5.1).
+
+    Asked without the Basic password (a secret source is read once, by the enrollment) and, with
+    client_auth = token, without a client certificate (the key does not exist yet): a CA that wants
+    authentication for csrattrs gets none, and nothing is merged."""
+    if profile.option("csrattrs", "warn") != "merge":
+        return []
+    from tokenagent.ca.profiles import http_settings
+
+    connector = EstConnector(profile, replace(http_settings(profile), user=None, password=None), ())
+    where = connector.describe()
+    try:
+        response = connector.http.request("GET", f"{connector.prefix}/csrattrs")
+    except HttpFailure as failed:
+        answer = failed.answer
+        unreachable = isinstance(answer, Unreachable) and not answer.garbled
+        if unreachable or (isinstance(answer, Misconfigured) and not answer.authentication):
+            raise error_for(answer, where) from None  # the enrollment would fail the same way: no key made
+        log.warning("EST csrattrs of %s: %s; the request is made without them", where, answer.message)
+        return []
+    finally:
+        connector.close()
+    if response.status == 204:
+        log.info("EST csrattrs: %s asks for nothing", where)
+        return []
+    if response.status != 200:
+        log.warning("EST csrattrs of %s: %s; the request is made without them", where, response.describe())
+        return []
+    try:
+        extensions = csr_attribute_extensions(_body_der(response.body) or b"")
+    except ValueError as exc:
+        log.warning("EST csrattrs of %s cannot be read (%s); the request is made without them", where, exc)
+        return []
+    for extension in extensions:
+        critical = ", critical" if extension["critical"].native else ""
+        log.warning(
+            "EST csrattrs: the CA asks for the extension %s%s: added to the request unless the INF sets it",
+            _name(extension["extn_id"].dotted),
+            critical,
+        )
+    if not extensions:
+        return []
+    return [csr.CRIAttribute({"type": OID_EXTENSION_REQUEST, "values": [x509.Extensions(extensions)]})]
+
+
+def csr_attribute_extensions(csrattrs_der: bytes) -> list[x509.Extension]:
+    """The extensions CsrAttrs gives with values (extensionRequest attributes holding Extensions,
+    RFC 7030 4.5.2 / RFC 9908), in order, one per OID. `ValueError` for unreadable CsrAttrs."""
+    found: dict[str, x509.Extension] = {}
+    for item in _csr_attrs(csrattrs_der):
+        if item.name != "attribute" or item.chosen["type"].dotted != OID_EXTENSION_REQUEST:
+            continue
+        for value in item.chosen["values"]:
+            der = bytes(value.dump())
+            if der[:1] == b"\x06":  # an OID alone: the CA wants the extension but gives no value
+                continue
+            for extension in Extensions.load(der):
+                loaded = x509.Extension.load(extension.dump())
+                found.setdefault(loaded["extn_id"].dotted, loaded)
+    return list(found.values())
+
+
+def _csr_attrs(csrattrs_der: bytes) -> CsrAttrs:
+    try:
+        wanted = CsrAttrs.load(csrattrs_der, strict=True)
+        wanted.native  # noqa: B018 -- parses every element now, so damage is a ValueError here
+        for item in wanted:
+            if item.name == "attribute" and item.chosen["type"].dotted == OID_EXTENSION_REQUEST:
+                for value in item.chosen["values"]:
+                    _extension_values(bytes(value.dump()))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not DER CsrAttrs: {exc}") from None
+    return wanted
 
 
 def connector_for(profile: CaProfile, settings: HttpSettings, trust: tuple[bytes, ...]) -> EstConnector:
@@ -306,7 +393,7 @@ class EstConnector:
             log.warning("EST csrattrs of %s cannot be read (%s); the request is sent unchecked", self.describe(), exc)
             return None
         for problem in problems:
-            if self.csrattrs == "warn":
+            if self.csrattrs in ("warn", "merge"):
                 log.warning("EST csrattrs: %s", problem)
         if problems and self.csrattrs == "require":
             return Misconfigured(
@@ -324,7 +411,7 @@ class _RequestFacts:
     key: str  # the key algorithm's OID
     curve: str | None  # the named curve's OID of an EC key
     attributes: frozenset[str]  # attribute types
-    extensions: frozenset[str]  # extension OIDs of its extensionRequest
+    extensions: dict[str, bytes]  # its extensionRequest's extensions: OID -> the Extension's DER
 
     @classmethod
     def of(cls, request_der: bytes) -> _RequestFacts:
@@ -332,7 +419,7 @@ class _RequestFacts:
         info = request["certification_request_info"]
         key = info["subject_pk_info"]["algorithm"]
         extensions = {
-            extension["extn_id"].dotted
+            extension["extn_id"].dotted: bytes(extension.dump())
             for attribute in info["attributes"]
             if attribute["type"].dotted == OID_EXTENSION_REQUEST
             for value in attribute["values"]
@@ -343,7 +430,7 @@ class _RequestFacts:
             key=key["algorithm"].dotted,
             curve=key["parameters"].chosen.dotted if key["algorithm"].dotted == OID_EC_PUBLIC_KEY else None,
             attributes=frozenset(a["type"].dotted for a in info["attributes"]),
-            extensions=frozenset(extensions),
+            extensions=extensions,
         )
 
 
@@ -354,11 +441,7 @@ def csr_attribute_problems(request_der: bytes, csrattrs_der: bytes) -> list[str]
     attribute or extension it must carry; an attribute constrains the key (ecPublicKey: the curves)
     or lists the extensions an extensionRequest must hold. `ValueError` for unreadable CsrAttrs.
     """
-    try:
-        wanted = CsrAttrs.load(csrattrs_der, strict=True)
-        wanted.native  # noqa: B018 -- parses every element now, so damage is a ValueError here
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"not DER CsrAttrs: {exc}") from None
+    wanted = _csr_attrs(csrattrs_der)
     facts = _RequestFacts.of(request_der)
     problems: list[str] = []
     for item in wanted:
@@ -378,6 +461,8 @@ def _oid_problems(oid: str, facts: _RequestFacts) -> list[str]:
         if oid != facts.key:
             return [f"a {_name(oid)} key, the request's is {_name(facts.key)}"]
     elif oid not in facts.attributes and oid not in facts.extensions:
+        if oid == OID_CHALLENGE_PASSWORD:  # EST authenticates with TLS or Basic; the INF has no such field
+            return [f"{_name(oid)}, which the request does not carry (tokenagent cannot fill it in)"]
         return [f"{_name(oid)}, which the request does not carry"]
     return []
 
@@ -392,18 +477,30 @@ def _attribute_problems(kind: str, values: list[bytes], facts: _RequestFacts) ->
             return [f"an EC key on {named}, the request's is on {_name(facts.curve)}"]
         return []
     if kind == OID_EXTENSION_REQUEST:
-        missing = [oid for value in values for oid in _extension_oids(value) if oid not in facts.extensions]
-        return [f"the extension {_name(oid)}, which the request does not carry" for oid in missing]
+        problems = []
+        for oid, der in (pair for value in values for pair in _extension_values(value)):
+            if oid not in facts.extensions:
+                problems.append(f"the extension {_name(oid)}, which the request does not carry")
+            elif der is not None and _normalized(der) != _normalized(facts.extensions[oid]):
+                problems.append(f"the extension {_name(oid)} with another value than the request's (the INF's)")
+        return problems
     if kind not in facts.attributes:
         return [f"the attribute {_name(kind)}, which the request does not carry"]
     return []
 
 
-def _extension_oids(value: bytes) -> list[str]:
-    """An extensionRequest value in CsrAttrs: an extension's OID (RFC 7030's example) or Extensions."""
+def _extension_values(value: bytes) -> list[tuple[str, bytes | None]]:
+    """An extensionRequest value in CsrAttrs: an extension's OID (RFC 7030's example; no value) or
+    Extensions (RFC 9908), as (OID, the Extension's DER)."""
     if value[:1] == b"\x06":
-        return [core.ObjectIdentifier.load(value).dotted]
-    return [e["extn_id"].dotted for e in Extensions.load(value)]
+        return [(core.ObjectIdentifier.load(value).dotted, None)]
+    return [(e["extn_id"].dotted, bytes(e.dump())) for e in Extensions.load(value, strict=True)]
+
+
+def _normalized(extension_der: bytes) -> tuple[str, bool, bytes]:
+    """An Extension as (OID, critical, value): a DEFAULT FALSE written out compares equal."""
+    extension = Extension.load(extension_der)
+    return extension["extn_id"].dotted, bool(extension["critical"].native), bytes(extension["extn_value"].native)
 
 
 _SIGNATURE_ALGORITHMS = {
@@ -423,7 +520,7 @@ _NAMES = {
     "1.2.840.10045.3.1.7": "P-256",
     "1.3.132.0.34": "P-384",
     "1.3.132.0.35": "P-521",
-    "1.2.840.113549.1.9.7": "challengePassword",
+    OID_CHALLENGE_PASSWORD: "challengePassword",
     OID_EXTENSION_REQUEST: "extensionRequest",
     "1.3.6.1.1.1.1.22": "macAddress",
     "2.5.29.17": "subjectAltName",

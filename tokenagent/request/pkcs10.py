@@ -199,10 +199,13 @@ def request_info(
     policy: RequestPolicy, spki_der: bytes, *, extra_attributes: Sequence[csr.CRIAttribute] = ()
 ) -> csr.CertificationRequestInfo:
     """The CertificationRequestInfo to sign; ``extra_attributes`` (e.g. CMC's popLinkWitnessV2 or
-    the renewal certificate) come after the policy's own attributes."""
+    the renewal certificate) come after the policy's own attributes. An extensionRequest among them
+    (EST csrattrs) is merged into the policy's own: a request has one, and the INF's extension wins
+    over one with the same OID."""
     signature_algorithm(policy)  # refuses DSA and DH policies, which tokenagent cannot sign for
     key_info = public_key_info(spki_der)
     exts = request_extensions(policy, spki_der)
+    extra_attributes = _merge_extension_requests(exts, extra_attributes)
     info = csr.CertificationRequestInfo(
         {
             "version": "v1",
@@ -217,6 +220,23 @@ def request_info(
     except (ValueError, TypeError) as exc:
         raise _fail(policy, None, f"cannot encode the request: {str(exc).splitlines()[0]}") from None
     return info
+
+
+def _merge_extension_requests(
+    exts: list[x509.Extension], extra_attributes: Sequence[csr.CRIAttribute]
+) -> list[csr.CRIAttribute]:
+    """Appends to ``exts`` the extensions of extra extensionRequest attributes whose OID it lacks;
+    returns the other extra attributes."""
+    others = []
+    for attribute in extra_attributes:
+        if attribute["type"].dotted != attributes.OID_EXTENSION_REQUEST:
+            others.append(attribute)
+            continue
+        for value in attribute["values"]:
+            for extension in value:
+                if extension["extn_id"].dotted not in {e["extn_id"].dotted for e in exts}:
+                    exts.append(x509.Extension.load(extension.dump()))
+    return others
 
 
 def sign_request(info: csr.CertificationRequestInfo, signer: Signer) -> bytes:

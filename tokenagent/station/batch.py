@@ -436,12 +436,13 @@ class _Run:
                 ca_attributes=self.ca.attributes if self.ca else (),
             )
             try:
-                with self.token_lock:
+                with self.token_lock:  # the URI reads CK_TOKEN_INFO: a token call, so under the lock too
                     made = self.batch.new(options)
+                    key_uri = _key_uri(made)
                 assert made.outcome is not None
                 digest = hashlib.sha256(made.outcome.der).hexdigest()
                 key_id = made.outcome.key_id.hex()
-                result = RowResult(row, "made", output, key_id, digest, _key_uri(made), seconds=0.0)
+                result = RowResult(row, "made", output, key_id, digest, key_uri, seconds=0.0)
             except BaseException as exc:
                 attempt.event("key", "failed", **error_fields(exc))
                 raise
@@ -456,23 +457,21 @@ class _Run:
                 self.report(result)
                 raise
             if self.ca is None:
-                return RowResult(
-                    row, "made", output, key_id, digest, _key_uri(made), seconds=time.monotonic() - started
-                )
+                return RowResult(row, "made", output, key_id, digest, key_uri, seconds=time.monotonic() - started)
             try:
                 issued, serial = self._submit_and_accept(attempt, made, self.ca)
             except FATAL:
                 raise
             except TokenAgentError as exc:  # the key and its request stay pending: say which they are
                 seconds = time.monotonic() - started
-                return RowResult(row, "failed", output, key_id, digest, _key_uri(made), seconds, error=exc)
+                return RowResult(row, "failed", output, key_id, digest, key_uri, seconds, error=exc)
         return RowResult(
             row,
             "installed",
             output,
             key_id,
             digest,
-            _key_uri(made),
+            key_uri,
             seconds=time.monotonic() - started,
             ca_request_id=issued.request_id,
             certificate_serial=serial,
