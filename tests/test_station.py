@@ -10,6 +10,7 @@ the CA) and the sqlite3 command (the journal), not with tokenagent.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import stat
@@ -435,3 +436,78 @@ def test_ctrl_c_stops_the_card_in_progress_and_rolls_it_back(
     assert key_ids(softhsm, "ta-station-a", "fay-logon") == []
     failed = [row for row in journal_rows(state) if row[0] == "submit" and row[1] == "failed"]
     assert failed and "station interrupted" in failed[0][4]
+
+
+class Terminal:
+    """The station on a real pseudo-terminal: what it shows is read as it comes, replies are typed."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        import pty
+
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: stdin, stdout and stderr are the terminal
+            os.execve(sys.executable, [sys.executable, "-m", "tokenagent", "station", *args], env)
+        self.shown = b""
+
+    def wait_for(self, text: bytes, timeout: float = 60) -> None:
+        import select
+
+        deadline = time.monotonic() + timeout
+        while text not in self.shown:
+            assert time.monotonic() < deadline, f"{text!r} never shown:\n{self.shown.decode(errors='replace')}"
+            ready, _, _ = select.select([self.fd], [], [], 0.5)
+            if ready:
+                try:
+                    self.shown += os.read(self.fd, 4096)
+                except OSError:
+                    break
+
+    def type(self, line: str) -> None:
+        os.write(self.fd, (line + "\n").encode())
+
+    def finish(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.1)
+        os.kill(self.pid, 9)
+        raise AssertionError("the station did not end:\n" + self.shown.decode(errors="replace"))
+
+
+def test_the_holder_types_the_pin_at_the_terminal(
+    softhsm: SoftHSM,
+    piv_station: Any,
+    django_ca: Any,
+    django_agents: dict[str, CaAgent],
+    station_files: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """user_pin = holder: the station asks the card holder for the card's PIN on the terminal."""
+    config = tmp_path / "holder.toml"
+    config.write_text(station_files["config"].read_text().replace('user_pin = "csv"', 'user_pin = "holder"'))
+    users = tmp_path / "users.csv"
+    users.write_text("user,name,container\nEXAMPLE\\gus,Gus Tester,gus-logon\n")
+    state = tmp_path / "state"
+    env = piv_station.env(**softhsm.env(TA_PIN=USER_PIN))
+    terminal = Terminal(
+        [
+            str(station_files["inf"]), "--agent", django_agents["cmc-agent-1"].uri, "--agent-pin-source", "env:TA_PIN",
+            "--config", f"cmc+{django_ca.url}", "--ca-trust", str(django_ca.ca_pem),
+            "--station-config", str(config), "--module", softhsm.module, "--pin-source", "prompt",
+            "--users", str(users), "--count", "1", "--idle-timeout", "60", "--state-dir", str(state),
+        ],
+        env,
+    )  # fmt: skip
+    terminal.wait_for(b"insert a card")
+    piv_station.insert_blank(0)
+    terminal.wait_for(b"User PIN for token 'ta-station-a'")
+    terminal.type(USER_PIN)
+    terminal.wait_for(b"remove the card")
+    piv_station.remove(0)
+    code = terminal.finish()
+    shown = terminal.shown.decode(errors="replace")
+    assert code == 0, shown
+    assert "enrolled EXAMPLE\\gus" in shown  # (the PIN is typed without echo: getpass)
+    assert len(key_ids(softhsm, "ta-station-a", "gus-logon")) == 1
