@@ -26,6 +26,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokenagent.errors import InputError, TokenAgentError
 from tokenagent.inputs import read_input
@@ -49,6 +50,8 @@ class ReaderMapping:
 class StationConfig:
     files: tuple[str, ...]
     readers: dict[str, ReaderMapping]
+    #: the ``[station]`` table of each file that has one, in reading order (`tokenagent station` checks it)
+    station_tables: tuple[tuple[Path, dict[str, Any]], ...] = ()
 
 
 def station_files(explicit: Sequence[str | Path] = (), env: Mapping[str, str] | None = None) -> list[Path]:
@@ -64,16 +67,22 @@ def station_files(explicit: Sequence[str | Path] = (), env: Mapping[str, str] | 
 def load_station_config(explicit: Sequence[str | Path] = (), env: Mapping[str, str] | None = None) -> StationConfig:
     files = station_files(explicit, env)
     readers: dict[str, ReaderMapping] = {}
+    tables: list[tuple[Path, dict[str, Any]]] = []
     for path in files:
-        for mapping in _read(path):
+        document = _read(path)
+        for mapping in _readers(document, path):
             readers[mapping.reader] = mapping
-    return StationConfig(files=tuple(str(p) for p in files), readers=readers)
+        if "station" in document:
+            if not isinstance(document["station"], dict):
+                raise InputError(f"{path}: [station] must be a table")
+            tables.append((path, document["station"]))
+    return StationConfig(files=tuple(str(p) for p in files), readers=readers, station_tables=tuple(tables))
 
 
 _TOML_LINE = re.compile(r"\(at line (\d+), column \d+\)$")
 
 
-def _read(path: Path) -> list[ReaderMapping]:
+def _read(path: Path) -> dict[str, Any]:
     data = read_input(path, "station config")
     try:
         document = tomllib.loads(data.decode("utf-8"))
@@ -85,6 +94,10 @@ def _read(path: Path) -> list[ReaderMapping]:
         found = _TOML_LINE.search(text)
         where = f"{path}:{found.group(1)}" if found else str(path)
         raise InputError(f"{where}: not valid TOML: {_TOML_LINE.sub('', text).strip()}") from None
+    return document
+
+
+def _readers(document: dict[str, Any], path: Path) -> list[ReaderMapping]:
     table = document.get("readers", {})
     if not isinstance(table, dict):
         raise InputError(f'{path}: readers must be a table: [readers] "Reader Name" = "token label"')

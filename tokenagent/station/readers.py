@@ -152,10 +152,10 @@ def list_readers(options: ReadersOptions) -> ReadersResult:
     return ReadersResult(readers=readers, config_files=config.files, module_errors=module_errors)
 
 
-def tokens_of_reader(reader: str, options: ReadersOptions) -> tuple[list[TokenLink], str | None]:
-    """The tokens of one reader (the station, when a card goes in), and the station config's
-    problem with it, if any. Modules that fail to load are logged, as the listing notes them."""
-    config = load_station_config(options.station_configs)
+def tokens_of_reader(reader: str, options: ReadersOptions, config: StationConfig) -> tuple[list[TokenLink], str | None]:
+    """The tokens of one reader (the station, when a card goes in, with the config it read once),
+    and the station config's problem with it, if any. Modules that fail to load are logged, as the
+    listing notes them."""
     links, problems, errors = _tokens([reader], config, options)
     for error in errors:
         log.info("%s", error)

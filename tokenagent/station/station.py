@@ -33,7 +33,6 @@ import io
 import logging
 import threading
 import time
-import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -56,7 +55,7 @@ from tokenagent.errors import (
 from tokenagent.inputs import read_input
 from tokenagent.request.algorithms import SignatureAlgorithm
 from tokenagent.request.signer import Signer
-from tokenagent.station.config import station_files
+from tokenagent.station.config import StationConfig, load_station_config
 from tokenagent.station.journal import Attempt, Journal, error_fields, journal_path
 from tokenagent.station.readers import ReaderEvent, ReadersOptions, TokenLink, tokens_of_reader, watch_readers
 from tokenagent.token.library import use_os_locking
@@ -112,19 +111,10 @@ class StationSettings:
         }
 
 
-def load_station_settings(explicit: tuple[str, ...] = ()) -> StationSettings:
-    """``[station]`` from the station.toml files (later files override earlier keys)."""
+def station_settings(config: StationConfig) -> StationSettings:
+    """``[station]`` of the station.toml files (later files override earlier keys)."""
     settings = StationSettings()
-    for path in station_files(explicit):
-        try:
-            document = tomllib.loads(read_input(path, "station config").decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}: not valid TOML: {exc}") from None
-        table = document.get("station")
-        if table is None:
-            continue
-        if not isinstance(table, dict):
-            raise InputError(f"{path}: [station] must be a table")
+    for path, table in config.station_tables:
         settings = _settings(settings, table, path)
     return settings
 
@@ -313,7 +303,8 @@ class Station:
         self.say = say
         self.ask = ask
         self.warn = warn or (lambda message: log.warning("%s", message))
-        self.settings = load_station_settings(options.station_configs)
+        self.config = load_station_config(options.station_configs)  # read once: each card uses it
+        self.settings = station_settings(self.config)
         self.session_id = uuid.uuid4().hex[:12]
         self.journal = Journal(options.journal or journal_path(False, options.state_dir))
         self.cards: list[CardOutcome] = []
@@ -517,7 +508,7 @@ class Station:
 
     def _token(self, reader: str) -> TokenLink:
         options = ReadersOptions(modules=self.options.modules, station_configs=self.options.station_configs)
-        links, problem = tokens_of_reader(reader, options)
+        links, problem = tokens_of_reader(reader, options, self.config)
         if problem:
             raise TokenNotFoundError(f"reader {reader}: {problem}")
         if not links:
