@@ -79,7 +79,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
-from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from tokenagent.ca.answers import Answer, Issued, Misconfigured, NeedsRekey, Pending, Rejected, Unreachable
 from tokenagent.ca.connector import CaRequest, KeyNeeds, RequesterKey, certificate_key_sha256
@@ -352,8 +352,7 @@ class AcmeConnector:
             return Unreachable("the CA's certificate is for another key than the request's", garbled=True)
         if self.trust:
             check_issued_under(leaf, chain, self.trust, "the certificate the ACME server issued")
-        response = pkcs7.serialize_certificates(certificates, Encoding.DER)
-        return Issued(leaf, chain, response, "pkcs7", str(order.certificate).rstrip("/").rsplit("/", 1)[-1])
+        return Issued.certs_only(leaf, chain, str(order.certificate).rstrip("/").rsplit("/", 1)[-1])
 
     def _invalid(self, order: Any) -> Answer:
         """Why the order failed: the first failed challenge (it names the domain), else the order's error."""

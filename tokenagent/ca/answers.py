@@ -36,6 +36,17 @@ class Issued:
 
     state = "issued"
 
+    @classmethod
+    def certs_only(cls, certificate: bytes, chain: tuple[bytes, ...], request_id: str | None = None) -> Issued:
+        """For protocols whose own answer `accept` does not read (cfssl's JSON, ACME's PEM chain, an
+        answer decrypted from SCEP or taken out of CMP): kept as a certs-only PKCS #7 of the
+        certificate and its chain, which `accept` and the pending store read like any CA's."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+
+        loaded = [x509.load_der_x509_certificate(der) for der in (certificate, *chain)]
+        return cls(certificate, chain, pkcs7.serialize_certificates(loaded, Encoding.DER), "pkcs7", request_id)
+
     def to_json(self) -> dict[str, Any]:
         return {"state": self.state, "request_id": self.request_id, "response_form": self.response_form}
 

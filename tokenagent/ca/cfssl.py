@@ -210,7 +210,7 @@ class CfsslConnector:
         anchors = self.trust or (ca,)
         check_issued_under(leaf, (ca,), anchors, "the certificate cfssl signed")
         chain = (ca,) if ca != leaf else ()
-        return Issued(leaf, chain, _certs_only(leaf, chain), "pkcs7")
+        return Issued.certs_only(leaf, chain)
 
 
 class _Failed(Exception):
@@ -245,11 +245,3 @@ def _certificate_der(pem: object, where: str) -> bytes:
 def _pem_request(der: bytes) -> str:
     body = base64.encodebytes(der).decode("ascii")
     return f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n"
-
-
-def _certs_only(leaf: bytes, chain: tuple[bytes, ...]) -> bytes:
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
-
-    certificates = [x509.load_der_x509_certificate(der) for der in (leaf, *chain)]
-    return pkcs7.serialize_certificates(certificates, Encoding.DER)

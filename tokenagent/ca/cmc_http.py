@@ -26,7 +26,7 @@ import logging
 
 from tokenagent.ca.answers import Answer, Issued, Misconfigured, NeedsRekey, Pending, Rejected, Unreachable
 from tokenagent.ca.connector import CaRequest, certificate_key_sha256
-from tokenagent.ca.http import HttpClient, HttpFailure, HttpResponse, HttpSettings, transport_failure
+from tokenagent.ca.http import HttpClient, HttpFailure, HttpResponse, HttpSettings, said_text, transport_failure
 from tokenagent.ca.trust import check_issued_under
 from tokenagent.errors import TokenAgentError, VerificationError
 from tokenagent.request.response import CertificateResponse, CmcStatus, read_response
@@ -102,7 +102,7 @@ class CmcHttpConnector:
         return self._answer(response, request)
 
     def _refusal(self, response: HttpResponse, request: CaRequest) -> Answer:
-        said = _said(response)
+        said = said_text(response)
         code = response.describe()
         if response.status == 403:
             return Rejected(
@@ -195,11 +195,3 @@ def _leaf(answer: CertificateResponse, request: CaRequest) -> bytes | None:
         if certificate_key_sha256(der) == request.public_key_sha256:
             return der
     return None
-
-
-def _said(response: HttpResponse) -> str:
-    """What an error body says, when it is short text."""
-    text = response.body[:300].decode("utf-8", "replace")
-    if response.body[:1] in (b"\x30",) or "\x00" in text:
-        return ""
-    return " ".join(text.split())

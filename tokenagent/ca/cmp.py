@@ -751,11 +751,7 @@ def _chain(certificate: bytes, candidates: list[bytes]) -> tuple[bytes, ...]:
 def _issued(certificate: bytes, chain: tuple[bytes, ...], transaction: bytes) -> Issued:
     if not chain:
         return Issued(certificate, (), certificate, "certificate", transaction.hex())
-    from cryptography import x509 as cx509
-    from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
-
-    loaded = [cx509.load_der_x509_certificate(der) for der in (certificate, *chain)]
-    return Issued(certificate, chain, pkcs7.serialize_certificates(loaded, Encoding.DER), "pkcs7", transaction.hex())
+    return Issued.certs_only(certificate, chain, transaction.hex())
 
 
 def _nonce(message: asn1.PKIMessage) -> bytes:

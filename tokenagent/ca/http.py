@@ -101,6 +101,14 @@ class HttpResponse:
         return f"HTTP {self.status} {self.reason}".strip()
 
 
+def said_text(response: HttpResponse) -> str:
+    """What an error body says, when it is short text ("" for DER or other binary bodies)."""
+    text = response.body[:300].decode("utf-8", "replace")
+    if response.body[:1] == b"\x30" or "\x00" in text:
+        return ""
+    return " ".join(text.split())
+
+
 def transport_failure(response: HttpResponse, where: str) -> Unreachable | Misconfigured | None:
     """What every HTTP CA protocol means by a redirect, a server error or rate limiting."""
     if 300 <= response.status < 400:

@@ -403,24 +403,23 @@ def parse_attributes(texts: Sequence[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _protocol_module(profile: CaProfile) -> Any:
+    """The connector module of a `PROTOCOL_SPECS` protocol (imported on first use), None for the
+    built-in ones (file, cmc, certsrv)."""
+    spec = PROTOCOL_SPECS.get(profile.protocol)
+    return importlib.import_module(f"tokenagent.ca.{spec.connector}") if spec is not None else None
+
+
 def key_needs(profile: CaProfile) -> KeyNeeds | None:
     """What the profile's protocol needs of the key, before it is generated (SCEP: RSA that decrypts)."""
-    spec = PROTOCOL_SPECS.get(profile.protocol)
-    if spec is None:
-        return None
-    module = importlib.import_module(f"tokenagent.ca.{spec.connector}")
-    needs = getattr(module, "key_needs", None)
+    needs = getattr(_protocol_module(profile), "key_needs", None)
     return needs(profile) if needs is not None else None
 
 
 def request_attributes(profile: CaProfile) -> tuple[Any, ...]:
     """PKCS#10 attributes the profile's protocol wants in the request `enroll` makes (SCEP: its
     challengePassword, from a secret source read here, before the key is generated)."""
-    spec = PROTOCOL_SPECS.get(profile.protocol)
-    if spec is None:
-        return ()
-    module = importlib.import_module(f"tokenagent.ca.{spec.connector}")
-    attributes = getattr(module, "request_attributes", None)
+    attributes = getattr(_protocol_module(profile), "request_attributes", None)
     return tuple(attributes(profile)) if attributes is not None else ()
 
 
@@ -429,9 +428,8 @@ def open_connector(profile: CaProfile) -> Connector:
     from tokenagent.ca.trust import load_trust
 
     trust = load_trust(profile.trust) if profile.trust is not None else ()
-    spec = PROTOCOL_SPECS.get(profile.protocol)
-    if spec is not None:
-        module = importlib.import_module(f"tokenagent.ca.{spec.connector}")
+    module = _protocol_module(profile)
+    if module is not None:
         connector: Connector = module.connector_for(profile, http_settings(profile), trust)
         return connector
     if profile.protocol == "file":

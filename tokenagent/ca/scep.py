@@ -68,7 +68,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from tokenagent.ca.answers import Answer, Issued, Misconfigured, Pending, Rejected, Unreachable
 from tokenagent.ca.connector import CaRequest, KeyNeeds, RequesterKey, certificate_key_sha256
-from tokenagent.ca.http import HttpClient, HttpFailure, HttpResponse, HttpSettings, transport_failure
+from tokenagent.ca.http import HttpClient, HttpFailure, HttpResponse, HttpSettings, said_text, transport_failure
 from tokenagent.ca.profiles import CaProfile
 from tokenagent.ca.trust import check_issued_under
 from tokenagent.errors import CAConfigError, TokenAgentError, VerificationError
@@ -439,7 +439,7 @@ class ScepConnector:
         if failure is not None:
             raise _Failed(failure)
         if response.status != 200:
-            said = _said(response)
+            said = said_text(response)
             raise _Failed(Rejected(said or response.reason, response.describe(), "the SCEP server refused the message"))
         if response.content_type != PKI_MESSAGE_TYPE:
             typed = response.content_type or "untyped"
@@ -474,7 +474,7 @@ class ScepConnector:
             leaf, [*certificates, *ca.all], [*ca.all, *self.trust], "the certificate in the CA's answer"
         )
         chain = tuple(der for der in dict.fromkeys([*path[1:], ca.ca]) if der != leaf)
-        return Issued(leaf, chain, _certs_only(leaf, chain), "pkcs7")
+        return Issued.certs_only(leaf, chain)
 
 
 # -- building a pkiMessage ----------------------------------------------------------------------------
@@ -825,16 +825,3 @@ def _decrypt(cipher: str, key: bytes, iv: bytes, data: bytes, where: str) -> byt
         return unpadder.update(padded) + unpadder.finalize()
     except ValueError as exc:
         raise _Failed(Unreachable(f"{where}: its content does not decrypt ({exc})", True)) from None
-
-
-def _certs_only(leaf: bytes, chain: tuple[bytes, ...]) -> bytes:
-    certificates = [crypto_x509.load_der_x509_certificate(der) for der in (leaf, *chain)]
-    return pkcs7.serialize_certificates(certificates, Encoding.DER)
-
-
-def _said(response: HttpResponse) -> str:
-    """What an error body says, when it is short text."""
-    text = response.body[:300].decode("utf-8", "replace")
-    if response.body[:1] == b"\x30" or "\x00" in text:
-        return ""
-    return " ".join(text.split())
