@@ -404,7 +404,11 @@ def lend_signers(request: CaRequest, session: TokenSession, renewal: bytes | Non
 
         spki = x509.Certificate.load(agent.certificate).public_key.dump()
         uri = private_key_uri(dict(agent.session.handle.uri().path), agent.key)
-        key = TokenRequesterKey(agent.session, agent.key, spki, uri)
+        # the agent's own signer (PKCS#1 v1.5 or ECDSA, as a RequesterKey signs): in the station the card
+        # threads share it behind a lock
+        algorithm = agent.signer.algorithm
+        own = {algorithm.hash: agent.signer} if algorithm.padding != "pss" else {}
+        key = TokenRequesterKey(agent.session, agent.key, spki, uri, own)
         request = replace(request, agent=LentSigner(agent.certificate, key))
     return request
 

@@ -8,10 +8,12 @@ key to the connector for the one exchange; `submit` and `retrieve` have no sessi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from tokenagent.enroll.signer import TokenSigner, token_signer
+from tokenagent.enroll.signer import token_signer
 from tokenagent.errors import CapacityError, InputError, UsageError
+from tokenagent.request.signer import Signer
 from tokenagent.token.objects import find_private_key_for, private_key_uri
 from tokenagent.token.pins import Pin
 from tokenagent.token.session import TokenSession
@@ -21,7 +23,16 @@ from tokenagent.token.signing import decrypt_rsa_pkcs1
 class TokenRequesterKey:
     """One private key in one open session: signatures and RSA PKCS#1 v1.5 decryption on the token."""
 
-    def __init__(self, session: TokenSession, private_key: Any, public_key_info: bytes, uri: str) -> None:
+    def __init__(
+        self,
+        session: TokenSession,
+        private_key: Any,
+        public_key_info: bytes,
+        uri: str,
+        signers: Mapping[str, Signer] | None = None,
+    ) -> None:
+        """``signers``: signers already made for this key, by hash name (the agent's, which the
+        station's card threads share behind a lock)."""
         from asn1crypto import keys
 
         algorithm = keys.PublicKeyInfo.load(public_key_info).algorithm
@@ -31,8 +42,7 @@ class TokenRequesterKey:
         self.module_path = session.handle.module.path
         self._session = session
         self._key = private_key
-        self._signers: dict[str, TokenSigner] = {}
-        self.decryptions = 0  # counted for tests: SCEP's CertRep is decrypted here, on the token
+        self._signers: dict[str, Signer] = dict(signers or {})
 
     def sign(self, data: bytes, hash_name: str = "sha256") -> bytes:
         signer = self._signers.get(hash_name)
@@ -51,7 +61,6 @@ class TokenRequesterKey:
         if self.family != "RSA":
             raise CapacityError(f"a {self.family} key cannot undo RSA key transport")
         plain = decrypt_rsa_pkcs1(self._session, self._key, ciphertext)
-        self.decryptions += 1
         return plain
 
     def key_beside(self, uri: str) -> TokenRequesterKey:

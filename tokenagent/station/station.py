@@ -101,15 +101,6 @@ class StationSettings:
     pin_length: int = 8
     source: str = "defaults"
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "user_pin": self.user_pin,
-            "so_pin_source": self.so_pin_source,
-            "pin_file": str(self.pin_file) if self.pin_file else None,
-            "pin_length": self.pin_length,
-            "source": self.source,
-        }
-
 
 def station_settings(config: StationConfig) -> StationSettings:
     """``[station]`` of the station.toml files (later files override earlier keys)."""
@@ -396,7 +387,7 @@ class Station:
                 continue
             if self.options.count is not None and started >= self.options.count:
                 return "count"
-            if self._users_done():
+            if self._exhausted:
                 return "users"
             idle = self.options.idle_timeout
             if idle is not None and time.monotonic() - last_event >= idle:
@@ -409,9 +400,6 @@ class Station:
     def _reap(self) -> None:
         for reader in [r for r, (thread, _) in self._workers.items() if not thread.is_alive()]:
             del self._workers[reader]
-
-    def _users_done(self) -> bool:
-        return self._exhausted
 
     def _next_user(self, reader: str) -> StationUser | None:
         with self._users_lock:
