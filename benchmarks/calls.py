@@ -83,7 +83,8 @@ def run(config: Config, work: Path) -> dict[str, Any]:
 
 
 #: The calls a careful implementation needs (PKCS#11 v2.40, one slot, one token), as issue 15 counted
-#: them; python-pkcs11 adds a few everywhere (C_GetInterface x2, C_GetInfo, size queries).
+#: them. tokenagent also makes C_GetFunctionList and C_GetInfo (which implementation it talks to) and, on
+#: SoftHSM, one search for husks a killed generation left; it skips the label search for a made-up label.
 MINIMUM = {
     # Initialize, SlotList, TokenInfo, OpenSession, Login, MechanismInfo x2, one label search (3),
     # GenerateKeyPair, read the public key, set CKA_ID x2, SignInit, Sign, Logout/Close/Finalize

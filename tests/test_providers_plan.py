@@ -237,17 +237,21 @@ def test_m22_pss_with_matching_parameters() -> None:
     assert raw.mechanism == "CKM_RSA_PKCS_PSS" and raw.input == "digest"
 
 
-def test_m23_ecdsa_hash_on_host_when_token_lacks_combined() -> None:
+def test_m23_ecdsa_hashes_on_the_host_and_falls_back_to_the_combined_mechanism() -> None:
     p = plan("KeyAlgorithm = ECDSA_P384\nHashAlgorithm = sha384")
     softhsm_26 = facts(ECDSA=MechanismRange(112, 521, SIGN), EC_KEY_PAIR_GEN=MechanismRange(112, 521, GEN))
     chosen = check_capacity(p, softhsm_26).sign_mechanism
     assert chosen is not None and (chosen.mechanism, chosen.input, chosen.ecdsa) == ("CKM_ECDSA", "digest", True)
-    newer = facts(
+    both = facts(
         ECDSA=MechanismRange(112, 521, SIGN),
         ECDSA_SHA384=MechanismRange(112, 521, SIGN),
         EC_KEY_PAIR_GEN=MechanismRange(112, 521, GEN),
     )
-    assert check_capacity(p, newer).sign_mechanism.mechanism == "CKM_ECDSA_SHA384"
+    # the token signs a hash either way: the host's hash is preferred (fewer bytes to a card, issue 15)
+    assert check_capacity(p, both).sign_mechanism.mechanism == "CKM_ECDSA"
+    only_combined = facts(ECDSA_SHA384=MechanismRange(112, 521, SIGN), EC_KEY_PAIR_GEN=MechanismRange(112, 521, GEN))
+    chosen = check_capacity(p, only_combined).sign_mechanism
+    assert chosen is not None and (chosen.mechanism, chosen.input) == ("CKM_ECDSA_SHA384", "data")
 
 
 def test_m24_weak_hashes() -> None:

@@ -57,7 +57,7 @@ from tokenagent.token.facts import TokenFacts
 from tokenagent.token.library import TokenHandle
 from tokenagent.token.modules import ENV_MODULE
 from tokenagent.token.session import TokenSession
-from tokenagent.token.tokeninfo import FactNeeds, gather_facts, mechanism_ranges
+from tokenagent.token.tokeninfo import FactNeeds, gather_facts, learn_mechanisms
 
 log = logging.getLogger("tokenagent")
 
@@ -91,7 +91,7 @@ class NewBatch:
         agent = self._agent(options.agent) if options.agent is not None and not options.dry_run else None
         opened = self._session(prepared)
         prepared = for_token(prepared, opened.session.handle)
-        self._learn_mechanisms(opened, facts_needed(prepared).mechanisms or frozenset())
+        self._learn_mechanisms(opened, facts_needed(prepared))
         result = enroll(prepared, opened.session, opened.facts, agent=agent)
         if not result.dry_run:
             made = (2 if result.key_generated else 0) + (1 if result.request_type == "CERT" else 0)
@@ -113,15 +113,14 @@ class NewBatch:
         return opened.session
 
     @staticmethod
-    def _learn_mechanisms(opened: _OpenToken, wanted: frozenset[str]) -> None:
-        missing = wanted - opened.asked
-        if missing:
-            found = mechanism_ranges(opened.session.handle, frozenset(missing))
-            opened.facts = replace(opened.facts, mechanisms={**opened.facts.mechanisms, **found})
-            opened.asked |= missing
+    def _learn_mechanisms(opened: _OpenToken, needs: FactNeeds) -> None:
+        known = dict(opened.facts.mechanisms)
+        learn_mechanisms(opened.session.handle, needs, known, opened.asked)
+        if known != opened.facts.mechanisms:
+            opened.facts = replace(opened.facts, mechanisms=known)
 
     def close(self) -> None:
-        """Close every session (python-pkcs11 logs the token out), agents' last."""
+        """Close every session (closing a token's last one ends its login), agents' last."""
         opened, self._open = list(self._open.values()), {}
         try:
             for entry in opened:

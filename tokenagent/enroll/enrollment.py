@@ -55,7 +55,7 @@ from tokenagent.errors import (
 )
 from tokenagent.store.pending import PendingRequest, PendingStore
 from tokenagent.store.submissions import RESUMABLE, CaSubmission, SubmissionStore
-from tokenagent.token.library import modules_for, recorded_token, select_token
+from tokenagent.token.library import modules_for, one_listing, recorded_token, select_token
 from tokenagent.token.session import TokenSession, open_session
 from tokenagent.token.target import ANY_TOKEN, TokenTarget
 from tokenagent.token.tokeninfo import gather_facts
@@ -128,6 +128,7 @@ def enroll_policy(
     )
     prepared = prepare(new_options, warn)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(one_listing())  # the user's token and the agent's from one slot listing
         stack.enter_context(lock_selection(prepared, warn))
         handle = select_for(prepared)
         stack.enter_context(lock_token(prepared, handle, warn))

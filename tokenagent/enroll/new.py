@@ -43,18 +43,24 @@ from tokenagent.providers.plan import KeyPlan, for_implementation, plan_key, ref
 from tokenagent.providers.registry import Profile, ProviderEntry, ProviderRegistry, load_registry
 from tokenagent.request.algorithms import SignatureAlgorithm
 from tokenagent.request.armor import REQUEST_LABEL, armor
-from tokenagent.request.certificate import self_signed_certificate
 from tokenagent.request.pkcs10 import ContentItem, build_request, planned_contents, subject_text
 from tokenagent.store.intents import IntentStore, KeyIntent
 from tokenagent.store.locks import selection_lock, token_lock
 from tokenagent.store.paths import pending_db_path
 from tokenagent.store.pending import NewPending, PendingRequest, PendingStore
 from tokenagent.store.submissions import CaSubmission
-from tokenagent.token.certs import write_certificate
 from tokenagent.token.facts import TokenFacts
 from tokenagent.token.generate import KeyPair, generate_key_pair
 from tokenagent.token.keypairs import find_key_pair_by_certificate, find_key_pair_by_label
-from tokenagent.token.library import LoadedModule, TokenHandle, TokenSelector, list_slots, modules_for, select_token
+from tokenagent.token.library import (
+    LoadedModule,
+    TokenHandle,
+    TokenSelector,
+    list_slots,
+    modules_for,
+    one_listing,
+    select_token,
+)
 from tokenagent.token.modules import ENV_MODULE, installed
 from tokenagent.token.objects import destroy_objects, key_id_for
 from tokenagent.token.pins import Pin, PinSource, parse_pin_source
@@ -267,6 +273,7 @@ def new_request(
     warn = on_warning or (lambda message: log.warning("%s", message))
     prepared = prepare(options, warn)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(one_listing())  # the user's token and the agent's from one slot listing
         if not options.dry_run:
             stack.enter_context(lock_selection(prepared, warn))
         handle = select_for(prepared)
@@ -398,9 +405,12 @@ def facts_needed(prepared: Prepared) -> FactNeeds:
     """The capacity check's questions for this plan (already `for_token`), and nothing else."""
     plan = prepared.plan
     profile = plan.provider.profile
+    # a label tokenagent made up (tokenagent-<uuid4>) cannot be taken: only a KeyContainer is looked for
+    named = plan.existing is None and plan.piv_slot is None and not plan.label_generated
     return FactNeeds(
-        mechanisms=frozenset({plan.generation_mechanism, *(m.mechanism for m in plan.sign_candidates)}),
-        label=plan.label if plan.existing is None and plan.piv_slot is None else None,
+        mechanisms=frozenset({plan.generation_mechanism}),
+        sign_candidates=tuple(m.mechanism for m in plan.sign_candidates),
+        label=plan.label if named else None,
         private_keys=profile.key_containers is not None,
         objects=profile.max_objects is not None,
     )
@@ -524,6 +534,10 @@ class _Transaction:
             always_authenticates=plan.always_authenticate if pair.generated else None,
         )
         if policy.request_type == RequestType.CERT:
+            # RequestType = Cert only: a request (the usual one-shot `new`) does without these modules
+            from tokenagent.request.certificate import self_signed_certificate
+            from tokenagent.token.certs import write_certificate
+
             der = self_signed_certificate(policy, pair.spki, signer, now=datetime.now(UTC))
             _verify_certificate(der)
             label = policy.friendly_name or pair.label

@@ -272,13 +272,14 @@ def parse_eku_text(fragments: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(usages))
 
 
-_BC_PART = re.compile(r"(?i)(?<![a-z])(ca|pathlength)\s*=\s*(true|false|yes|no|none|-?\d+)")
+# a pattern text: re compiles (and caches) it for the rare INF with basic constraints, not at import
+_BC_PART = r"(?i)(?<![a-z])(ca|pathlength)\s*=\s*(true|false|yes|no|none|-?\d+)"
 
 
 def parse_basic_constraints_text(fragments: list[str]) -> tuple[bool, int | None]:
     text = "&".join(fragments)
-    found = {key.lower(): value.lower() for key, value in _BC_PART.findall(text)}
-    leftover = _BC_PART.sub("", text).replace("&", "").strip()
+    found = {key.lower(): value.lower() for key, value in re.findall(_BC_PART, text)}
+    leftover = re.sub(_BC_PART, "", text).replace("&", "").strip()
     if leftover or ("ca" not in found and "pathlength" not in found):
         raise ValueProblem(f"basic constraints must be ca=0|1[&pathlength=N], not '{text}'")
     ca = found.get("ca", "0") in ("1", "true", "yes")

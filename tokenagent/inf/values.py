@@ -111,23 +111,25 @@ _TIME = (
     r"(?:[ T,]+(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2}))?\s*(?P<ampm>[AaPp]\.?[Mm]\.?)?)?"
     r"\s*(?P<tz>Z|UTC|GMT|[+-]\d{2}:?\d{2})?"
 )
-_DATE_FORMS = [
+# Pattern texts, not compiled patterns: re compiles (and caches) one on the first date an INF has,
+# so the many INFs without NotBefore/NotAfter do not pay for compiling four of them at import.
+_DATE_FORMS = (
     # 7/24/2012 10:31 AM  (US order, as certreq documents it)
-    re.compile(r"(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4})" + _TIME),
+    r"(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4})" + _TIME,
     # 2012-07-24[ 10:31[:00]][Z]
-    re.compile(r"(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})" + _TIME),
+    r"(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})" + _TIME,
     # July 24, 2012 [10:31 AM]   /  Jul 24 2012
-    re.compile(r"(?P<mon>[A-Za-z]+)\.?\s+(?P<d>\d{1,2}),?\s+(?P<y>\d{4})" + _TIME),
+    r"(?P<mon>[A-Za-z]+)\.?\s+(?P<d>\d{1,2}),?\s+(?P<y>\d{4})" + _TIME,
     # 24 July 2012 [10:31]   /  24-Jul-2012
-    re.compile(r"(?P<d>\d{1,2})[\s-]+(?P<mon>[A-Za-z]+)\.?[\s-]+(?P<y>\d{4})" + _TIME),
-]
+    r"(?P<d>\d{1,2})[\s-]+(?P<mon>[A-Za-z]+)\.?[\s-]+(?P<y>\d{4})" + _TIME,
+)
 
 
 def parse_date(text: str) -> datetime:
     """certreq's date forms, read as UTC unless an offset is given (certreq uses local time)."""
     value = " ".join(text.strip().split())
     for form in _DATE_FORMS:
-        match = form.fullmatch(value)
+        match = re.fullmatch(form, value)
         if not match:
             continue
         groups = match.groupdict()

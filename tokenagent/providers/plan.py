@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from tokenagent.errors import CapacityError, PolicyError
 from tokenagent.inf.policy import KeyProtection, RequestPolicy, RequestType
-from tokenagent.providers.piv import PivSlot, choose_slot
 from tokenagent.providers.registry import ProviderEntry, check_provider_type
 from tokenagent.token.facts import SignMechanism
 from tokenagent.token.implementations import TPM2_PKCS11
 
 if TYPE_CHECKING:
     from tokenagent.ca.connector import KeyNeeds
+    from tokenagent.providers.piv import PivSlot
 
 #: named curves: INF curve -> (SEC 2 name, DER of the namedCurve OID = CKA_EC_PARAMS)
 CURVES: dict[str, tuple[str, bytes]] = {
@@ -358,15 +358,19 @@ def _padding(policy: RequestPolicy, family: str) -> tuple[str, list[str]]:
 
 
 def sign_mechanisms(padding: str, hash_name: str) -> tuple[SignMechanism, ...]:
-    """The combined hash-and-sign mechanism first, then the raw one with the hash made on the host
-    (SoftHSM 2.6 has no CKM_ECDSA_SHA256, smart cards often have only CKM_RSA_PKCS)."""
+    """In order of preference. RSA: the combined hash-and-sign mechanism first, then the raw one with
+    the hash made on the host (smart cards often have only CKM_RSA_PKCS). ECDSA: CKM_ECDSA over a
+    host hash first: the token signs a hash either way, every EC token has CKM_ECDSA (SoftHSM 2.6
+    has nothing else), and a card then receives 32-64 bytes instead of the whole request; the
+    combined one is kept for a token that offers only it. Asking for the raw one first saves a
+    C_GetMechanismInfo on every token without the combined one (issue 15)."""
     if hash_name not in HASH_SIZES:
         raise PolicyError(f"cannot sign with hash {hash_name}")
     upper = hash_name.upper()
     if padding == "ecdsa":
         return (
-            SignMechanism(f"CKM_ECDSA_{upper}", "data", hash_name, ecdsa=True),
             SignMechanism("CKM_ECDSA", "digest", hash_name, ecdsa=True),
+            SignMechanism(f"CKM_ECDSA_{upper}", "data", hash_name, ecdsa=True),
         )
     if padding == "pss":
         params = (f"CKM_{upper}", f"CKG_MGF1_{upper}", HASH_SIZES[hash_name])
@@ -424,6 +428,8 @@ def _plan_piv(policy: RequestPolicy, provider: ProviderEntry, family: str, machi
             f"{policy.where('use_existing_key_set')}: UseExistingKeySet on a PIV card is not supported yet: "
             "request a new key (the slot's old one is replaced only with PivOverwrite = TRUE)"
         )
+    from tokenagent.providers.piv import choose_slot  # PIV cards only: a one-shot `new` elsewhere skips it
+
     slot, why = choose_slot(policy)
     notes = [f"{slot.describe()}: {why}"]
     always_authenticate = _piv_pin_policy(policy, slot, notes)

@@ -27,7 +27,6 @@ File format (docs/providers.md has a worked example)::
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -197,6 +196,8 @@ class ProviderRegistry:
         return entry
 
     def load_file(self, path: Path) -> None:
+        import tomllib  # only when a providers file exists: the built-in providers need no TOML parser
+
         try:
             data = tomllib.loads(read_input(path, "providers file").decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -21,8 +21,8 @@ journal has no "done" for it (this module finishes the rename and journals the r
 recognising the request by its SHA-256 in the pending store), or a temporary file with no
 record (deleted). So a killed run and a re-run end with exactly one key and one request per row.
 
-``jobs``: python-pkcs11 calls C_Initialize(NULL_PTR), which tells the module the application
-will not call it from several threads at once, and SoftHSM then runs without its mutexes
+``jobs``: a module loaded without `library.use_os_locking` gets C_Initialize(NULL_PTR), which
+tells it the application will not call it from several threads at once, and SoftHSM then runs without its mutexes
 (SoftHSM::C_Initialize disables its MutexFactory). So the token work of the workers is
 serialized by one lock; what runs in parallel is the rest of each row (journal transactions,
 recovery checks). docs/station.md (batch) has the measured effect.

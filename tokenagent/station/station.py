@@ -19,7 +19,7 @@ What can go wrong with a card in the middle:
 - Ctrl-C: no new card is started; the cards in progress are stopped at their next step and
   rolled back as for a pulled card; exit 130.
 
-Threads: python-pkcs11 initializes modules with C_Initialize(NULL), a promise of single-threaded
+Threads: a one-shot command initializes modules with C_Initialize(NULL), a promise of single-threaded
 use (SoftHSM then drops its mutexes), so the station initializes them with CKF_OS_LOCKING_OK
 (`library.use_os_locking`). The agent's one session is shared: its signatures take turns.
 

@@ -19,6 +19,7 @@ from pkcs11 import Attribute, CertificateType, ObjectClass
 from pkcs11 import exceptions as p11
 
 from tokenagent.errors import CapacityError, TokenOperationError
+from tokenagent.token import raw
 from tokenagent.token.names import attribute, rv
 from tokenagent.token.objects import KEY_USAGE, find_objects, key_id_for, public_key_info, read_attributes, search
 from tokenagent.token.session import TokenSession
@@ -65,7 +66,7 @@ class CertificateObject:
 
 
 def certificate_objects(
-    session: pkcs11.Session, *, der: bytes | None = None, key_id: bytes | None = None
+    session: raw.Session, *, der: bytes | None = None, key_id: bytes | None = None
 ) -> list[CertificateObject]:
     """Every X.509 certificate object, or those whose CKA_VALUE is ``der`` or whose CKA_ID is
     ``key_id`` (the token matches them: no read of every certificate)."""
@@ -97,11 +98,11 @@ def certificate_objects(
     return found
 
 
-def find_certificates_by_thumbprint(session: pkcs11.Session, thumbprint: bytes) -> list[CertificateObject]:
+def find_certificates_by_thumbprint(session: raw.Session, thumbprint: bytes) -> list[CertificateObject]:
     return [c for c in certificate_objects(session) if c.thumbprint == thumbprint]
 
 
-def find_public_keys_for(session: pkcs11.Session, spki_der: bytes) -> list[pkcs11.Object]:
+def find_public_keys_for(session: raw.Session, spki_der: bytes) -> list[pkcs11.Object]:
     """Public key objects whose key is ``spki_der`` (no login needed): CKA_ID convention first,
     then every public key, because other tools choose other CKA_IDs."""
     wanted = keys.PublicKeyInfo.load(spki_der).dump()

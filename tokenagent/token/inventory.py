@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pkcs11 import Mechanism, MechanismFlag, SlotFlag, TokenFlag
-from pkcs11.exceptions import PKCS11Error
 
 from tokenagent.errors import ModuleError
+from tokenagent.token import raw
 from tokenagent.token.library import LoadedModule, SlotEntry, TokenHandle, list_slots, load_module
 from tokenagent.token.modules import ModuleRef
 from tokenagent.token.session import PinState
@@ -48,18 +48,17 @@ class MechanismReport:
 
 
 def mechanisms_of(handle: TokenHandle) -> list[MechanismReport]:
-    reports = []
-    try:
-        mechanisms = sorted(int(m) for m in handle.slot.get_mechanisms())
-    except PKCS11Error:
+    rv, mechanisms = raw.mechanism_list(handle.module.path, handle.slot_id)
+    if rv != raw.CKR_OK:
         return []
-    for value in mechanisms:
+    reports = []
+    for value in sorted(mechanisms):
         low: int | None
         high: int | None
-        try:
-            info = handle.slot.get_mechanism_info(value)
-            low, high, flags = int(info.min_key_length), int(info.max_key_length), int(info.flags)
-        except (PKCS11Error, ValueError):
+        rv, info = raw.mechanism_info(handle.module.path, handle.slot_id, value)
+        if rv == raw.CKR_OK:
+            low, high, flags = int(info.ulMinKeySize), int(info.ulMaxKeySize), int(info.flags)
+        else:
             low = high = None
             flags = 0
         reports.append(MechanismReport(mechanism_name(value), value, low, high, flag_names(flags, MechanismFlag)))

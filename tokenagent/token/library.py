@@ -6,26 +6,28 @@ is not cheap on real middleware, and a second C_Initialize of the same library f
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import ctypes
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import ClassVar
 
-import pkcs11
-from pkcs11 import SlotFlag, TokenFlag, _pkcs11
-from pkcs11.exceptions import PKCS11Error
+from pkcs11 import SlotFlag, TokenFlag
 
 from tokenagent.display import escape
 from tokenagent.errors import AmbiguousTokenError, ModuleError, TokenNotFoundError, TokenOperationError
 from tokenagent.token import raw
-from tokenagent.token.ckr import exception_rv_name, rv_name
+from tokenagent.token.ckr import rv_name
 from tokenagent.token.implementations import implementation_of
 from tokenagent.token.modules import ModuleRef, discover_modules
 from tokenagent.token.uri import Pkcs11Uri, is_pkcs11_uri, parse_uri
 
 log = logging.getLogger("tokenagent")
+
+CKR_ARGUMENTS_BAD = 0x7
 
 #: CK_INFO.manufacturerID of Yubico's ykcs11 ("Yubico (www.yubico.com)")
 YKCS11_MANUFACTURER = "Yubico"
@@ -37,10 +39,18 @@ def _text(value: object) -> str:
     return str(value).rstrip("\x00 ").strip()
 
 
+def _field(structure: ctypes.Structure, name: str) -> str:
+    return _text(raw.text_field(structure, name))
+
+
 @dataclass
 class LoadedModule:
     ref: ModuleRef
-    lib: pkcs11.lib
+    #: CK_INFO, read once when the module was loaded
+    info: raw.CK_INFO
+    #: True after the first slot listing: C_Initialize has just looked for readers, later
+    #: listings ask the module to look again (`raw.slot_ids`)
+    listed: bool = False
 
     @property
     def path(self) -> str:
@@ -48,40 +58,22 @@ class LoadedModule:
 
     @property
     def description(self) -> str:
-        return _text(self.lib.library_description)
+        return _field(self.info, "libraryDescription")
 
     @property
     def manufacturer(self) -> str:
-        return _text(self.lib.manufacturer_id)
+        return _field(self.info, "manufacturerID")
 
     @property
     def library_version(self) -> str:
-        major, minor = self.lib.library_version
-        return f"{major}.{minor}"
+        return f"{self.info.libraryVersion.major}.{self.info.libraryVersion.minor}"
 
     @property
     def cryptoki_version(self) -> str:
-        major, minor = self.lib.cryptoki_version
-        return f"{major}.{minor}"
+        return f"{self.info.cryptokiVersion.major}.{self.info.cryptokiVersion.minor}"
 
 
 _loaded: dict[str, LoadedModule] = {}
-
-
-class _InitArgsLib(_pkcs11.lib):
-    """python-pkcs11's library object for a module that needs an init string in C_Initialize
-    (NSS softokn's configdir=...): python-pkcs11 always passes NULL. ``initialize`` is a Cython
-    cpdef method, so this override is what its constructor calls. The string is looked up by path
-    (Cython hands every constructor argument to the base class's __cinit__, which takes one).
-    python-pkcs11 then believes the module uninitialized and never calls C_Finalize: the process
-    exit ends it, as after a crash."""
-
-    init_args: ClassVar[dict[str, str]] = {}
-
-    def initialize(self) -> None:
-        rv = raw.initialize(self.so, self.init_args[self.so])
-        if rv not in (raw.CKR_OK, raw.CKR_CRYPTOKI_ALREADY_INITIALIZED):
-            raise PKCS11Error(f"C_Initialize with CK_C_INITIALIZE_ARGS failed: {rv_name(rv)}")
 
 
 #: tpm2-pkcs11 and the TSS under it log every failed TCTI probe on stderr (a machine without a TPM
@@ -95,24 +87,14 @@ _OS_LOCKING = False
 
 def use_os_locking() -> None:
     """Initialize every module loaded from now on with CKF_OS_LOCKING_OK: the application calls it
-    from several threads. python-pkcs11 passes NULL to C_Initialize, which promises single-threaded
-    use, and SoftHSM then works without its mutexes. Modules already loaded keep their setting."""
+    from several threads. C_Initialize(NULL) promises single-threaded use, and SoftHSM then works
+    without its mutexes. Modules already loaded keep their setting."""
     global _OS_LOCKING
     _OS_LOCKING = True
 
 
-def _open_library(ref: ModuleRef) -> pkcs11.lib:
-    if "tpm2_pkcs11" in os.path.basename(ref.path):
-        for name, value in _QUIET_TPM.items():
-            os.environ.setdefault(name, value)  # read by the library when it starts; the user's own wins
-    if not ref.init_args and not _OS_LOCKING:
-        return pkcs11.lib(ref.path)
-    _InitArgsLib.init_args[ref.path] = ref.init_args or ""
-    return _InitArgsLib(ref.path)
-
-
-def _init_hint(ref: ModuleRef, exc: BaseException) -> str:
-    if ref.init_args is None and "ArgumentsBad" in type(exc).__name__ + str(exc):
+def _init_hint(ref: ModuleRef, rv: int) -> str:
+    if ref.init_args is None and rv == CKR_ARGUMENTS_BAD:
         return (
             " (this module wants an init string in C_Initialize, as NSS softokn does: name a p11-kit module "
             "file whose x-init-reserved gives it, e.g. --module DIR/nss-softokn.module; see docs/tokens.md)"
@@ -121,14 +103,26 @@ def _init_hint(ref: ModuleRef, exc: BaseException) -> str:
 
 
 def load_module(ref: ModuleRef) -> LoadedModule:
+    """C_GetFunctionList, C_Initialize and C_GetInfo, once per module path and process. A module
+    something else in the process initialized already (CKR_CRYPTOKI_ALREADY_INITIALIZED) is used
+    as it is, and left for that one to finalize."""
     cached = _loaded.get(ref.path)
     if cached is not None:
         return cached
+    if "tpm2_pkcs11" in os.path.basename(ref.path):
+        for name, value in _QUIET_TPM.items():
+            os.environ.setdefault(name, value)  # read by the library when it starts; the user's own wins
+    failed = f"cannot load PKCS#11 module {ref.path}"
     try:
-        lib = _open_library(ref)
-    except (OSError, PKCS11Error, RuntimeError, TokenOperationError) as exc:
-        raise ModuleError(f"cannot load PKCS#11 module {ref.path}: {_reason(exc)}{_init_hint(ref, exc)}") from exc
-    module = LoadedModule(ref=ref, lib=lib)
+        rv = raw.initialize(ref.path, ref.init_args, os_locking=_OS_LOCKING)
+    except TokenOperationError as exc:  # not a shared object, or no C_GetFunctionList
+        raise ModuleError(f"{failed}: {exc.one_line()}") from None
+    if rv not in (raw.CKR_OK, raw.CKR_CRYPTOKI_ALREADY_INITIALIZED):
+        raise ModuleError(f"{failed}: C_Initialize failed: {rv_name(rv)}{_init_hint(ref, rv)}")
+    rv, info = raw.get_info(ref.path)
+    if rv != raw.CKR_OK:
+        raise ModuleError(f"{failed}: C_GetInfo failed: {rv_name(rv)}")
+    module = LoadedModule(ref=ref, info=info)
     _loaded[ref.path] = module
     return module
 
@@ -138,38 +132,45 @@ class TokenHandle:
     """A token in a slot of a loaded module: what selection returns and sessions open."""
 
     module: LoadedModule
-    slot: pkcs11.Slot
-    token: pkcs11.Token
-    #: CK_TOKEN_INFO as last read by `refresh` (flags, memory, the model as written), None before
-    info: raw.CK_TOKEN_INFO | None = None
-
-    @property
-    def slot_id(self) -> int:
-        return int(self.slot.slot_id)
+    slot_id: int
+    #: CK_TOKEN_INFO as last read (the listing that found the token, or `refresh`)
+    info: raw.CK_TOKEN_INFO
+    #: False once a login may have changed the PIN state flags in `info` (`open_session` re-reads)
+    current: bool = True
 
     @property
     def label(self) -> str:
-        return _text(self.token.label)
+        return _field(self.info, "label")
 
     @property
     def serial(self) -> str:
-        return _text(self.token.serial)
+        return _field(self.info, "serialNumber")
 
     @property
     def manufacturer(self) -> str:
-        return _text(self.token.manufacturer_id)
+        return _field(self.info, "manufacturerID")
 
     @property
     def model(self) -> str:
-        return _text(self.token.model)
+        return _field(self.info, "model")
 
     @property
     def flags(self) -> TokenFlag:
-        return TokenFlag(self.info.flags) if self.info is not None else self.token.flags
+        return TokenFlag(self.info.flags)
 
     @property
     def initialized(self) -> bool:
-        return bool(self.token.flags & TokenFlag.TOKEN_INITIALIZED)
+        return bool(self.info.flags & TokenFlag.TOKEN_INITIALIZED)
+
+    @cached_property
+    def slot_info(self) -> raw.CK_SLOT_INFO | None:
+        """CK_SLOT_INFO, read when first asked for (a URI naming the slot, a PIV card's reader)."""
+        rv, info = raw.slot_info(self.module.path, self.slot_id)
+        return info if rv == raw.CKR_OK else None
+
+    @property
+    def slot_description(self) -> str:
+        return _field(self.slot_info, "slotDescription") if self.slot_info is not None else ""
 
     @property
     def implementation(self) -> str:
@@ -183,22 +184,19 @@ class TokenHandle:
         return self.module.manufacturer.startswith(YKCS11_MANUFACTURER)
 
     def refresh(self) -> TokenHandle:
-        """Re-read CK_TOKEN_INFO (PIN state flags change after every C_Login): one call that also
-        gives what python-pkcs11 does not keep (free memory, the model's NUL padding)."""
+        """Re-read CK_TOKEN_INFO (PIN state flags change after every C_Login)."""
         rv, info = raw.read_token_info(self.module.path, self.slot_id)
         if rv != raw.CKR_OK:
             raise TokenOperationError(f"token '{self.label}' is no longer present: {rv_name(rv)}")
         self.info = info
+        self.current = True
         return self
 
-    @cached_property
+    @property
     def model_field(self) -> str:
         """CK_TOKEN_INFO.model for URIs: as the token wrote it, less the blank padding, so other
         tools match it (tpm2-pkcs11 pads with NULs: p11-kit and GnuTLS want them as %00)."""
-        info = self.info or raw.token_info(self.module.path, self.slot_id)
-        if info is None:
-            return self.model
-        return info.field("model").rstrip(b" ").decode("utf-8", errors="replace")
+        return self.info.field("model").rstrip(b" ").decode("utf-8", errors="replace")
 
     def uri(self) -> Pkcs11Uri:
         return Pkcs11Uri(
@@ -218,48 +216,92 @@ class TokenHandle:
 @dataclass
 class SlotEntry:
     module: LoadedModule
-    slot: pkcs11.Slot
+    slot_id: int
+    info: raw.CK_SLOT_INFO
     token: TokenHandle | None
 
     @property
-    def slot_id(self) -> int:
-        return int(self.slot.slot_id)
-
-    @property
     def description(self) -> str:
-        return _text(self.slot.slot_description)
+        return _field(self.info, "slotDescription")
 
     @property
     def manufacturer(self) -> str:
-        return _text(self.slot.manufacturer_id)
+        return _field(self.info, "manufacturerID")
 
     @property
     def flags(self) -> SlotFlag:
-        return self.slot.flags
+        return SlotFlag(self.info.flags)
+
+
+def _slot_ids(module: LoadedModule, *, token_present: bool) -> list[int]:
+    rv, ids = raw.slot_ids(module.path, token_present=token_present, rescan=module.listed)
+    if rv != raw.CKR_OK:
+        raise ModuleError(f"{module.path}: C_GetSlotList failed: {rv_name(rv)}")
+    module.listed = True
+    return ids
+
+
+def _token_in(module: LoadedModule, slot_id: int) -> TokenHandle | None:
+    rv, info = raw.read_token_info(module.path, slot_id)
+    if rv != raw.CKR_OK:  # removed since the slot list, or a card the module does not know
+        log.warning("slot %s of %s: cannot read its token: %s", slot_id, module.path, rv_name(rv))
+        return None
+    return TokenHandle(module, slot_id, info)
 
 
 def list_slots(module: LoadedModule) -> list[SlotEntry]:
-    try:
-        slots = module.lib.get_slots(token_present=False)
-    except PKCS11Error as exc:
-        raise ModuleError(f"{module.path}: C_GetSlotList failed: {_reason(exc)}") from exc
+    """Every slot, with or without a token, and its CK_SLOT_INFO: listings and reader matching."""
     entries = []
-    for slot in slots:
-        token = None
-        if slot.flags & SlotFlag.TOKEN_PRESENT:
-            try:
-                token = TokenHandle(module, slot, slot.get_token())
-            except PKCS11Error as exc:
-                log.warning("slot %s of %s: cannot read its token: %s", slot.slot_id, module.path, _reason(exc))
-        entries.append(SlotEntry(module, slot, token))
+    for slot_id in _slot_ids(module, token_present=False):
+        rv, info = raw.slot_info(module.path, slot_id)
+        if rv != raw.CKR_OK:
+            log.warning("slot %s of %s: cannot read it: %s", slot_id, module.path, rv_name(rv))
+            continue
+        token = _token_in(module, slot_id) if info.flags & SlotFlag.TOKEN_PRESENT else None
+        if token is not None:
+            token.__dict__["slot_info"] = info  # already read: the cached_property's value
+        entries.append(SlotEntry(module, slot_id, info, token))
     return entries
 
 
+#: inside `one_listing`: each module's tokens as first listed there (per thread: the station's
+#: card threads each have their own)
+_LISTINGS: contextvars.ContextVar[dict[str, list[TokenHandle]] | None] = contextvars.ContextVar(
+    "tokenagent_listings", default=None
+)
+
+
+@contextlib.contextmanager
+def one_listing() -> Iterator[None]:
+    """Within this, a module's tokens are listed once and later selections reuse that listing: one
+    operation that selects two tokens (the user's and the agent's in `new --agent`) walks the
+    slot list once (issue 15). Outside it, every selection lists afresh (the station, which sees
+    cards come and go, wraps each card's run, not its whole life)."""
+    if _LISTINGS.get() is not None:
+        yield  # nested: the outer one's listing
+        return
+    token = _LISTINGS.set({})
+    try:
+        yield
+    finally:
+        _LISTINGS.reset(token)
+
+
 def iter_tokens(modules: Sequence[LoadedModule]) -> Iterator[TokenHandle]:
+    """Every token present: one C_GetSlotList (slots with a token) and one C_GetTokenInfo each."""
+    listings = _LISTINGS.get()
     for module in modules:
-        for entry in list_slots(module):
-            if entry.token is not None:
-                yield entry.token
+        if listings is not None and module.path in listings:
+            yield from listings[module.path]
+            continue
+        handles = []
+        for slot_id in _slot_ids(module, token_present=True):
+            token = _token_in(module, slot_id)
+            if token is not None:
+                handles.append(token)
+        if listings is not None:
+            listings[module.path] = handles
+        yield from handles
 
 
 @dataclass(frozen=True)
@@ -289,15 +331,15 @@ class TokenSelector:
 
 
 def _uri_matches(uri: Pkcs11Uri, handle: TokenHandle) -> bool:
-    module, entry_slot = handle.module, handle.slot
+    module = handle.module
     wanted: list[tuple[str, Callable[[], str]]] = [
         ("token", lambda: handle.label),
         ("serial", lambda: handle.serial),
         ("manufacturer", lambda: handle.manufacturer),
         ("model", lambda: handle.model),
         ("slot-id", lambda: str(handle.slot_id)),
-        ("slot-description", lambda: _text(entry_slot.slot_description)),
-        ("slot-manufacturer", lambda: _text(entry_slot.manufacturer_id)),
+        ("slot-description", lambda: handle.slot_description),
+        ("slot-manufacturer", lambda: _field(handle.slot_info, "manufacturerID") if handle.slot_info else ""),
         ("library-manufacturer", lambda: module.manufacturer),
         ("library-description", lambda: module.description),
         ("library-version", lambda: module.library_version),
@@ -335,7 +377,7 @@ def modules_for(module_specs: Sequence[str], selector: TokenSelector) -> list[Lo
 
 
 def _reader(handle: TokenHandle) -> str:
-    return _text(handle.slot.slot_description)
+    return handle.slot_description
 
 
 def prefer_piv(handles: list[TokenHandle]) -> list[TokenHandle]:
@@ -376,10 +418,3 @@ def find_token(token: str | None, module_specs: Sequence[str] = ()) -> TokenHand
     """Library entry point: `--token` and `--module` values to a `TokenHandle`."""
     selector = TokenSelector.parse(token)
     return select_token(selector, modules_for(module_specs, selector))
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, PKCS11Error) and type(exc) is not PKCS11Error:
-        return exception_rv_name(exc)  # CKR_GENERAL_ERROR, as the module said it
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -20,7 +20,6 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.exceptions import PKCS11Error
 
 from tokenagent.display import dn_text
-from tokenagent.errors import TokenOperationError
 from tokenagent.token import raw
 from tokenagent.token.library import TokenHandle
 from tokenagent.token.names import rv
@@ -248,7 +247,7 @@ _LISTED = (
 )
 
 
-def list_objects(session: pkcs11.Session, token: TokenHandle) -> list[ObjectInfo]:
+def list_objects(session: raw.Session, token: TokenHandle) -> list[ObjectInfo]:
     """Every object the session can see, keys first, then certificates, then the rest.
 
     Two calls per object (token/raw.py) plus one more for a certificate's value; python-pkcs11's
@@ -269,7 +268,7 @@ def list_objects(session: pkcs11.Session, token: TokenHandle) -> list[ObjectInfo
 
 
 def find_objects(
-    session: pkcs11.Session,
+    session: raw.Session,
     *,
     object_class: ObjectClass | None = None,
     object_id: bytes | None = None,
@@ -285,20 +284,13 @@ def find_objects(
     return search(session, template)
 
 
-def search(session: pkcs11.Session, template: dict[Attribute, Any]) -> list[Any]:
-    """C_FindObjects*; a token that fails the search is a `TokenOperationError`, not a crash. In a
-    `TokenSession`'s session the objects are `raw.RawObject`s (one search, then one read per need:
-    issue 15), else python-pkcs11's."""
-    path = raw.module_of(session)
-    if path is not None:
-        return [raw.RawObject(session, path, handle) for handle in raw.find_handles(session, path, template)]
-    try:
-        return list(session.get_objects(template))
-    except PKCS11Error as exc:
-        raise TokenOperationError(f"the token failed a search of its objects ({rv(exc)})") from None
+def search(session: raw.Session, template: dict[Attribute, Any]) -> list[raw.RawObject]:
+    """C_FindObjects*, as `raw.RawObject`s (one search, then one read per need: issue 15); a token
+    that fails the search is a `TokenOperationError`, not a crash."""
+    return session.get_objects(template)
 
 
-def public_key_info(obj: pkcs11.Object, session: pkcs11.Session | None = None) -> bytes | None:
+def public_key_info(obj: pkcs11.Object, session: raw.Session | None = None) -> bytes | None:
     """DER SubjectPublicKeyInfo of a public or private key object, or None if the token won't say.
 
     RSA private keys carry their modulus and exponent; an EC private key does not carry its point,
@@ -363,7 +355,7 @@ def key_id_for(spki_der: bytes) -> bytes:
     return hashlib.sha1(info["public_key"].contents[1:]).digest()
 
 
-def find_private_key_for(session: pkcs11.Session, spki_der: bytes) -> pkcs11.Object | None:
+def find_private_key_for(session: raw.Session, spki_der: bytes) -> pkcs11.Object | None:
     """The private key whose public half is `spki_der`; tries the CKA_ID convention first."""
     wanted = keys.PublicKeyInfo.load(spki_der).dump()
     by_id = find_objects(session, object_class=ObjectClass.PRIVATE_KEY, object_id=key_id_for(wanted))
@@ -393,7 +385,7 @@ def private_key_uri(token_uri_path: dict[str, str], private: Any) -> str:
 
 
 def find_private_keys(
-    session: pkcs11.Session, *, label: str | None = None, object_id: bytes | None = None
+    session: raw.Session, *, label: str | None = None, object_id: bytes | None = None
 ) -> list[pkcs11.Object]:
     """Private keys by CKA_LABEL and/or CKA_ID (an agent key named by --agent)."""
     return find_objects(session, object_class=ObjectClass.PRIVATE_KEY, label=label, object_id=object_id)

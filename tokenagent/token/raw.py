@@ -1,5 +1,6 @@
-"""PKCS#11 calls made directly, through the module's CK_FUNCTION_LIST, in the sessions python-pkcs11
-opened (the library is already initialized: the same shared object, the same session handle).
+"""PKCS#11 calls made directly, through the module's CK_FUNCTION_LIST: every call tokenagent makes.
+python-pkcs11 supplies the vocabulary (its Attribute, Mechanism and flag enums, its attribute table
+for unpacking values, its exception classes), not the calls.
 
 Why (issue 15): on a smart card each call is an APDU round trip, and python-pkcs11 spends calls
 tokenagent does not need. It turns every object a search finds into a Python class built from a
@@ -12,8 +13,12 @@ adds usage attributes of its own to generation templates (FALSE, which tpm2-pkcs
 - `generate_key_pair` sends exactly the plan's templates; `sign` makes C_SignInit and one C_Sign;
 - `read_token_info` gives CK_TOKEN_INFO whole (free memory, the model's NUL padding);
 - `initialize`: C_Initialize with CK_C_INITIALIZE_ARGS.pReserved set to a module's init string,
-  which python-pkcs11 cannot pass (it calls C_Initialize(NULL)).
-Loading the module, the slot list and opening/closing sessions stay with python-pkcs11.
+  which python-pkcs11 cannot pass (it calls C_Initialize(NULL));
+- loading a module is C_GetFunctionList, C_Initialize and C_GetInfo (python-pkcs11 adds two
+  C_GetInterface probes); a token listing is one C_GetSlotList into a sized buffer and one
+  C_GetTokenInfo per token (python-pkcs11: two C_GetSlotList, C_GetSlotInfo and C_GetTokenInfo per
+  slot, and its Token objects cannot be made from the values read); a `Session` opens with
+  C_OpenSession and one C_Login and closes with C_CloseSession alone.
 
 The functions come from C_GetFunctionList, not from exported C_* symbols: NSS softokn and
 p11-kit-proxy export only C_GetFunctionList.
@@ -25,6 +30,7 @@ CKR_ATTRIBUTE_TYPE_INVALID while still filling in the others: those attributes a
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -58,36 +64,24 @@ _HANDLE_ARGS = (_ULONG, ctypes.c_void_p, _ULONG)  # session, template, count
 _FUNCTIONS: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("C_Initialize", (ctypes.c_void_p,)),
     ("C_Finalize", (ctypes.c_void_p,)),
-    *(
-        (name, ())
-        for name in (
-            "C_GetInfo",
-            "C_GetFunctionList",
-            "C_GetSlotList",
-            "C_GetSlotInfo",
-        )
-    ),
+    ("C_GetInfo", (ctypes.c_void_p,)),
+    ("C_GetFunctionList", ()),
+    ("C_GetSlotList", (ctypes.c_ubyte, ctypes.c_void_p, ctypes.c_void_p)),
+    ("C_GetSlotInfo", (_ULONG, ctypes.c_void_p)),
     ("C_GetTokenInfo", (_ULONG, ctypes.c_void_p)),
-    *(
-        (name, ())
-        for name in (
-            "C_GetMechanismList",
-            "C_GetMechanismInfo",
-            "C_InitToken",
-            "C_InitPIN",
-            "C_SetPIN",
-            "C_OpenSession",
-            "C_CloseSession",
-            "C_CloseAllSessions",
-            "C_GetSessionInfo",
-            "C_GetOperationState",
-            "C_SetOperationState",
-            "C_Login",
-            "C_Logout",
-            "C_CreateObject",
-            "C_CopyObject",
-        )
-    ),
+    ("C_GetMechanismList", (_ULONG, ctypes.c_void_p, ctypes.c_void_p)),
+    ("C_GetMechanismInfo", (_ULONG, _ULONG, ctypes.c_void_p)),
+    ("C_InitToken", ()),
+    ("C_InitPIN", (_ULONG, ctypes.c_char_p, _ULONG)),
+    ("C_SetPIN", ()),
+    # slot, flags, pApplication, Notify, the session handle out
+    ("C_OpenSession", (_ULONG, _ULONG, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)),
+    ("C_CloseSession", (_ULONG,)),
+    *((name, ()) for name in ("C_CloseAllSessions", "C_GetSessionInfo", "C_GetOperationState", "C_SetOperationState")),
+    ("C_Login", (_ULONG, _ULONG, ctypes.c_char_p, _ULONG)),
+    ("C_Logout", (_ULONG,)),
+    ("C_CreateObject", (_ULONG, ctypes.c_void_p, _ULONG, ctypes.c_void_p)),
+    ("C_CopyObject", ()),
     ("C_DestroyObject", (_ULONG, _ULONG)),
     ("C_GetObjectSize", ()),
     ("C_GetAttributeValue", (_ULONG, _ULONG, ctypes.c_void_p, _ULONG)),
@@ -198,23 +192,58 @@ class CK_TOKEN_INFO(ctypes.Structure):
 
     def field(self, name: str) -> bytes:
         """A text field's bytes as the token wrote them (ctypes' attribute access stops at a NUL)."""
-        descriptor = getattr(CK_TOKEN_INFO, name)
-        return ctypes.string_at(ctypes.addressof(self) + descriptor.offset, descriptor.size)
+        return text_field(self, name)
+
+
+class CK_INFO(ctypes.Structure):
+    """CK_INFO (PKCS#11 v2.40 §3.1): the module's own description."""
+
+    _fields_ = [
+        ("cryptokiVersion", CK_VERSION),
+        ("manufacturerID", ctypes.c_char * 32),
+        ("flags", _ULONG),
+        ("libraryDescription", ctypes.c_char * 32),
+        ("libraryVersion", CK_VERSION),
+    ]
+
+
+class CK_SLOT_INFO(ctypes.Structure):
+    """CK_SLOT_INFO (PKCS#11 v2.40 §3.2): for a smart card, the PC/SC reader."""
+
+    _fields_ = [
+        ("slotDescription", ctypes.c_char * 64),
+        ("manufacturerID", ctypes.c_char * 32),
+        ("flags", _ULONG),
+        ("hardwareVersion", CK_VERSION),
+        ("firmwareVersion", CK_VERSION),
+    ]
+
+
+class CK_MECHANISM_INFO(ctypes.Structure):
+    _fields_ = [("ulMinKeySize", _ULONG), ("ulMaxKeySize", _ULONG), ("flags", _ULONG)]
+
+
+def text_field(structure: ctypes.Structure, name: str) -> bytes:
+    """A fixed-size text field's bytes as the module wrote them (ctypes' attribute access stops at
+    a NUL: tpm2-pkcs11 pads its model with NULs, not blanks)."""
+    descriptor = getattr(type(structure), name)
+    return ctypes.string_at(ctypes.addressof(structure) + descriptor.offset, descriptor.size)
 
 
 @cache
 def _library(path: str) -> CK_FUNCTION_LIST:
-    """The function list of the module python-pkcs11 loaded (dlopen of the same path returns the
-    same, initialized copy)."""
+    """The module's function list, from its C_GetFunctionList (once per path and process)."""
     try:
         get_function_list = ctypes.CDLL(path).C_GetFunctionList
-    except (OSError, AttributeError) as exc:
-        raise TokenOperationError(f"cannot reach the functions of PKCS#11 module {path}: {exc}") from None
+    except OSError as exc:  # dlerror's text names the file and the reason
+        raise TokenOperationError(str(exc)) from None
+    except AttributeError:
+        raise TokenOperationError(f"{path} is not a PKCS#11 module (no C_GetFunctionList)") from None
     get_function_list.restype = _ULONG
     functions = ctypes.POINTER(CK_FUNCTION_LIST)()
     rv = get_function_list(ctypes.byref(functions))
     if rv != CKR_OK or not functions:
-        raise TokenOperationError(f"PKCS#11 module {path}: C_GetFunctionList failed (CKR 0x{rv:x})")
+        raise TokenOperationError(f"C_GetFunctionList failed ({rv_name(rv)})")
     return functions.contents
 
 
@@ -235,12 +264,159 @@ def token_info(path: str, slot_id: int) -> CK_TOKEN_INFO | None:
     return info if rv == CKR_OK else None
 
 
-def initialize(path: str, init_args: str) -> int:
-    """C_Initialize with ``init_args`` in pReserved and OS locking, as p11-kit passes a module file's
-    x-init-reserved; returns the CKR value (CKR_CRYPTOKI_ALREADY_INITIALIZED is the caller's call)."""
-    reserved = init_args.encode("utf-8") if init_args else None  # PKCS#11: NULL unless the module wants a string
-    args = CK_C_INITIALIZE_ARGS(None, None, None, None, CKF_OS_LOCKING_OK, reserved)
-    return int(_library(path).C_Initialize(ctypes.cast(ctypes.pointer(args), ctypes.c_void_p)))
+def initialize(path: str, init_args: str | None, *, os_locking: bool) -> int:
+    """C_Initialize; returns the CKR value (CKR_CRYPTOKI_ALREADY_INITIALIZED is the caller's call).
+    With neither an init string nor OS locking, NULL: the application promises one thread, and
+    SoftHSM then works without its mutexes. ``init_args`` goes in pReserved, as p11-kit passes a
+    module file's x-init-reserved (NSS softokn's configdir=...). A module this call initialized is
+    finalized when the process exits."""
+    library = _library(path)
+    if init_args is None and not os_locking:
+        rv = int(library.C_Initialize(None))
+    else:
+        reserved = init_args.encode("utf-8") if init_args else None  # NULL unless the module wants a string
+        args = CK_C_INITIALIZE_ARGS(None, None, None, None, CKF_OS_LOCKING_OK, reserved)
+        rv = int(library.C_Initialize(ctypes.cast(ctypes.pointer(args), ctypes.c_void_p)))
+    if rv == CKR_OK:
+        atexit.register(_finalize, library)
+    return rv
+
+
+def _finalize(library: CK_FUNCTION_LIST) -> None:
+    library.C_Finalize(None)
+
+
+def get_info(path: str) -> tuple[int, CK_INFO]:
+    """C_GetInfo: the CKR value and CK_INFO."""
+    info = CK_INFO()
+    return int(_library(path).C_GetInfo(ctypes.byref(info))), info
+
+
+#: slot IDs asked for in the first C_GetSlotList of a process; a module with more says
+#: CKR_BUFFER_TOO_SMALL and the count, and is asked again
+_SLOTS = 32
+
+
+def slot_ids(path: str, *, token_present: bool, rescan: bool) -> tuple[int, list[int]]:
+    """C_GetSlotList: the CKR value and the slot IDs. ``rescan``: ask for the count first, with
+    pSlotList NULL, as PKCS#11 describes; OpenSC looks for readers plugged in since C_Initialize
+    only then (pkcs11-global.c). Right after C_Initialize the module has just looked, so one call
+    into a buffer of `_SLOTS` IDs is enough (issue 15: a call each, on every command)."""
+    library = _library(path)
+    count = _ULONG(0)
+    if rescan:
+        rv = int(library.C_GetSlotList(int(token_present), None, ctypes.byref(count)))
+        if rv != CKR_OK:
+            return rv, []
+    else:
+        count.value = _SLOTS
+    while True:
+        ids = (_ULONG * max(1, count.value))()
+        rv = int(library.C_GetSlotList(int(token_present), ids, ctypes.byref(count)))
+        if rv != CKR_BUFFER_TOO_SMALL:
+            break  # (a reader plugged in between the two calls makes the list longer: ask again)
+    return rv, [int(ids[i]) for i in range(count.value)] if rv == CKR_OK else []
+
+
+def slot_info(path: str, slot_id: int) -> tuple[int, CK_SLOT_INFO]:
+    info = CK_SLOT_INFO()
+    return int(_library(path).C_GetSlotInfo(_ULONG(slot_id), ctypes.byref(info))), info
+
+
+def mechanism_list(path: str, slot_id: int) -> tuple[int, list[int]]:
+    """C_GetMechanismList (a size query, then the list): only for listings of every mechanism."""
+    library = _library(path)
+    count = _ULONG(0)
+    rv = int(library.C_GetMechanismList(_ULONG(slot_id), None, ctypes.byref(count)))
+    if rv != CKR_OK:
+        return rv, []
+    mechanisms = (_ULONG * max(1, count.value))()
+    rv = int(library.C_GetMechanismList(_ULONG(slot_id), mechanisms, ctypes.byref(count)))
+    return rv, [int(mechanisms[i]) for i in range(count.value)] if rv == CKR_OK else []
+
+
+def mechanism_info(path: str, slot_id: int, mechanism: int) -> tuple[int, CK_MECHANISM_INFO]:
+    """C_GetMechanismInfo; CKR_MECHANISM_INVALID when the token does not have it (v2.40 §5.5)."""
+    info = CK_MECHANISM_INFO()
+    return int(_library(path).C_GetMechanismInfo(_ULONG(slot_id), _ULONG(mechanism), ctypes.byref(info))), info
+
+
+CKF_RW_SESSION = 0x2
+CKF_SERIAL_SESSION = 0x4
+CKU_SO = 0
+CKU_USER = 1
+CKU_CONTEXT_SPECIFIC = 2
+
+
+class Session:
+    """An open PKCS#11 session: its handle and the module it belongs to. What python-pkcs11's
+    Session was to tokenagent, less the calls it adds: opening one is C_OpenSession and at most one
+    C_Login; closing it is C_CloseSession alone, which ends the login when it closes the token's
+    last session (PKCS#11 v2.40 §5.6.8), where a C_Logout would also log out every other session
+    this process has on the token. Failures raise python-pkcs11's exception for the CKR value, so
+    callers keep one vocabulary of errors."""
+
+    def __init__(self, module_path: str, slot_id: int, handle: int) -> None:
+        self.module_path = module_path
+        self.slot_id = slot_id
+        self.handle = handle
+        self.open = True
+
+    @classmethod
+    def open_on(cls, module_path: str, slot_id: int, *, rw: bool) -> Session:
+        flags = CKF_SERIAL_SESSION | (CKF_RW_SESSION if rw else 0)
+        handle = _ULONG(0)
+        rv = int(_library(module_path).C_OpenSession(_ULONG(slot_id), _ULONG(flags), None, None, ctypes.byref(handle)))
+        if rv != CKR_OK:
+            raise exception_for(rv)
+        return cls(module_path, slot_id, handle.value)
+
+    def login(self, user_type: int, pin: str | None) -> None:
+        """C_Login; ``pin`` None: the PIN pad (CKF_PROTECTED_AUTHENTICATION_PATH) takes it."""
+        data = pin.encode("utf-8") if pin is not None else None
+        rv = int(
+            _library(self.module_path).C_Login(
+                _ULONG(self.handle), _ULONG(user_type), data, _ULONG(len(data) if data is not None else 0)
+            )
+        )
+        if rv != CKR_OK:
+            raise exception_for(rv)
+
+    def reaffirm_credentials(self, pin: str) -> None:
+        """The context-specific login a CKA_ALWAYS_AUTHENTICATE key needs after C_SignInit."""
+        self.login(CKU_CONTEXT_SPECIFIC, pin)
+
+    def init_pin(self, pin: str) -> None:
+        """C_InitPIN (the security officer logged in)."""
+        data = pin.encode("utf-8")
+        rv = int(_library(self.module_path).C_InitPIN(_ULONG(self.handle), data, _ULONG(len(data))))
+        if rv != CKR_OK:
+            raise exception_for(rv)
+
+    def create_object(self, values: Mapping[Attribute, Any]) -> RawObject:
+        template, buffers = _template(values)
+        handle = _ULONG(0)
+        rv = int(
+            _library(self.module_path).C_CreateObject(
+                _ULONG(self.handle), template, _ULONG(len(values)), ctypes.byref(handle)
+            )
+        )
+        del buffers
+        if rv != CKR_OK:
+            raise exception_for(rv)
+        return RawObject(self, self.module_path, handle.value)
+
+    def get_objects(self, values: Mapping[Attribute, Any] | None = None) -> list[RawObject]:
+        found = find_handles(self, self.module_path, values or {})
+        return [RawObject(self, self.module_path, handle) for handle in found]
+
+    def close(self) -> None:
+        if not self.open:
+            return
+        self.open = False
+        rv = int(_library(self.module_path).C_CloseSession(_ULONG(self.handle)))
+        if rv != CKR_OK:
+            raise exception_for(rv)
 
 
 def _pack(value: Any) -> bytes:
@@ -264,7 +440,7 @@ def _template(values: Mapping[Attribute, Any]) -> tuple[ctypes.Array[CK_ATTRIBUT
     return template, buffers  # the buffers must outlive the call
 
 
-def find_handles(session: pkcs11.Session, module_path: str, values: Mapping[Attribute, Any]) -> list[int]:
+def find_handles(session: Session, module_path: str, values: Mapping[Attribute, Any]) -> list[int]:
     """Handles of the objects matching ``values`` (an empty mapping: every object the session sees)."""
     library = _library(module_path)
     handle = ctypes.c_ulong(session.handle)
@@ -294,7 +470,7 @@ _ATTRIBUTE_BUFFER = 2048
 _VALUE_BUFFER = 16384
 
 
-def read_raw(session: pkcs11.Session, module_path: str, obj: int, attributes: Iterable[Attribute]) -> dict[int, bytes]:
+def read_raw(session: Session, module_path: str, obj: int, attributes: Iterable[Attribute]) -> dict[int, bytes]:
     """Every attribute of ``attributes`` the token gives, as raw bytes, in one call into buffers
     large enough for what tokenagent reads. Only when the token answers CKR_BUFFER_TOO_SMALL are the
     attributes it left out read again with a size query first. An attribute the token refuses or
@@ -328,9 +504,7 @@ def _buffer_size(kind: int) -> int:
     return _VALUE_BUFFER if kind == int(Attribute.VALUE) else _ATTRIBUTE_BUFFER
 
 
-def _read_into(
-    session: pkcs11.Session, module_path: str, obj: int, sizes: Mapping[int, int]
-) -> tuple[dict[int, bytes], int]:
+def _read_into(session: Session, module_path: str, obj: int, sizes: Mapping[int, int]) -> tuple[dict[int, bytes], int]:
     wanted = list(sizes.items())
     buffers = [ctypes.create_string_buffer(max(1, size)) for _, size in wanted]
     template = (CK_ATTRIBUTE * len(wanted))(
@@ -352,7 +526,7 @@ def _read_into(
     return values, rv
 
 
-def _read_sizing(session: pkcs11.Session, module_path: str, obj: int, wanted: list[int]) -> dict[int, bytes]:
+def _read_sizing(session: Session, module_path: str, obj: int, wanted: list[int]) -> dict[int, bytes]:
     """A size query, then the values: for attributes larger than the buffers of `read_raw`."""
     if not wanted:
         return {}
@@ -364,6 +538,35 @@ def _read_sizing(session: pkcs11.Session, module_path: str, obj: int, wanted: li
     return _read_into(session, module_path, obj, sizes)[0] if sizes else {}
 
 
+#: what a key object's first read also asks for: what accept, sign, repair and linkage go on to
+#: read of the same object (its public half, label, CKA_ID, usages, whether it needs a context
+#: login). Attributes an object does not have come back as CKR_ATTRIBUTE_TYPE_INVALID for those
+#: alone (PKCS#11 v2.40 §5.7.7); no large value (a certificate's CKA_VALUE) is among them.
+_PREFETCH = tuple(
+    int(a)
+    for a in (
+        Attribute.CLASS,
+        Attribute.KEY_TYPE,
+        Attribute.ID,
+        Attribute.LABEL,
+        Attribute.MODULUS,
+        Attribute.PUBLIC_EXPONENT,
+        Attribute.EC_PARAMS,
+        Attribute.EC_POINT,
+        Attribute.ENCRYPT,
+        Attribute.DECRYPT,
+        Attribute.SIGN,
+        Attribute.SIGN_RECOVER,
+        Attribute.VERIFY,
+        Attribute.VERIFY_RECOVER,
+        Attribute.WRAP,
+        Attribute.UNWRAP,
+        Attribute.DERIVE,
+        Attribute.ALWAYS_AUTHENTICATE,
+    )
+)
+
+
 class RawObject:
     """A token object known by its handle, read and written through the module's functions: what
     `objects.search` finds. python-pkcs11's own objects cost two calls each before anything is read
@@ -373,15 +576,26 @@ class RawObject:
     apart. Also what python-pkcs11 cannot wrap at all: a half-written husk whose attributes make
     its object factory fail (CKR_ATTRIBUTE_VALUE_INVALID)."""
 
-    def __init__(self, session: pkcs11.Session, module_path: str, handle: int) -> None:
+    def __init__(self, session: Session, module_path: str, handle: int) -> None:
         self.session = session
         self.module_path = module_path
         self.handle = handle
+        #: what this object's reads returned (None: the token gives no value): an object is read
+        #: by several steps of one operation (the key's public half, its label, its usages, whether
+        #: it needs a context login, its CKA_ID), and each read is an APDU round trip on a card
+        self._read: dict[int, bytes | None] = {}
 
     def get_attributes(self, attributes: Iterable[Attribute]) -> dict[Attribute, Any]:
-        """The attributes the token gives (refused and unknown ones are left out), unpacked."""
-        values = read_raw(self.session, self.module_path, self.handle, attributes)
-        return {Attribute(kind): _unpack(Attribute(kind), value) for kind, value in values.items()}
+        """The attributes the token gives (refused and unknown ones are left out), unpacked. The
+        first read also asks for `PREFETCH`, in the same call; later reads of those cost nothing."""
+        wanted = [int(a) for a in attributes]
+        missing = [kind for kind in wanted if kind not in self._read]
+        if missing:
+            asked = missing if self._read else list(dict.fromkeys([*missing, *_PREFETCH]))
+            values = read_raw(self.session, self.module_path, self.handle, [Attribute(kind) for kind in asked])
+            self._read.update({kind: values.get(kind) for kind in asked})
+        found = {kind: self._read[kind] for kind in wanted}
+        return {Attribute(kind): _unpack(Attribute(kind), value) for kind, value in found.items() if value is not None}
 
     def __getitem__(self, attribute: Attribute) -> Any:
         values = self.get_attributes([attribute])
@@ -393,6 +607,7 @@ class RawObject:
         rv = set_attributes(self.session, self.module_path, self.handle, {attribute: value})
         if rv != CKR_OK:
             raise exception_for(rv)
+        self._read.pop(int(attribute), None)  # read again when asked: the token may store it its own way
 
     def destroy(self) -> None:
         rv = _library(self.module_path).C_DestroyObject(_ULONG(self.session.handle), _ULONG(self.handle))
@@ -421,24 +636,6 @@ def exception_for(rv: int) -> Exception:
     if isinstance(cls, type) and issubclass(cls, pkcs11.exceptions.PKCS11Error):
         return cls()
     return pkcs11.exceptions.PKCS11Error(f"Unmapped error code 0x{rv:x}")
-
-
-#: which module each open python-pkcs11 session belongs to (TokenSession registers it), so that
-#: searches given only a session can go through that module's functions
-_SESSION_MODULES: dict[int, tuple[pkcs11.Session, str]] = {}
-
-
-def register_session(session: pkcs11.Session, module_path: str) -> None:
-    _SESSION_MODULES[id(session)] = (session, module_path)
-
-
-def forget_session(session: pkcs11.Session) -> None:
-    _SESSION_MODULES.pop(id(session), None)
-
-
-def module_of(session: pkcs11.Session) -> str | None:
-    entry = _SESSION_MODULES.get(id(session))
-    return entry[1] if entry is not None and entry[0] is session else None
 
 
 def as_bool(value: bytes | None) -> bool | None:
@@ -470,7 +667,7 @@ def _mechanism(kind: int, parameter: ctypes.Structure | None) -> CK_MECHANISM:
 
 
 def generate_key_pair(
-    session: pkcs11.Session,
+    session: Session,
     module_path: str,
     mechanism: int,
     public: Mapping[Attribute, Any],
@@ -491,7 +688,7 @@ def generate_key_pair(
     return int(rv), public_handle.value, private_handle.value
 
 
-def set_attributes(session: pkcs11.Session, module_path: str, obj: int, values: Mapping[Attribute, Any]) -> int:
+def set_attributes(session: Session, module_path: str, obj: int, values: Mapping[Attribute, Any]) -> int:
     """C_SetAttributeValue; the CKR value."""
     template, buffers = _template(values)
     rv = _library(module_path).C_SetAttributeValue(_ULONG(session.handle), _ULONG(obj), template, _ULONG(len(values)))
@@ -504,7 +701,7 @@ SIGNATURE_BUFFER = 2048
 
 
 def sign(
-    session: pkcs11.Session,
+    session: Session,
     module_path: str,
     key: int,
     mechanism: int,
@@ -535,7 +732,7 @@ def sign(
     return int(rv), signature.raw[: length.value] if rv == CKR_OK else b""
 
 
-def decrypt(session: pkcs11.Session, module_path: str, key: int, mechanism: int, data: bytes) -> tuple[int, bytes]:
+def decrypt(session: Session, module_path: str, key: int, mechanism: int, data: bytes) -> tuple[int, bytes]:
     """C_DecryptInit and one C_Decrypt (RSA key transport: the plaintext is shorter than ``data``,
     so a buffer of its size needs no size query first). Returns the CKR value and the plaintext."""
     library = _library(module_path)

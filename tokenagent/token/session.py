@@ -8,18 +8,19 @@ The rules, in the order they are applied:
 3. Exactly one C_Login. A wrong PIN is reported, never retried: every retry burns a try on a
    card that locks after three.
 
-Closing a session calls C_Logout in python-pkcs11, which logs out every session of that token
-in the process: keep one `TokenSession` per token per process.
+A session closes with C_CloseSession alone (token/raw.py `Session`): closing the token's last
+session in the process ends the login. Keep one `TokenSession` per token per process: a second
+C_Login on the same token fails with CKR_USER_ALREADY_LOGGED_IN.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-import pkcs11
 from pkcs11 import TokenFlag
 from pkcs11.exceptions import (
     PinExpired,
@@ -101,10 +102,9 @@ def check_pin_state(state: PinState, token_name: str, *, force: bool) -> list[st
 class TokenSession:
     """An open PKCS#11 session on one token, logged in as the user at most once."""
 
-    def __init__(self, handle: TokenHandle, session: pkcs11.Session, *, logged_in: bool, rw: bool) -> None:
+    def __init__(self, handle: TokenHandle, session: raw.Session, *, logged_in: bool, rw: bool) -> None:
         self.handle = handle
         self.session = session
-        raw.register_session(session, handle.module.path)
         self.logged_in = logged_in
         self.rw = rw
         #: kept only for CKA_ALWAYS_AUTHENTICATE keys (context-specific login); never logged.
@@ -133,7 +133,6 @@ class TokenSession:
         return self._signing_pin
 
     def close(self) -> None:
-        raw.forget_session(self.session)
         try:
             self.session.close()
         except PKCS11Error as exc:  # a removed token cannot be logged out; nothing to undo
@@ -167,8 +166,10 @@ def open_session(
     each signature in the SO session logs in with (ykcs11 allows that context-specific login).
     """
     warn = on_warning or (lambda message: log.warning("%s", message))
-    # CK_TOKEN_INFO read earlier may be stale: the PIN state flags change after every C_Login
-    handle.refresh()
+    # the PIN state flags change after every C_Login: CK_TOKEN_INFO is read again after one (a
+    # token found by this command's listing was read a moment ago: no second read, issue 15)
+    if not handle.current:
+        handle.refresh()
     name = f"'{handle.label}'"
     _check_token_usable(handle, name, rw=rw)
     credential: Pin | ProtectedAuthentication | None = None
@@ -222,20 +223,26 @@ def _open_and_login(
     rw: bool,
     so: bool,
     warn: Callable[[str], None],
-) -> pkcs11.Session:
-    """The one C_Login (python-pkcs11 logs in while opening the session when given a PIN)."""
+) -> raw.Session:
+    """C_OpenSession, then the one C_Login; a session whose login failed is closed again."""
+    session = raw.Session.open_on(handle.module.path, handle.slot_id, rw=rw)
     if credential is None:
-        return handle.token.open(rw=rw)
-    pin: str | object
+        return session
+    pin: str | None
     if isinstance(credential, ProtectedAuthentication):
         # the reader waits silently for the PIN: tell the user before C_Login blocks
         warn(f"token {name}: enter the {'SO ' if so else ''}PIN on the reader's PIN pad")
-        pin = pkcs11.PROTECTED_AUTH
+        pin = None  # NULL: the PIN pad takes it (CKF_PROTECTED_AUTHENTICATION_PATH)
     else:
         pin = credential.reveal()
-    if so:
-        return handle.token.open(rw=rw, so_pin=pin)
-    return handle.token.open(rw=rw, user_pin=pin)
+    handle.current = False  # right or wrong, a login attempt changes the PIN state flags
+    try:
+        session.login(raw.CKU_SO if so else raw.CKU_USER, pin)
+    except BaseException:
+        with contextlib.suppress(PKCS11Error):  # the login's error is the one to report
+            session.close()
+        raise
+    return session
 
 
 def _session_error(exc: PKCS11Error, name: str, *, so: bool) -> TokenAgentError:

@@ -9,14 +9,13 @@ from dataclasses import dataclass
 
 import pkcs11
 from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass
-from pkcs11 import exceptions as p11
 
 from tokenagent.errors import TokenOperationError
 from tokenagent.token import raw
+from tokenagent.token.ckr import rv_name
 from tokenagent.token.facts import MechanismRange, TokenFacts
 from tokenagent.token.implementations import NSS_SOFTOKN
 from tokenagent.token.library import TokenHandle
-from tokenagent.token.names import rv as _rv
 from tokenagent.token.objects import find_objects, public_key_info, read_attributes
 from tokenagent.token.session import PinState, TokenSession
 
@@ -29,11 +28,14 @@ class FactNeeds:
     smart card each call is an APDU round trip, and a scan of every object grows with the token.
 
     ``mechanisms``: the CKM_* names whose CK_MECHANISM_INFO is read (None: every mechanism);
+    ``sign_candidates``: signature mechanisms in order of preference, read one by one until the
+    token has one that signs (the capacity check takes the first it has, so later ones are not asked);
     ``label``: the KeyContainer whose collision is looked for by CKA_CLASS + CKA_LABEL;
     ``private_keys`` / ``objects``: count them (a profile's key_containers / max_objects limit).
     """
 
     mechanisms: frozenset[str] | None = None
+    sign_candidates: tuple[str, ...] = ()
     label: str | None = None
     private_keys: bool = True
     objects: bool = True
@@ -50,6 +52,7 @@ def gather_facts(ts: TokenSession, needs: FactNeeds = EVERYTHING) -> TokenFacts:
     handle = ts.handle if ts.logged_in else ts.handle.refresh()
     state = PinState.from_flags(handle.flags)
     mechanisms = mechanism_ranges(handle, needs.mechanisms)
+    learn_mechanisms(handle, needs, mechanisms, set(mechanisms))
     count = len(raw.find_handles(ts.session, handle.module.path, {})) if needs.objects else 0
     if needs.private_keys:  # every private key's label: the count, and any label collision
         labels = [
@@ -122,24 +125,36 @@ def mechanism_ranges(handle: TokenHandle, wanted: frozenset[str] | None) -> dict
     Wanted ones are asked for directly, without C_GetMechanismList (two calls): a token answers
     CKR_MECHANISM_INVALID for a mechanism it does not have (PKCS#11 v2.40 §5.5)."""
     if wanted is not None:
-        candidates = [Mechanism[name[4:]] for name in sorted(wanted) if name[4:] in Mechanism.__members__]
+        candidates = [int(Mechanism[name[4:]]) for name in sorted(wanted) if name[4:] in Mechanism.__members__]
     else:
-        try:
-            listed = handle.slot.get_mechanisms()
-        except p11.PKCS11Error as exc:
-            raise TokenOperationError(f"token '{handle.label}': cannot list mechanisms: {_rv(exc)}") from None
-        candidates = [mech for mech in listed if isinstance(mech, Mechanism)]  # vendor numbers: not ours
+        rv, listed = raw.mechanism_list(handle.module.path, handle.slot_id)
+        if rv != raw.CKR_OK:
+            raise TokenOperationError(f"token '{handle.label}': cannot list mechanisms: {rv_name(rv)}")
+        candidates = [mech for mech in listed if mech in Mechanism._value2member_map_]  # vendor numbers: not ours
     mechanisms: dict[str, MechanismRange] = {}
     for mech in candidates:
-        try:
-            info = handle.slot.get_mechanism_info(mech)
-        except p11.PKCS11Error:
+        rv, info = raw.mechanism_info(handle.module.path, handle.slot_id, mech)
+        if rv != raw.CKR_OK:
             continue  # CKR_MECHANISM_INVALID: not on this token
         flags = frozenset(flag.name for flag in MechanismFlag if flag.value and info.flags & flag and flag.name)
-        mechanisms[f"CKM_{mech.name}"] = MechanismRange(
-            int(info.min_key_length or 0), int(info.max_key_length or 0), flags
-        )
+        low, high = int(info.ulMinKeySize), int(info.ulMaxKeySize)
+        mechanisms[f"CKM_{Mechanism(mech).name}"] = MechanismRange(low, high, flags)
     return mechanisms
+
+
+def learn_mechanisms(handle: TokenHandle, needs: FactNeeds, known: dict[str, MechanismRange], asked: set[str]) -> None:
+    """Add to ``known`` what ``needs`` asks that is not in ``asked`` yet (a batch asks each once):
+    its mechanisms, then its signature candidates in order until one signs."""
+    missing = (needs.mechanisms or frozenset()) - asked
+    if missing:
+        known.update(mechanism_ranges(handle, frozenset(missing)))
+        asked |= missing
+    for name in needs.sign_candidates:
+        if name not in asked:
+            known.update(mechanism_ranges(handle, frozenset({name})))
+            asked.add(name)
+        if name in known and "SIGN" in known[name].flags:
+            break
 
 
 def first_mechanism(ts: TokenSession, names: Iterable[str]) -> str | None:
@@ -152,9 +167,8 @@ def first_mechanism(ts: TokenSession, names: Iterable[str]) -> str | None:
 
 
 def read_token_info(handle: TokenHandle) -> raw.CK_TOKEN_INFO | None:
-    """CK_TOKEN_INFO through the module's function list (python-pkcs11 does not expose the memory
-    fields): the one `refresh` read when the session opened, else a new read."""
-    return handle.info or raw.token_info(handle.module.path, handle.slot_id)
+    """CK_TOKEN_INFO as the token's listing or the last `refresh` read it."""
+    return handle.info
 
 
 def _free_memory(ts: TokenSession) -> tuple[int | None, int | None]:
