@@ -28,6 +28,8 @@ def child(side: str, infs: list[str], out_dir: str) -> dict[str, Any]:
     from tokenagent.token.pins import literal_pin_source
     from tokenagent.token.target import TokenTarget
 
+    # python-pkcs11 first: it refuses a module something else initialized (tokenagent accepts one)
+    lib = raw.load_lib()
     find_token("ta")
     raw.tbs_size(Path(infs[0]))  # the raw side's first step (cryptography, asn1crypto), done on both sides
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -38,7 +40,7 @@ def child(side: str, infs: list[str], out_dir: str) -> dict[str, Any]:
                 output = Path(out_dir) / f"{policy.stem}.req"
                 batch.new(NewOptions(policy=policy, output=output, target=TokenTarget("ta", (), pins)))
     else:
-        raw.timed_keygen("ta", Path(infs[0]), len(infs))
+        raw.timed_keygen("ta", Path(infs[0]), len(infs), lib=lib)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {"peak_kib": peak, "before_kib": before, "requests": len(infs)}
 

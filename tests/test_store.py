@@ -524,3 +524,54 @@ def test_file_checked_independently(tmp_path: Path) -> None:
         )
         for record in (first, second)
     ]
+
+
+def test_kept_open_shares_one_connection_and_sees_other_writers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch keeps the store open (`database.kept_open`): one connection for its transactions,
+    each still committed; another writer in between, and a file replaced under it, are seen."""
+    store = store_at(tmp_path)
+    first = store.add(new_pending(1))  # the file exists (making it is not what is measured)
+    opened: list[sqlite3.Connection] = []
+    real_connect = sqlite3.connect
+
+    def counting_connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+        connection = real_connect(*args, **kwargs)  # type: ignore[call-overload]
+        if args and args[0] != ":memory:":  # (the schema check's in-memory model is not the store)
+            opened.append(connection)
+        return connection
+
+    monkeypatch.setattr(database_module.sqlite3, "connect", counting_connect)
+    with database_module.kept_open(store.path):
+        second = store.add(new_pending(2))
+        third = store.add(new_pending(3))
+        assert len(opened) == 1  # one connection for both transactions
+        # committed as it returned: another connection (another process's, say) reads it
+        other = real_connect(store.path)
+        assert other.execute("SELECT COUNT(*) FROM pending_requests").fetchone() == (3,)
+        other.close()
+        # another process writes in between: the kept connection sees its record
+        subprocess.run(
+            [sys.executable, "-c", WRITER_ONE, str(store.path)],
+            check=True,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+        assert [r.id for r in store.list()] == [first.id, second.id, third.id, 4]
+        # the file replaced (a restore from a backup copy): a new connection on the new file
+        replacement = tmp_path / "replacement.sqlite3"
+        shutil.copyfile(store.path, replacement)
+        os.replace(replacement, store.path)
+        assert store.add(new_pending(5)).id == 5
+        assert len(opened) == 2
+    assert [r.id for r in PendingStore(store.path).list()] == [1, 2, 3, 4, 5]
+
+
+WRITER_ONE = """
+import sys
+from pathlib import Path
+from tests.test_store import new_pending
+from tokenagent.store import PendingStore
+PendingStore(Path(sys.argv[1])).add(new_pending(4))
+"""

@@ -53,6 +53,7 @@ from tokenagent.enroll.new import (
 )
 from tokenagent.enroll.recovery import recover_interrupted
 from tokenagent.providers.registry import ProviderRegistry, load_registry
+from tokenagent.store.database import kept_open
 from tokenagent.token.facts import TokenFacts
 from tokenagent.token.library import TokenHandle
 from tokenagent.token.modules import ENV_MODULE
@@ -82,12 +83,18 @@ class NewBatch:
         self._agents: dict[object, Agent] = {}
         self._locked: set[tuple[str, int]] = set()  # tokens whose lock the batch holds
         self._selections: set[tuple[object, ...]] = set()  # --token values whose selection lock it holds
+        self._stores: set[Path] = set()  # state databases it keeps open (store.database.kept_open)
         self._stack = contextlib.ExitStack()
         self.requests = 0  # requests that completed (dry runs included)
 
     def new(self, options: NewOptions) -> NewResult:
         """One certreq -new, as `new_request(options)` would do it. Raises a `TokenAgentError`."""
         prepared = prepare(options, self._warn, registry=self._registry(options.providers))
+        if not options.dry_run and prepared.store_path not in self._stores:
+            # one connection for the intents and pending records of every request (three commits
+            # each); each commit is as durable as before (store/database.py kept_open)
+            self._stack.enter_context(kept_open(prepared.store_path))
+            self._stores.add(prepared.store_path)
         agent = self._agent(options.agent) if options.agent is not None and not options.dry_run else None
         opened = self._session(prepared)
         prepared = for_token(prepared, opened.session.handle)

@@ -9,7 +9,8 @@ from asn1crypto import core, csr, x509
 
 from tokenagent.display import has_hidden
 from tokenagent.inf.values import ValueProblem
-from tokenagent.request.asn1.attributes import Attribute, CspProvider, EnrollmentNameValuePair
+from tokenagent.request.asn1.attributes import CspProvider, EnrollmentNameValuePair
+from tokenagent.request.der import der_set, oid_der, tlv
 from tokenagent.request.oids import OID_ENROLLMENT_CSP_PROVIDER, OID_ENROLLMENT_NAME_VALUE_PAIR, OID_EXTENSION_REQUEST
 
 ATTRIBUTE_NAMES = {
@@ -23,7 +24,13 @@ ATTRIBUTE_NAMES = {
 
 
 def _attribute(oid: str, values: list[core.Asn1Value]) -> csr.CRIAttribute:
-    return csr.CRIAttribute.load(Attribute({"type": oid, "values": [core.Any(v) for v in values]}).dump())
+    return csr.CRIAttribute.load(attribute_der(oid, [v.dump() for v in values]))
+
+
+def attribute_der(oid: str, values: list[bytes]) -> bytes:
+    """An Attribute (RFC 2986) from its values' DER: the same bytes as asn1crypto's `Attribute`
+    built from them (values sorted, a DER SET OF), without its cost (der.tlv says why)."""
+    return tlv(0x30, oid_der(oid) + der_set(values))
 
 
 def _bmp(what: str, text: str) -> core.BMPString:
@@ -33,7 +40,12 @@ def _bmp(what: str, text: str) -> core.BMPString:
 
 
 def extension_request(extensions: list[x509.Extension]) -> csr.CRIAttribute:
-    return _attribute(OID_EXTENSION_REQUEST, [x509.Extensions(extensions)])
+    return csr.CRIAttribute.load(extension_request_der([e.dump() for e in extensions]))
+
+
+def extension_request_der(extensions: list[bytes]) -> bytes:
+    """The extensionRequest attribute around the extensions' DER (one Extensions value)."""
+    return attribute_der(OID_EXTENSION_REQUEST, [tlv(0x30, b"".join(extensions))])
 
 
 def name_value_pairs(pairs: tuple[tuple[str, str], ...]) -> csr.CRIAttribute:

@@ -6,6 +6,7 @@ Imports nothing else from tokenagent, so any room can use it.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 from asn1crypto import cms, core
@@ -57,6 +58,31 @@ def parse_native(value: core.Asn1Value) -> None:
         value.native  # noqa: B018
     except AttributeError as exc:  # e.g. an ObjectDescriptor inside an ANY: asn1crypto has no .native for it
         raise ValueError(f"an element asn1crypto cannot read ({exc})") from None
+
+
+def tlv(tag: int, content: bytes) -> bytes:
+    """One DER element from its (one-byte) tag and its contents.
+
+    For structures whose parts are already DER: asn1crypto re-encodes a structure built from
+    Python values on every dump (it never clears its "mutated" mark), recursively, so joining
+    the parts' bytes is many times cheaper than asn1crypto for the same bytes.
+    """
+    size = len(content)
+    if size < 0x80:
+        return bytes((tag, size)) + content
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(length))) + length + content
+
+
+def der_set(elements: list[bytes], tag: int = 0x31) -> bytes:
+    """A DER SET OF: the elements' encodings in ascending order (as asn1crypto's SetOf sorts them)."""
+    return tlv(tag, b"".join(sorted(elements)))
+
+
+@functools.lru_cache(maxsize=256)
+def oid_der(oid: str) -> bytes:
+    """An OBJECT IDENTIFIER's DER (a few OIDs recur in every request: encoded once each)."""
+    return core.ObjectIdentifier(oid).dump()
 
 
 def _first_inner_tag(der: bytes) -> int | None:

@@ -29,6 +29,7 @@ from cryptography import x509
 from tokenagent.display import HIDDEN_NOTE, escape_tree, has_hidden_anywhere
 from tokenagent.errors import InputError
 from tokenagent.request.armor import read_der
+from tokenagent.request.asn1.attributes import Attribute
 from tokenagent.request.asn1.cmc import CONTROL_NAMES, ControlSequence, PKIData, PKIResponse, PopLinkWitnessV2
 from tokenagent.request.asn1.cms import SignedData
 from tokenagent.request.attributes import (
@@ -36,7 +37,6 @@ from tokenagent.request.attributes import (
     OID_ENROLLMENT_CSP_PROVIDER,
     OID_ENROLLMENT_NAME_VALUE_PAIR,
     OID_EXTENSION_REQUEST,
-    Attribute,
     CspProvider,
     EnrollmentNameValuePair,
 )

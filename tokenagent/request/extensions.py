@@ -97,12 +97,18 @@ _CIPHERS = {
 def extension(oid: str, critical: bool, value_der: bytes) -> x509.Extension:
     # DER leaves critical out when FALSE (its DEFAULT); asn1crypto does that for us
     try:
-        return x509.Extension({"extn_id": oid, "critical": critical, "extn_value": core.ParsableOctetString(value_der)})
+        ext = x509.Extension({"extn_id": oid, "critical": critical, "extn_value": core.ParsableOctetString(value_der)})
     except (ValueError, TypeError) as exc:
         # asn1crypto parses the value of an extension it knows (e.g. raw {hex} DER given for
         # 2.5.29.19) as that extension's type, and refuses one that is not
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueProblem(f"the DER value is not a valid {extension_name(oid)} ({reason})") from None
+    try:
+        # the same bytes, read back: a structure built from values is re-encoded on every dump
+        # (request/der.py `tlv`), and requests and certificates dump their extensions often
+        return x509.Extension.load(ext.dump())
+    except (ValueError, TypeError):
+        return ext  # its encoding fails where the request is encoded, with that error
 
 
 def _ia5(what: str, text: str) -> core.IA5String:

@@ -24,8 +24,8 @@ from asn1crypto import core, x509
 from tokenagent.inf.names import DistinguishedName, NameAttribute
 from tokenagent.inf.policy import X500_NAME_FLAGS
 from tokenagent.inf.values import ValueProblem
-from tokenagent.request.asn1.names import LatinT61String, RDNSequence
-from tokenagent.request.der import PARSE_ERRORS
+from tokenagent.request.asn1.names import LatinT61String
+from tokenagent.request.der import PARSE_ERRORS, der_set, oid_der, tlv
 from tokenagent.request.oids import OID_COUNTRY
 
 ENABLE_T61_UNICODE_FLAG = X500_NAME_FLAGS["CERT_NAME_STR_ENABLE_T61_UNICODE_FLAG"]
@@ -50,9 +50,11 @@ def x509_name(dn: DistinguishedName | None, flags: int = 0) -> x509.Name:
     """
     rdns = []
     for rdn in dn.rdns if dn is not None else ():
-        rdns.append([{"type": a.oid, "value": attribute_value(a, flags)} for a in rdn])
-    # DER sorts the values of a multi-valued RDN (SET OF); the RDNs keep their order
-    return x509.Name.load(RDNSequence(rdns).dump())
+        # an RDN is a SET OF AttributeTypeAndValue { type, value }: DER sorts a multi-valued one;
+        # the RDNs keep their order. Joined as bytes: the same as asn1crypto's RDNSequence makes,
+        # several times faster (request/der.py `tlv`)
+        rdns.append(der_set([tlv(0x30, oid_der(a.oid) + attribute_value(a, flags).dump()) for a in rdn]))
+    return x509.Name.load(tlv(0x30, b"".join(rdns)))
 
 
 def attribute_value(attribute: NameAttribute, flags: int = 0) -> core.Asn1Value:

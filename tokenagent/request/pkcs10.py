@@ -13,8 +13,10 @@ the default with the same OID. `planned_contents` lists the same items without a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from asn1crypto import csr, keys, x509
 
@@ -24,6 +26,7 @@ from tokenagent.inf.policy import RequestPolicy
 from tokenagent.inf.values import ValueProblem
 from tokenagent.request import attributes, extensions
 from tokenagent.request.algorithms import signature_algorithm
+from tokenagent.request.der import der_set, tlv
 from tokenagent.request.names import x509_name
 from tokenagent.request.signer import Signer
 
@@ -43,7 +46,46 @@ class ContentItem:
 @dataclass(frozen=True)
 class _Planned:
     item: ContentItem
-    extension: x509.Extension | None  # None: the SKI, until the public key is known
+    extension: bytes | None  # the Extension's DER; None: the SKI, until the public key is known
+
+
+T = TypeVar("T")
+
+
+class _Parts:
+    """What a request for one policy holds whatever the key: the subject, the planned extensions,
+    the other attributes, each encoded once. `new` asks for them twice per request (the planned
+    contents, then the request itself), and encoding them is most of a request's host work."""
+
+    def __init__(self, policy: RequestPolicy) -> None:
+        self.policy = policy  # held, so that its id() is not reused while the entry lives
+        self.values: dict[str, object] = {}
+
+    def get(self, name: str, make: Callable[[RequestPolicy], T]) -> T:
+        """``make(policy)``, computed once; a failure is not kept, so each call raises it again
+        in the same order of checks as before (which error a policy with several shows)."""
+        try:
+            return self.values[name]  # type: ignore[return-value]
+        except KeyError:
+            value = self.values[name] = make(self.policy)
+            return value
+
+
+#: The parts of the last few policies, by identity (a RequestPolicy is frozen; an equal one parsed
+#: again is a new entry). A handful covers `new`'s two uses and threads running batches side by side.
+_PARTS: dict[int, _Parts] = {}
+_PARTS_SIZE = 8
+_PARTS_LOCK = threading.Lock()
+
+
+def _parts(policy: RequestPolicy) -> _Parts:
+    with _PARTS_LOCK:
+        parts = _PARTS.get(id(policy))
+        if parts is None or parts.policy is not policy:
+            while len(_PARTS) >= _PARTS_SIZE:
+                del _PARTS[next(iter(_PARTS))]
+            parts = _PARTS[id(policy)] = _Parts(policy)
+        return parts
 
 
 def _fail(policy: RequestPolicy, line: int | None, message: str) -> PolicyError:
@@ -65,14 +107,18 @@ def _from_file(policy: RequestPolicy, field_name: str) -> bool:
 # -- extensions -----------------------------------------------------------------------------------
 
 
-def _plan_extensions(policy: RequestPolicy) -> list[_Planned]:
+def _plan_extensions(policy: RequestPolicy) -> tuple[_Planned, ...]:
+    return _parts(policy).get("extensions", _make_extension_plan)
+
+
+def _make_extension_plan(policy: RequestPolicy) -> tuple[_Planned, ...]:
     flags = policy.x500_name_flags
     given = {spec.oid for spec in policy.extensions}
     plan: list[_Planned] = []
 
     def add(oid: str, critical: bool, text: str, default: bool, ext: x509.Extension | None) -> None:
         item = ContentItem("extension", oid, extensions.extension_name(oid), critical, text, default)
-        plan.append(_Planned(item, ext))
+        plan.append(_Planned(item, ext.dump() if ext is not None else None))
 
     key_usage_written = _from_file(policy, "key_usage")
     # RFC 5280 4.2.1.3: a KeyUsage needs at least one bit, so KeyUsage = 0 means none at all
@@ -115,15 +161,16 @@ def _plan_extensions(policy: RequestPolicy) -> list[_Planned]:
         except ValueProblem as exc:
             raise _fail(policy, _line(policy, "certificate_template"), str(exc)) from None
         add(extensions.template_oid(template), False, template, True, ext)
-    return plan
+    return tuple(plan)
 
 
 def request_extensions(policy: RequestPolicy, spki_der: bytes) -> list[x509.Extension]:
     """The extensions of the request (and of a self-signed certificate), in order."""
     public_key_info(spki_der)  # garbage is an InputError, not an asn1crypto ValueError
     key_id = extensions.key_identifier(spki_der)
+    # new objects read from the kept DER each time: a caller may put them into its own structure
     return [
-        p.extension if p.extension is not None else extensions.subject_key_identifier(key_id)
+        x509.Extension.load(p.extension) if p.extension is not None else extensions.subject_key_identifier(key_id)
         for p in _plan_extensions(policy)
     ]
 
@@ -157,29 +204,42 @@ def _attribute_items(policy: RequestPolicy) -> list[ContentItem]:
     return items
 
 
-def _attributes(policy: RequestPolicy, exts: list[x509.Extension]) -> list[csr.CRIAttribute]:
+def _attributes(policy: RequestPolicy, exts: list[x509.Extension]) -> list[bytes]:
+    """The DER of the request's attributes: the extensionRequest (when there are extensions), the
+    name-value pairs, the CSP provider."""
+    result = [attributes.extension_request_der([e.dump() for e in exts])] if exts else []
+    return result + list(_parts(policy).get("attributes", _other_attributes))
+
+
+def _other_attributes(policy: RequestPolicy) -> tuple[bytes, ...]:
     result = []
-    if exts:
-        result.append(attributes.extension_request(exts))
     try:
         if policy.request_attributes:
-            result.append(attributes.name_value_pairs(policy.request_attributes))
+            result.append(attributes.name_value_pairs(policy.request_attributes).dump())
     except ValueProblem as exc:
         raise _fail(policy, _line(policy, "request_attributes"), str(exc)) from None
     if not policy.suppress_defaults:
         try:
-            result.append(attributes.csp_provider(int(policy.key_spec), policy.provider_name))
+            result.append(attributes.csp_provider(int(policy.key_spec), policy.provider_name).dump())
         except ValueProblem as exc:
             raise _fail(policy, _line(policy, "provider_name"), str(exc)) from None
-    return result
+    return tuple(result)
 
 
 # -- the request ----------------------------------------------------------------------------------
 
 
 def subject_name(policy: RequestPolicy) -> x509.Name:
+    return x509.Name.load(_subject_der(policy))
+
+
+def _subject_der(policy: RequestPolicy) -> bytes:
+    return _parts(policy).get("subject", _encode_subject)
+
+
+def _encode_subject(policy: RequestPolicy) -> bytes:
     try:
-        return x509_name(policy.subject, policy.x500_name_flags)
+        return x509_name(policy.subject, policy.x500_name_flags).dump()
     except ValueProblem as exc:
         raise _fail(policy, _line(policy, "subject"), f"Subject: {exc}") from None
 
@@ -206,20 +266,20 @@ def request_info(
     key_info = public_key_info(spki_der)
     exts = request_extensions(policy, spki_der)
     extra_attributes = _merge_extension_requests(exts, extra_attributes)
-    info = csr.CertificationRequestInfo(
-        {
-            "version": "v1",
-            "subject": subject_name(policy),
-            "subject_pk_info": key_info,
-            # RFC 2986: [0] is present even when empty
-            "attributes": _attributes(policy, exts) + list(extra_attributes),
-        }
-    )
+    subject = _subject_der(policy)
+    owned = _attributes(policy, exts)
     try:
-        info.dump()
+        # the bytes asn1crypto's CertificationRequestInfo would encode from these parts (version
+        # v1, the attributes a DER SET OF), joined directly: request/der.py `tlv` says why
+        contents = [
+            b"\x02\x01\x00",
+            subject,
+            key_info.dump(),
+            der_set(owned + [a.dump() for a in extra_attributes], 0xA0),
+        ]
+        return csr.CertificationRequestInfo.load(tlv(0x30, b"".join(contents)))
     except (ValueError, TypeError) as exc:
         raise _fail(policy, None, f"cannot encode the request: {str(exc).splitlines()[0]}") from None
-    return info
 
 
 def _merge_extension_requests(
@@ -267,8 +327,8 @@ def planned_contents(policy: RequestPolicy) -> list[ContentItem]:
     [RequestAttributes] pair is one item.
     """
     signature_algorithm(policy)
-    subject_name(policy)
-    _attributes(policy, [])  # the same checks the real build makes
+    _subject_der(policy)
+    _attributes(policy, [])  # the same checks the real build makes (encoded once: request_info reuses them)
     return [p.item for p in _plan_extensions(policy)] + _attribute_items(policy)
 
 

@@ -3,16 +3,19 @@ requests, the key-generation intents and what CAs answered about the requests.
 
 Written in single transactions with the default rollback journal and synchronous=FULL; no WAL, so
 the store stays one file that can be copied or backed up. Connections are opened per operation and
-closed again, and every failure of the file becomes an InputError or OutputError naming it.
+closed again, except inside `kept_open` (a batch of `new` requests: three transactions each), and
+every failure of the file becomes an InputError or OutputError naming it.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenagent.errors import InputError, OutputError, TokenAgentError
@@ -113,6 +116,61 @@ _TABLES: dict[int, list[str]] = {
 COLUMNS: dict[str, frozenset[str]] = {}
 
 
+@dataclass
+class _Kept:
+    """A connection `kept_open` lends to every transaction on its file in its thread."""
+
+    users: int = 1  # nested kept_open scopes on the same file
+    connection: sqlite3.Connection | None = None
+    identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file it was opened on
+    #: (PRAGMA schema_version, PRAGMA user_version) when _version last found the schema current
+    checked_schema: tuple[int, int] | None = None
+    pid: int = 0  # the process that opened it: a child after fork() must not use it, nor close it
+
+    def drop(self) -> None:
+        if self.connection is not None and self.pid == os.getpid():
+            self.connection.close()
+        self.connection, self.identity, self.checked_schema = None, None, None
+
+
+# per thread: a sqlite3 connection belongs to the thread that opened it
+_kept = threading.local()
+
+
+def _kept_files() -> dict[str, _Kept]:
+    files: dict[str, _Kept] | None = getattr(_kept, "files", None)
+    if files is None:
+        files = _kept.files = {}
+    return files
+
+
+@contextmanager
+def kept_open(path: Path) -> Iterator[None]:
+    """Inside this, this thread's transactions on ``path`` share one connection, opened at the
+    first of them and closed at the end, instead of one connection each.
+
+    Each transaction still commits with synchronous=FULL before it returns (what is durable when
+    does not change); between transactions the connection holds no lock, so other processes use
+    the file as before. What it saves is opening the file and reading and checking its schema per
+    transaction: the schema is checked again only when SQLite's schema cookie changes, and a file
+    that was replaced (another inode at the path) gets a new connection.
+    """
+    key = str(Path(path).absolute())
+    files = _kept_files()
+    entry = files.get(key)
+    if entry is not None:
+        entry.users += 1
+    else:
+        entry = files[key] = _Kept()
+    try:
+        yield
+    finally:
+        entry.users -= 1
+        if entry.users == 0:
+            del files[key]
+            entry.drop()
+
+
 class StateDatabase:
     """One SQLite file. Nothing is created before the first write transaction."""
 
@@ -133,7 +191,7 @@ class StateDatabase:
         """A write transaction on a database with the current schema (made or migrated if needed)."""
         self._prepare_file()
         with self._transaction(write=True) as connection:
-            version = self._version(connection)
+            version = self._checked_version(connection)
             statements: tuple[str, ...]
             if version == 0:
                 statements = _CREATE
@@ -149,7 +207,7 @@ class StateDatabase:
     def reading(self) -> Iterator[tuple[sqlite3.Connection, int]]:
         """A read transaction and the schema version (0: empty). Callers check the file exists."""
         with self._transaction(write=False) as connection:
-            yield connection, self._version(connection)
+            yield connection, self._checked_version(connection)
 
     # -- the file ---------------------------------------------------------------------------
 
@@ -183,27 +241,89 @@ class StateDatabase:
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
-        """One connection and one transaction; committed on success, rolled back on any error."""
-        # Reads open the file writable when they may, so SQLite can roll back the hot journal
-        # that a crashed writer left behind; read-only it would refuse to read at all.
-        mode = "rw" if write or os.access(self.path, os.W_OK) else "ro"
-        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode={mode}"
+        """One transaction, committed on success, rolled back on any error; in its own connection,
+        or in the one `kept_open` keeps for this file."""
+        kept = self._kept()
+        connection = self._kept_connection(kept, write) if kept is not None else None
+        if connection is None:
+            kept = None
+            connection = self._connect(write)
         try:
-            # isolation_level=None: we issue BEGIN ourselves, so schema creation is transactional.
-            connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise self._failure(exc, write) from exc
-        try:
-            connection.execute("PRAGMA synchronous = FULL")
             with connection:
                 # IMMEDIATE takes the write lock up front, so two writers queue on the busy
                 # timeout instead of one failing at once when both try to upgrade a read lock.
                 connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield connection
+        except BaseException as exc:
+            if kept is not None:
+                kept.drop()  # whatever state the failure left it in, the next transaction starts afresh
+            if isinstance(exc, sqlite3.Error):
+                raise self._failure(exc, write) from exc
+            raise
+        finally:
+            if kept is None:
+                connection.close()
+
+    def _connect(self, write: bool, *, kept: bool = False) -> sqlite3.Connection:
+        # Reads open the file writable when they may, so SQLite can roll back the hot journal
+        # that a crashed writer left behind; read-only it would refuse to read at all.
+        mode = "rw" if write or kept or os.access(self.path, os.W_OK) else "ro"
+        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode={mode}"
+        try:
+            # isolation_level=None: we issue BEGIN ourselves, so schema creation is transactional.
+            # A kept connection is only ever used by the thread that opened it (kept_open's
+            # registry is per thread), but the scope may end, and close it, in another.
+            connection = sqlite3.connect(
+                uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=not kept
+            )
         except sqlite3.Error as exc:
             raise self._failure(exc, write) from exc
-        finally:
+        try:
+            connection.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as exc:
             connection.close()
+            raise self._failure(exc, write) from exc
+        return connection
+
+    def _kept(self) -> _Kept | None:
+        files: dict[str, _Kept] | None = getattr(_kept, "files", None)
+        return files.get(str(self.path.absolute())) if files else None
+
+    def _kept_connection(self, kept: _Kept, write: bool) -> sqlite3.Connection | None:
+        """The kept connection, (re)opened on the file now at the path; None when it cannot be
+        kept (no file yet for a read, or one this process may not write: each read then opens
+        the file as `_connect` decides)."""
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            kept.drop()
+            return None
+        identity = (info.st_dev, info.st_ino)
+        if kept.connection is not None and kept.identity == identity and kept.pid == os.getpid():
+            return kept.connection
+        kept.drop()
+        if not os.access(self.path, os.W_OK):
+            return None
+        kept.connection, kept.identity, kept.pid = self._connect(write, kept=True), identity, os.getpid()
+        return kept.connection
+
+    def _checked_version(self, connection: sqlite3.Connection) -> int:
+        """`_version`, whose table check a kept connection skips while the schema cookie (which
+        SQLite changes with every schema change, by any process) and the user_version (a newer
+        tokenagent's) are the ones it last checked."""
+        kept = self._kept()
+        if kept is None or kept.connection is not connection:
+            return self._version(connection)
+        cookie = (
+            int(connection.execute("PRAGMA schema_version").fetchone()[0]),
+            int(connection.execute("PRAGMA user_version").fetchone()[0]),
+        )
+        if kept.checked_schema == cookie:
+            self._check_size(connection)
+            return SCHEMA_VERSION
+        version = self._version(connection)
+        kept.checked_schema = cookie if version == SCHEMA_VERSION else None
+        return version
 
     def _version(self, connection: sqlite3.Connection) -> int:
         """The schema version of a tokenagent store (0: still empty); `InputError` for anything else."""
