@@ -52,6 +52,7 @@ from tokenagent.enroll.new import (
     prepare,
 )
 from tokenagent.enroll.recovery import recover_interrupted
+from tokenagent.enroll.spares import SpareKeys, spares_fit
 from tokenagent.providers.registry import ProviderRegistry, load_registry
 from tokenagent.store.database import kept_open
 from tokenagent.token.facts import TokenFacts
@@ -84,6 +85,7 @@ class NewBatch:
         self._locked: set[tuple[str, int]] = set()  # tokens whose lock the batch holds
         self._selections: set[tuple[object, ...]] = set()  # --token values whose selection lock it holds
         self._stores: set[Path] = set()  # state databases it keeps open (store.database.kept_open)
+        self._spares = SpareKeys()  # the next request's key pair, made while this one is written
         self._stack = contextlib.ExitStack()
         self.requests = 0  # requests that completed (dry runs included)
 
@@ -99,7 +101,8 @@ class NewBatch:
         opened = self._session(prepared)
         prepared = for_token(prepared, opened.session.handle)
         self._learn_mechanisms(opened, facts_needed(prepared))
-        result = enroll(prepared, opened.session, opened.facts, agent=agent)
+        spares = self._spares if spares_fit(opened.session.handle, opened.facts) else None
+        result = enroll(prepared, opened.session, opened.facts, agent=agent, spares=spares)
         if not result.dry_run:
             made = (2 if result.key_generated else 0) + (1 if result.request_type == "CERT" else 0)
             labels = opened.facts.private_key_labels
@@ -130,6 +133,7 @@ class NewBatch:
         """Close every session (closing a token's last one ends its login), agents' last."""
         opened, self._open = list(self._open.values()), {}
         try:
+            self._spares.close()  # first: its objects go while the sessions are logged in
             for entry in opened:
                 entry.session.close()
         finally:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import secrets
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,10 +42,22 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise OutputError(f"cannot write {output}: directory {parent} is not writable")
 
 
+def _temp_file(parent: Path, name: str) -> tuple[int, str]:
+    """A new file .NAME.RANDOM.tmp beside the output, created exclusively, mode 0600: what
+    tempfile.mkstemp does, without importing tempfile (shutil, bz2, lzma: ~2 ms of every `new`)."""
+    for _ in range(100):
+        path = os.path.join(parent, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {name} in {parent}")
+
+
 def write_temp(output: Path, data: bytes) -> Path:
     parent = output.parent if str(output.parent) else Path(".")
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=parent)
+        fd, name = _temp_file(parent, output.name)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -44,7 +44,7 @@ from tokenagent.providers.registry import Profile, ProviderEntry, ProviderRegist
 from tokenagent.request.algorithms import SignatureAlgorithm
 from tokenagent.request.armor import REQUEST_LABEL, armor
 from tokenagent.request.pkcs10 import ContentItem, build_request, planned_contents, subject_text
-from tokenagent.store.intents import IntentStore, KeyIntent
+from tokenagent.store.intents import IntentStore, KeyIntent, temporary_key_id
 from tokenagent.store.locks import selection_lock, token_lock
 from tokenagent.store.paths import pending_db_path
 from tokenagent.store.pending import NewPending, PendingRequest, PendingStore
@@ -72,15 +72,11 @@ from tokenagent.token.uri import Pkcs11Uri
 if TYPE_CHECKING:  # the agent and CMS/CMC rooms are imported only by the requests that use them
     from tokenagent.ca.connector import KeyNeeds
     from tokenagent.enroll.agent import Agent, AgentOptions
+    from tokenagent.enroll.spares import SpareKeys
     from tokenagent.request.cmc import CmcControls
 
 log = logging.getLogger("tokenagent")
 Warn = Callable[[str], None]
-
-#: A generated key pair is born with CKA_ID = this prefix + random bytes (20 bytes in all, the size
-#: of the final SHA-1 CKA_ID), so that its intent can find it whenever the run dies (store/intents.py).
-TEMPORARY_ID_PREFIX = b"ta-new:"
-TEMPORARY_ID_RANDOM_BYTES = 13
 
 
 @dataclass(frozen=True)
@@ -449,8 +445,11 @@ def enroll(
     *,
     agent: Agent | None = None,
     on_status: Callable[[str], None] | None = None,
+    spares: SpareKeys | None = None,
 ) -> NewResult:
-    """The capacity check against ``facts``, then (unless --dry-run) the `_Transaction` in ``session``."""
+    """The capacity check against ``facts``, then (unless --dry-run) the `_Transaction` in ``session``.
+    ``spares``: a batch's spare key pairs (enroll/spares.py), taken instead of generating and made
+    for the next request once this one's token work is done."""
     handle = session.handle
     prepared = for_token(prepared, handle)  # a no-op when the caller adapted it already
     options, policy, plan = prepared.options, prepared.policy, prepared.plan
@@ -472,7 +471,9 @@ def enroll(
     if options.dry_run:
         return NewResult(planned, None)
     verdict.raise_if_refused(f"'{handle.label}'")
-    return NewResult(planned, _Transaction(session, options, planned, agent, on_status).run())
+    transaction = _Transaction(session, options, planned, agent, on_status, spares)
+    outcome = transaction.run()
+    return NewResult(transaction.result, outcome)  # (a spare key pair brings its own label)
 
 
 def _with_discarded_slots(facts: TokenFacts, store_path: Path, serial: str) -> TokenFacts:
@@ -494,9 +495,11 @@ class _Transaction:
         result: NewPlanned,
         agent: Agent | None,
         on_status: Callable[[str], None] | None = None,
+        spares: SpareKeys | None = None,
     ) -> None:
         self.agent = agent
         self.on_status = on_status
+        self.spares = spares
         self.renewal_certificate: bytes | None = None
         self.renewal_signer: TokenSigner | None = None
         self.session = session
@@ -544,12 +547,14 @@ class _Transaction:
             certificate_label: str | None = label
             self.created.append(write_certificate(self.session, der, key_id=pair.key_id, label=label))
             self._end_intent()  # the certificate on the token now explains the key
+            self._make_spare()
         else:
             controls, extra = self._cmc_controls()
             der = build_request(policy, pair.spki, signer, extra_attributes=[*extra, *self.options.ca_attributes])
             _verify_request(der)
             der = self._wrap(der, pair, signer, controls)
             certificate_label = None
+            self._make_spare()  # this request's token work is done: the next key is made meanwhile
         encoded = der if self.options.binary else armor(der, result.armor_label).encode("ascii")
         output = self.options.output
         if output is not None:
@@ -570,8 +575,20 @@ class _Transaction:
             store_path=self.store_path if self.pending is not None else None,
         )
 
+    def _make_spare(self) -> None:
+        if self.spares is not None and self.result.plan.existing is None:
+            self.spares.make(self.session, self.result.plan, self.intents)
+
     def _key_pair(self) -> KeyPair:
         plan = self.result.plan
+        spare = self.spares.take(self.session, plan) if self.spares is not None and plan.existing is None else None
+        if spare is not None:
+            pair, self.intent = spare  # its intent is this run's now: `undo` and `_record` end it
+            self.generating = True
+            self.created.extend([pair.public, pair.private])
+            self.generated_spki = pair.spki
+            self.result = replace(self.result, plan=replace(plan, label=pair.label))
+            return pair
         if plan.existing is not None:
             if plan.existing.renewal_thumbprint is not None:
                 pair, certificate = find_key_pair_by_certificate(self.session, plan.existing.renewal_thumbprint)
@@ -585,7 +602,7 @@ class _Transaction:
         # a PIV key is born with its slot's CKA_ID (the slot was empty: capacity checked), which
         # then names it in the intent as the temporary ID names a key on other tokens
         fixed_id = plan.fixed_id
-        temporary_id = fixed_id or TEMPORARY_ID_PREFIX + secrets.token_bytes(TEMPORARY_ID_RANDOM_BYTES)
+        temporary_id = fixed_id or temporary_key_id()
         self.intent = self.intents.begin(
             token_label=token.label,
             token_serial=token.serial,

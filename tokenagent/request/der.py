@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Literal
 
-from asn1crypto import cms, core
+from asn1crypto import core
 from cryptography import x509
 
 # What asn1crypto raises from lazily parsed, damaged DER (it has no exception class of its own).
@@ -112,6 +112,8 @@ def content_type_of(der: bytes) -> str | None:
     """The contentType (dotted OID) of a CMS ContentInfo, or None for anything else."""
     if kind_of(der) != "content-info":
         return None
+    from asn1crypto import cms  # here: it imports ocsp and crl, which a PKCS#10 `new` never needs
+
     try:
         return str(cms.ContentInfo.load(der)["content_type"].dotted)
     except (*PARSE_ERRORS, *LOAD_ERRORS):

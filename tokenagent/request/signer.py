@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from tokenagent.request.algorithms import HASHES, SignatureAlgorithm
@@ -51,6 +51,9 @@ class SoftwareSigner:
         return self._key.sign(data, padding.PKCS1v15(), hash_algorithm)
 
     def public_key_info(self) -> bytes:
+        # imported here: serialization pulls in ssh, ciphers and bcrypt (~3 ms a token `new` does not need)
+        from cryptography.hazmat.primitives import serialization
+
         return self._key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )

@@ -380,11 +380,15 @@ class _Run:
     warn: Warn = field(default=lambda message: log.warning("%s", message))
     #: --config: rows whose request exists (recovered now) but whose certificate is not installed yet
     to_resume: list[tuple[BatchRow, str | None, str | None]] = field(default_factory=list)
+    #: rows whose key and request exist, until reported: a Ctrl-C that lands after the request was
+    #: made (in the journal's commit, say) still counts the row (`_one`)
+    in_hand: dict[int, RowResult] = field(default_factory=dict)
 
     def report(self, result: RowResult) -> None:
         """A row's result; a later one for the same row (the resume pass after `recovered`) replaces it."""
         with self.result_lock:
             place = self.positions.get(result.row.number)
+            self.in_hand.pop(result.row.number, None)
             if place is not None:
                 self.results[place] = result
             else:
@@ -438,11 +442,13 @@ class _Run:
             try:
                 with self.token_lock:  # the URI reads CK_TOKEN_INFO: a token call, so under the lock too
                     made = self.batch.new(options)
+                    assert made.outcome is not None
+                    digest = hashlib.sha256(made.outcome.der).hexdigest()
+                    key_id = made.outcome.key_id.hex()
+                    self.in_hand[row.number] = RowResult(row, "made", output, key_id, digest, seconds=0.0)
                     key_uri = _key_uri(made)
-                assert made.outcome is not None
-                digest = hashlib.sha256(made.outcome.der).hexdigest()
-                key_id = made.outcome.key_id.hex()
                 result = RowResult(row, "made", output, key_id, digest, key_uri, seconds=0.0)
+                self.in_hand[row.number] = result
             except BaseException as exc:
                 attempt.event("key", "failed", **error_fields(exc))
                 raise
@@ -747,6 +753,9 @@ def _one(run: _Run, row: BatchRow) -> bool:
         run.report(run.make(row))
         return True
     except KeyboardInterrupt:
+        made = run.in_hand.get(row.number)
+        if made is not None:  # interrupted after its request was made: the row is made, not rolled back
+            run.report(made)
         run.stopped_by = run.stopped_by or Interrupted("interrupted: the row in progress was rolled back")
         return False
     except FATAL as exc:
@@ -771,25 +780,38 @@ def _work_threaded(run: _Run, todo: list[BatchRow], jobs: int) -> None:
     queue_lock = threading.Lock()
     stop = threading.Event()
 
-    def worker() -> None:
-        while not stop.is_set():
-            with queue_lock:
-                if not queue:
-                    return
-                row = queue.pop()
-            if not _one(run, row):
-                stop.set()
+    # Each worker says it is done through its own Event, not Thread.join: a Ctrl-C that lands inside
+    # Thread.join can leave the thread marked as stopped while it still runs (CPython before 3.13,
+    # gh-90882), and the batch would then close its session under a row still in progress.
+    finished = [threading.Event() for _ in range(jobs)]
 
-    threads = [threading.Thread(target=worker, name=f"batch-{n}", daemon=True) for n in range(jobs)]
+    def worker(done: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                with queue_lock:
+                    if not queue:
+                        return
+                    row = queue.pop()
+                if not _one(run, row):
+                    stop.set()
+        finally:
+            done.set()
+
+    threads = [
+        threading.Thread(target=worker, args=(done,), name=f"batch-{n}", daemon=True) for n, done in enumerate(finished)
+    ]
     for thread in threads:
         thread.start()
+
+    def wait_all() -> None:
+        for done in finished:
+            while not done.wait(0.2):
+                pass
+
     try:
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)
+        wait_all()
     except KeyboardInterrupt:
         # the workers finish the row each has in hand (each all or nothing), then stop
         stop.set()
         run.stopped_by = run.stopped_by or Interrupted("interrupted: the rows in progress were finished")
-        for thread in threads:
-            thread.join()
+        wait_all()

@@ -171,6 +171,16 @@ def kept_open(path: Path) -> Iterator[None]:
             entry.drop()
 
 
+_WRITERS: dict[str, threading.Lock] = {}
+_WRITERS_GUARD = threading.Lock()
+
+
+def _writer_lock(path: Path) -> threading.Lock:
+    key = str(Path(path).absolute())
+    with _WRITERS_GUARD:
+        return _WRITERS.setdefault(key, threading.Lock())
+
+
 class StateDatabase:
     """One SQLite file. Nothing is created before the first write transaction."""
 
@@ -242,7 +252,19 @@ class StateDatabase:
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
         """One transaction, committed on success, rolled back on any error; in its own connection,
-        or in the one `kept_open` keeps for this file."""
+        or in the one `kept_open` keeps for this file. Write transactions of this process's threads
+        on one file take turns on a lock first: SQLite's own wait for a busy file sleeps 1, 2, 5,
+        10 ms... between tries, where the lock wakes the next writer as soon as one commits (a
+        batch's spare key is recorded from a second thread: enroll/spares.py)."""
+        if not write:
+            with self._transaction_in_connection(write) as connection:
+                yield connection
+            return
+        with _writer_lock(self.path), self._transaction_in_connection(write) as connection:
+            yield connection
+
+    @contextmanager
+    def _transaction_in_connection(self, write: bool) -> Iterator[sqlite3.Connection]:
         kept = self._kept()
         connection = self._kept_connection(kept, write) if kept is not None else None
         if connection is None:

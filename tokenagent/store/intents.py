@@ -19,6 +19,7 @@ removes them.
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,16 @@ from typing import Any
 
 from tokenagent.errors import InputError
 from tokenagent.store.database import INTENT_TABLE, StateDatabase
+
+#: A generated key pair is born with CKA_ID = this prefix + random bytes (20 bytes in all, the size
+#: of the final SHA-1 CKA_ID), so that its intent can find it whenever the run dies.
+TEMPORARY_ID_PREFIX = b"ta-new:"
+TEMPORARY_ID_RANDOM_BYTES = 13
+
+
+def temporary_key_id() -> bytes:
+    return TEMPORARY_ID_PREFIX + secrets.token_bytes(TEMPORARY_ID_RANDOM_BYTES)
+
 
 _COLUMNS = (
     "id",

@@ -118,3 +118,12 @@ def generate_key_pair(
         destroy_objects([public, private], what="new key pair")
         raise
     return KeyPair(public, private, spki, key_id, str(private_template.get("CKA_LABEL", "")), True)
+
+
+def set_label(objects: list[raw.RawObject], label: str) -> bool:
+    """CKA_LABEL on each object (a spare key pair given its request's KeyContainer); False when the
+    token refuses one."""
+    return all(
+        raw.set_attributes(obj.session, obj.module_path, obj.handle, {Attribute.LABEL: label}) == raw.CKR_OK
+        for obj in objects
+    )

@@ -33,6 +33,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from typing import Any
@@ -231,7 +232,7 @@ def text_field(structure: ctypes.Structure, name: str) -> bytes:
 
 
 @cache
-def _library(path: str) -> CK_FUNCTION_LIST:
+def _function_list(path: str) -> CK_FUNCTION_LIST:
     """The module's function list, from its C_GetFunctionList (once per path and process)."""
     try:
         get_function_list = ctypes.CDLL(path).C_GetFunctionList
@@ -245,6 +246,35 @@ def _library(path: str) -> CK_FUNCTION_LIST:
     if rv != CKR_OK or not functions:
         raise TokenOperationError(f"C_GetFunctionList failed ({rv_name(rv)})")
     return functions.contents
+
+
+class _OneAtATime:
+    """A function list whose calls take turns: for a module initialized with C_Initialize(NULL),
+    the application's promise that no two threads call it at once (SoftHSM then runs without its
+    mutexes). A batch generates the next request's key in a second thread (enroll/spares.py)."""
+
+    def __init__(self, functions: CK_FUNCTION_LIST, lock: threading.RLock) -> None:
+        self._functions = functions
+        self._lock = lock
+
+    def __getattr__(self, name: str) -> Callable[..., int]:
+        function = getattr(self._functions, name)
+        lock = self._lock
+
+        def call(*args: Any) -> int:
+            with lock:
+                return int(function(*args))
+
+        return call
+
+
+#: modules initialized without CKF_OS_LOCKING_OK (or by someone else): their calls take turns
+_TURNS: dict[str, _OneAtATime] = {}
+
+
+def _library(path: str) -> Any:
+    """The functions to call: the module's own, or taking turns (`_OneAtATime`)."""
+    return _TURNS.get(path) or _function_list(path)
 
 
 def read_token_info(path: str, slot_id: int) -> tuple[int, CK_TOKEN_INFO]:
@@ -270,8 +300,9 @@ def initialize(path: str, init_args: str | None, *, os_locking: bool) -> int:
     SoftHSM then works without its mutexes. ``init_args`` goes in pReserved, as p11-kit passes a
     module file's x-init-reserved (NSS softokn's configdir=...). A module this call initialized is
     finalized when the process exits."""
-    library = _library(path)
+    library = _function_list(path)
     if init_args is None and not os_locking:
+        _TURNS[path] = _OneAtATime(library, threading.RLock())
         rv = int(library.C_Initialize(None))
     else:
         reserved = init_args.encode("utf-8") if init_args else None  # NULL unless the module wants a string
