@@ -13,8 +13,9 @@ before C_GenerateKeyPair, its final CKA_ID before that is set, so a process kill
 on the token leaves an open intent that recovery (enroll/recovery.py) rolls back. A spare that no
 request takes (the batch ends, the next plan differs) is destroyed and its intent ended.
 
-A spare is born with a label of its own; a request that names a KeyContainer gives both halves
-its label when it takes the spare (two C_SetAttributeValue, as the final CKA_ID needed). Only for
+A spare is born with a label of its own and its temporary CKA_ID; the request that takes it sets
+the final CKA_ID (noted in the intent by the spare's thread) and, if it names one, its KeyContainer
+label on both halves, in one C_SetAttributeValue per half as a key generated in the request would. Only for
 keys whose whole shape is the plan's templates: no fixed CKA_ID (PIV slots), no existing key, and a profile without
 key or object limits on a token that reports no memory limit (a spare takes room a request may need).
 The token's module is called one call at a time unless it was initialized for OS locking
@@ -35,7 +36,7 @@ from tokenagent.providers.plan import KeyPlan
 from tokenagent.store.intents import IntentStore, KeyIntent, temporary_key_id
 from tokenagent.token import raw
 from tokenagent.token.facts import TokenFacts
-from tokenagent.token.generate import KeyPair, generate_key_pair, set_label
+from tokenagent.token.generate import KeyPair, finish_key_pair, generate_key_pair
 from tokenagent.token.library import TokenHandle
 from tokenagent.token.objects import destroy_objects
 from tokenagent.token.session import TokenSession
@@ -167,12 +168,12 @@ class SpareKeys:
         # session, which `undo` destroys them through
         public = raw.RawObject(ts.session, path, int(made.public.handle))
         private = raw.RawObject(ts.session, path, int(made.private.handle))
-        label = made.label
-        if not plan.label_generated and plan.label != made.label:  # the KeyContainer's label
-            if not set_label([public, private], plan.label):
-                self._discard(spare)
-                return None
-            label = plan.label
+        # the final CKA_ID (noted in the intent already) and the KeyContainer's label, one call per half
+        label = plan.label if not plan.label_generated and plan.label != made.label else None
+        if not finish_key_pair(KeyPair(public, private, made.spki, made.key_id, made.label, True), label):
+            self._discard(spare)
+            return None
+        label = label or made.label
         return KeyPair(public, private, made.spki, made.key_id, label, True), spare.intent
 
     def _make(self, ts: TokenSession, plan: KeyPlan, store: IntentStore) -> None:
@@ -237,6 +238,7 @@ class SpareKeys:
                 private_template={**plan.private_template, "CKA_LABEL": label},
                 temporary_id=temporary_id,
                 before_final_id=note_final_id,
+                defer_id=True,  # set by `take`, with the label, in one call per half
             )
             spare.created = [spare.pair.public, spare.pair.private]
         except BaseException as exc:  # reported to `take`, which generates the key itself

@@ -78,6 +78,7 @@ def generate_key_pair(
     temporary_id: bytes | None = None,
     before_final_id: Callable[[bytes], None] | None = None,
     fixed_id: bytes | None = None,
+    defer_id: bool = False,
 ) -> KeyPair:
     """Generate on the token, then set CKA_ID = SHA-1 of the public key on both halves.
 
@@ -86,6 +87,9 @@ def generate_key_pair(
     final CKA_ID before it is set, to record it in the intent. If anything fails after
     C_GenerateKeyPair (reading the public key, setting CKA_ID, Ctrl-C), both halves are destroyed
     before the exception propagates.
+
+    ``defer_id``: the final CKA_ID is computed and told to ``before_final_id`` but not set: the
+    caller sets it later with `finish_key_pair` (a batch's spare key pair, whose label is set then too).
 
     ``fixed_id``: the key is born with this CKA_ID and keeps it (a PIV slot's: ykcs11 picks the
     slot by it and cannot change it afterwards); no temporary ID, no C_SetAttributeValue.
@@ -109,7 +113,7 @@ def generate_key_pair(
         key_id = fixed_id if fixed_id is not None else key_id_for(spki)
         if before_final_id is not None:
             before_final_id(key_id)
-        if fixed_id is None:
+        if fixed_id is None and not defer_id:
             for half in (public, private):
                 code = raw.set_attributes(ts.session, path, half.handle, {Attribute.ID: key_id})
                 if code != raw.CKR_OK:
@@ -120,10 +124,13 @@ def generate_key_pair(
     return KeyPair(public, private, spki, key_id, str(private_template.get("CKA_LABEL", "")), True)
 
 
-def set_label(objects: list[raw.RawObject], label: str) -> bool:
-    """CKA_LABEL on each object (a spare key pair given its request's KeyContainer); False when the
-    token refuses one."""
+def finish_key_pair(pair: KeyPair, label: str | None) -> bool:
+    """The CKA_ID `generate_key_pair(defer_id=True)` computed, and ``label`` if given, set on both
+    halves in one C_SetAttributeValue each; False when the token refuses one."""
+    values: dict[Attribute, Any] = {Attribute.ID: pair.key_id}
+    if label is not None:
+        values[Attribute.LABEL] = label
     return all(
-        raw.set_attributes(obj.session, obj.module_path, obj.handle, {Attribute.LABEL: label}) == raw.CKR_OK
-        for obj in objects
+        raw.set_attributes(half.session, half.module_path, half.handle, values) == raw.CKR_OK
+        for half in (pair.public, pair.private)
     )
