@@ -94,6 +94,9 @@ class Spare:
     pair: KeyPair | None = None
     error: BaseException | None = None
     created: list[Any] = field(default_factory=list)  # token objects, for `discard`
+    #: set when the generation ended, well or not (not Thread.join: a Ctrl-C inside it can leave a
+    #: running thread marked as stopped, CPython gh-90882, and the spare would be discarded too early)
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 def begin_intent(ts: TokenSession, store: IntentStore) -> KeyIntent:
@@ -243,13 +246,16 @@ class SpareKeys:
             spare.created = [spare.pair.public, spare.pair.private]
         except BaseException as exc:  # reported to `take`, which generates the key itself
             spare.error = exc
+        finally:
+            spare.done.set()
 
     # -- helpers ----------------------------------------------------------------------------------
 
     @staticmethod
     def _wait(spare: Spare) -> None:
         if spare.thread is not None:
-            spare.thread.join()
+            while not spare.done.wait(0.5):
+                pass
 
     def _discard(self, spare: Spare) -> None:
         """Destroy what the spare made (found by its intent's CKA_IDs, as `new`'s undo does) and end
