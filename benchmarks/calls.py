@@ -48,8 +48,9 @@ def child(mode: str, infs: list[str], out_dir: str) -> dict[str, int]:
     jobs = [(Path(p), Path(out_dir) / f"{Path(p).stem}.req") for p in infs]
     if mode == "batch":
         with NewBatch() as batch:
-            for policy, output in jobs:
-                batch.new(NewOptions(policy=policy, output=output, target=TokenTarget("ta", (), pins)))
+            for number, (policy, output) in enumerate(jobs, 1):
+                target = TokenTarget("ta", (), pins)
+                batch.new(NewOptions(policy=policy, output=output, target=target), more=number < len(jobs))
     else:
         for policy, output in jobs:
             new_request(NewOptions(policy=policy, output=output, target=TokenTarget("ta", (), pins)))

@@ -36,9 +36,10 @@ def child(side: str, infs: list[str], out_dir: str) -> dict[str, Any]:
     if side == "tokenagent":
         pins = literal_pin_source(USER_PIN)
         with NewBatch() as batch:
-            for policy in map(Path, infs):
+            for number, policy in enumerate(map(Path, infs), 1):
                 output = Path(out_dir) / f"{policy.stem}.req"
-                batch.new(NewOptions(policy=policy, output=output, target=TokenTarget("ta", (), pins)))
+                target = TokenTarget("ta", (), pins)
+                batch.new(NewOptions(policy=policy, output=output, target=target), more=number < len(infs))
     else:
         raw.timed_keygen("ta", Path(infs[0]), len(infs), lib=lib)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux

@@ -35,10 +35,11 @@ def child(infs: dict[str, list[str]], out_dir: str, order: str) -> dict[str, Any
 
     def one_token(label: str) -> None:
         with NewBatch() as batch:
-            for policy in infs[label]:
+            for number, policy in enumerate(infs[label], 1):
                 path = Path(policy)
                 target = TokenTarget(label, (), pins)
-                batch.new(NewOptions(policy=path, output=outputs / f"{label}-{path.stem}.req", target=target))
+                options = NewOptions(policy=path, output=outputs / f"{label}-{path.stem}.req", target=target)
+                batch.new(options, more=number < len(infs[label]))
 
     def sequential() -> float:
         start = time.perf_counter()

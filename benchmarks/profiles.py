@@ -79,11 +79,12 @@ def batch_child(infs: list[str], out_dir: str, out: str) -> dict[str, Any]:
 
     def action() -> None:
         with NewBatch() as batch:
-            for policy in map(Path, infs):
+            for number, policy in enumerate(map(Path, infs), 1):
                 batch.new(
                     NewOptions(
                         policy=policy, output=Path(out_dir) / f"{policy.stem}.req", target=TokenTarget("ta", (), pins)
-                    )
+                    ),
+                    more=number < len(infs),
                 )
 
     return profiled(action, Path(out))

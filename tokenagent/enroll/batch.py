@@ -89,8 +89,10 @@ class NewBatch:
         self._stack = contextlib.ExitStack()
         self.requests = 0  # requests that completed (dry runs included)
 
-    def new(self, options: NewOptions) -> NewResult:
-        """One certreq -new, as `new_request(options)` would do it. Raises a `TokenAgentError`."""
+    def new(self, options: NewOptions, *, more: bool = True) -> NewResult:
+        """One certreq -new, as `new_request(options)` would do it. Raises a `TokenAgentError`.
+        ``more``: another request may follow; False for the last one spares the token a spare key
+        pair that nothing would take (enroll/spares.py)."""
         prepared = prepare(options, self._warn, registry=self._registry(options.providers))
         if not options.dry_run and prepared.store_path not in self._stores:
             # one connection for the intents and pending records of every request (three commits
@@ -102,7 +104,7 @@ class NewBatch:
         prepared = for_token(prepared, opened.session.handle)
         self._learn_mechanisms(opened, facts_needed(prepared))
         spares = self._spares if spares_fit(opened.session.handle, opened.facts) else None
-        result = enroll(prepared, opened.session, opened.facts, agent=agent, spares=spares)
+        result = enroll(prepared, opened.session, opened.facts, agent=agent, spares=spares, make_spare=more)
         if not result.dry_run:
             made = (2 if result.key_generated else 0) + (1 if result.request_type == "CERT" else 0)
             labels = opened.facts.private_key_labels

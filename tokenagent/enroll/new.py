@@ -446,10 +446,11 @@ def enroll(
     agent: Agent | None = None,
     on_status: Callable[[str], None] | None = None,
     spares: SpareKeys | None = None,
+    make_spare: bool = True,
 ) -> NewResult:
     """The capacity check against ``facts``, then (unless --dry-run) the `_Transaction` in ``session``.
     ``spares``: a batch's spare key pairs (enroll/spares.py), taken instead of generating and made
-    for the next request once this one's token work is done."""
+    for the next request once this one's token work is done (unless not ``make_spare``)."""
     handle = session.handle
     prepared = for_token(prepared, handle)  # a no-op when the caller adapted it already
     options, policy, plan = prepared.options, prepared.policy, prepared.plan
@@ -471,7 +472,7 @@ def enroll(
     if options.dry_run:
         return NewResult(planned, None)
     verdict.raise_if_refused(f"'{handle.label}'")
-    transaction = _Transaction(session, options, planned, agent, on_status, spares)
+    transaction = _Transaction(session, options, planned, agent, on_status, spares, make_spare=make_spare)
     outcome = transaction.run()
     return NewResult(transaction.result, outcome)  # (a spare key pair brings its own label)
 
@@ -496,10 +497,14 @@ class _Transaction:
         agent: Agent | None,
         on_status: Callable[[str], None] | None = None,
         spares: SpareKeys | None = None,
+        *,
+        make_spare: bool = True,
     ) -> None:
         self.agent = agent
         self.on_status = on_status
         self.spares = spares
+        self.finish_spare: Callable[[], KeyIntent] | None = None  # a spare taken: `_finish_key`
+        self.make_spare = make_spare
         self.renewal_certificate: bytes | None = None
         self.renewal_signer: TokenSigner | None = None
         self.session = session
@@ -545,6 +550,7 @@ class _Transaction:
             _verify_certificate(der)
             label = policy.friendly_name or pair.label
             certificate_label: str | None = label
+            self._finish_key()
             self.created.append(write_certificate(self.session, der, key_id=pair.key_id, label=label))
             self._end_intent()  # the certificate on the token now explains the key
             self._make_spare()
@@ -554,6 +560,7 @@ class _Transaction:
             _verify_request(der)
             der = self._wrap(der, pair, signer, controls)
             certificate_label = None
+            self._finish_key()
             self._make_spare()  # this request's token work is done: the next key is made meanwhile
         encoded = der if self.options.binary else armor(der, result.armor_label).encode("ascii")
         output = self.options.output
@@ -575,15 +582,22 @@ class _Transaction:
             store_path=self.store_path if self.pending is not None else None,
         )
 
+    def _finish_key(self) -> None:
+        """A spare key pair's final CKA_ID and label, before anything is recorded or installed."""
+        if self.finish_spare is not None:
+            self.intent = self.finish_spare()
+            self.finish_spare = None
+
     def _make_spare(self) -> None:
-        if self.spares is not None and self.result.plan.existing is None:
+        if self.spares is not None and self.make_spare and self.result.plan.existing is None:
             self.spares.make(self.session, self.result.plan, self.intents)
 
     def _key_pair(self) -> KeyPair:
         plan = self.result.plan
         spare = self.spares.take(self.session, plan) if self.spares is not None and plan.existing is None else None
         if spare is not None:
-            pair, self.intent = spare  # its intent is this run's now: `undo` and `_record` end it
+            pair, self.intent = spare.pair, spare.intent  # its intent is this run's now: `undo` and `_record` end it
+            self.finish_spare = spare.finish
             self.generating = True
             self.created.extend([pair.public, pair.private])
             self.generated_spki = pair.spki

@@ -27,11 +27,12 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tokenagent.enroll.recovery import intent_objects
-from tokenagent.errors import TokenAgentError
+from tokenagent.errors import TokenAgentError, TokenOperationError
 from tokenagent.providers.plan import KeyPlan
 from tokenagent.store.intents import IntentStore, KeyIntent, temporary_key_id
 from tokenagent.token import raw
@@ -97,6 +98,20 @@ class Spare:
     #: set when the generation ended, well or not (not Thread.join: a Ctrl-C inside it can leave a
     #: running thread marked as stopped, CPython gh-90882, and the spare would be discarded too early)
     done: threading.Event = field(default_factory=threading.Event)
+    #: set when the pair exists and its final CKA_ID is known (the intent may not name it yet)
+    ready: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class TakenSpare:
+    """A spare given to a request: its pair (still carrying its temporary CKA_ID), its intent, and
+    `finish`, which the request calls before it records or installs anything: it waits until the
+    intent names the final CKA_ID, then sets that ID (and the KeyContainer's label) on both halves,
+    and returns the intent as it now stands."""
+
+    pair: KeyPair
+    intent: KeyIntent
+    finish: Callable[[], KeyIntent]
 
 
 def begin_intent(ts: TokenSession, store: IntentStore) -> KeyIntent:
@@ -126,7 +141,7 @@ class SpareKeys:
         self._lock = threading.RLock()
         self._closed = False
 
-    def take(self, ts: TokenSession, plan: KeyPlan) -> tuple[KeyPair, KeyIntent] | None:
+    def take(self, ts: TokenSession, plan: KeyPlan) -> TakenSpare | None:
         """The spare for this token if it has the plan's shape (waiting for its generation to end),
         bound to ``ts``'s session; None otherwise (a spare of another shape is discarded)."""
         with self._lock:
@@ -144,12 +159,12 @@ class SpareKeys:
             self._closed = True
             self._close()
 
-    def _take(self, ts: TokenSession, plan: KeyPlan) -> tuple[KeyPair, KeyIntent] | None:
+    def _take(self, ts: TokenSession, plan: KeyPlan) -> TakenSpare | None:
         key = (ts.handle.module.path, ts.handle.slot_id)
         spare = self._spares.get(key)
         if spare is None:
             return None
-        self._wait(spare)  # (a Ctrl-C while waiting leaves it listed: `close` discards it)
+        self._wait(spare, spare.ready)  # (a Ctrl-C while waiting leaves it listed: `close` discards it)
         del self._spares[key]
         try:
             return self._claim(ts, plan, spare)
@@ -157,7 +172,7 @@ class SpareKeys:
             self._discard(spare)  # e.g. Ctrl-C between here and the request's own undo
             raise
 
-    def _claim(self, ts: TokenSession, plan: KeyPlan, spare: Spare) -> tuple[KeyPair, KeyIntent] | None:
+    def _claim(self, ts: TokenSession, plan: KeyPlan, spare: Spare) -> TakenSpare | None:
         if spare.error is not None or spare.pair is None or spare.intent is None or spare.shape != shape(plan):
             if spare.error is not None:
                 log.info(
@@ -171,13 +186,19 @@ class SpareKeys:
         # session, which `undo` destroys them through
         public = raw.RawObject(ts.session, path, int(made.public.handle))
         private = raw.RawObject(ts.session, path, int(made.private.handle))
-        # the final CKA_ID (noted in the intent already) and the KeyContainer's label, one call per half
-        label = plan.label if not plan.label_generated and plan.label != made.label else None
-        if not finish_key_pair(KeyPair(public, private, made.spki, made.key_id, made.label, True), label):
-            self._discard(spare)
-            return None
-        label = label or made.label
-        return KeyPair(public, private, made.spki, made.key_id, label, True), spare.intent
+        new_label = plan.label if not plan.label_generated and plan.label != made.label else None
+        pair = KeyPair(public, private, made.spki, made.key_id, new_label or made.label, True)
+
+        def finish() -> KeyIntent:
+            self._wait(spare)  # its thread is still recording the final CKA_ID in the intent
+            if spare.error is not None or spare.intent is None:
+                raise TokenOperationError(f"the new key's CKA_ID could not be recorded: {spare.error}")
+            # the final CKA_ID and the KeyContainer's label, one call per half
+            if not finish_key_pair(pair, new_label):
+                raise TokenOperationError(f"token '{ts.handle.label}' refused the new key's CKA_ID or label")
+            return spare.intent
+
+        return TakenSpare(pair, spare.intent, finish)
 
     def _make(self, ts: TokenSession, plan: KeyPlan, store: IntentStore) -> None:
         key = (ts.handle.module.path, ts.handle.slot_id)
@@ -228,11 +249,6 @@ class SpareKeys:
             label, temporary_id = spare.intent.key_label, bytes.fromhex(spare.intent.temporary_id)
             intent_id = spare.intent.id
 
-            def note_final_id(key_id: bytes) -> None:
-                spare.store.note_key_id(intent_id, key_id)
-                if spare.intent is not None:
-                    spare.intent = KeyIntent(**{**spare.intent.__dict__, "key_id": key_id.hex()})
-
             spare.pair = generate_key_pair(
                 ts,
                 key_type=plan.key_type,
@@ -240,21 +256,25 @@ class SpareKeys:
                 public_template={**plan.public_template, "CKA_LABEL": label},
                 private_template={**plan.private_template, "CKA_LABEL": label},
                 temporary_id=temporary_id,
-                before_final_id=note_final_id,
-                defer_id=True,  # set by `take`, with the label, in one call per half
+                defer_id=True,  # set by the request that takes it, with its label (`TakenSpare.finish`)
             )
             spare.created = [spare.pair.public, spare.pair.private]
+            spare.ready.set()  # the request can build and sign its request meanwhile
+            spare.store.note_key_id(intent_id, spare.pair.key_id)  # before the ID is set on the objects
+            spare.intent = replace(spare.intent, key_id=spare.pair.key_id.hex())
         except BaseException as exc:  # reported to `take`, which generates the key itself
             spare.error = exc
         finally:
+            spare.ready.set()
             spare.done.set()
 
     # -- helpers ----------------------------------------------------------------------------------
 
     @staticmethod
-    def _wait(spare: Spare) -> None:
+    def _wait(spare: Spare, event: threading.Event | None = None) -> None:
+        """Until ``event`` (by default: the generation's end) is set."""
         if spare.thread is not None:
-            while not spare.done.wait(0.5):
+            while not (event or spare.done).wait(0.5):
                 pass
 
     def _discard(self, spare: Spare) -> None:

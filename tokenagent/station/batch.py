@@ -383,6 +383,8 @@ class _Run:
     #: rows whose key and request exist, until reported: a Ctrl-C that lands after the request was
     #: made (in the journal's commit, say) still counts the row (`_one`)
     in_hand: dict[int, RowResult] = field(default_factory=dict)
+    #: the row the queue ends with: its request makes no spare key pair (enroll/spares.py)
+    last_row: int | None = None
 
     def report(self, result: RowResult) -> None:
         """A row's result; a later one for the same row (the resume pass after `recovered`) replaces it."""
@@ -441,7 +443,7 @@ class _Run:
             )
             try:
                 with self.token_lock:  # the URI reads CK_TOKEN_INFO: a token call, so under the lock too
-                    made = self.batch.new(options)
+                    made = self.batch.new(options, more=row.number != self.last_row)
                     assert made.outcome is not None
                     digest = hashlib.sha256(made.outcome.der).hexdigest()
                     key_id = made.outcome.key_id.hex()
@@ -767,6 +769,7 @@ def _one(run: _Run, row: BatchRow) -> bool:
 
 
 def _work(run: _Run, todo: list[BatchRow], jobs: int) -> None:
+    run.last_row = todo[-1].number if todo else None
     if jobs == 1 or len(todo) == 1:
         for row in todo:  # in this thread, so Ctrl-C interrupts the row itself (and its rollback runs)
             if not _one(run, row):
