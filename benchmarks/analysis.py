@@ -135,10 +135,11 @@ def analysis(data: dict[str, Any]) -> list[str]:
             text += (
                 " Since issue 15's last round the next request's key pair is generated in a second thread and "
                 "session while the host writes this request (enroll/spares.py), so the host work above overlaps "
-                "the token's; what still runs one after the other is the spare's own critical path: "
-                "C_GenerateKeyPair, the commit that records the final CKA_ID in the key's intent before it is set "
-                "(synchronous = FULL: about 1 ms on this disk), the two C_SetAttributeValue, then, back in the "
-                "request, the KeyContainer's label on both halves, the request's build and C_Sign. On a token "
+                "the token's; the request takes the spare as soon as the pair exists and signs while the spare's "
+                "thread records the final CKA_ID in the key's intent (synchronous = FULL: about 1 ms on this disk). "
+                "What still runs one after the other: C_GenerateKeyPair, then in the request the "
+                "CertificationRequestInfo, C_Sign and one C_SetAttributeValue per half (the final CKA_ID and the "
+                "KeyContainer's label together). On a token "
                 "whose key generation is slower (a smart card takes a second or more; RSA on any token) the "
                 "same host work matters less and the ratio approaches 1, as the RSA row shows."
             )
