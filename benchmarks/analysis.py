@@ -294,6 +294,13 @@ def analysis(data: dict[str, Any]) -> list[str]:
                     "must be searched for. The scan tokenagent itself made (listing every private key) is fixed, "
                     "see below."
                 )
+            nss = rows.get("accept_1000_nss")
+            if nss is not None:
+                text += (
+                    " On NSS softokn, whose SQLite database finds an object by its attributes, the same accepts "
+                    f"{'meet' if nss['met'] else 'miss'} the target (the NSS row): tokenagent's calls do not "
+                    "grow with the token, SoftHSM's file store does."
+                )
             out += [text, ""]
 
     growth = _median(results, "memory", "figures", "growth")
