@@ -90,11 +90,9 @@ class Spare:
     shape: tuple[Any, ...]
     store: IntentStore
     token: tuple[str, int]  # (module path, slot ID)
-    thread: threading.Thread | None = None
     intent: KeyIntent | None = None
     pair: KeyPair | None = None
     error: BaseException | None = None
-    created: list[Any] = field(default_factory=list)  # token objects, for `discard`
     #: set when the generation ended, well or not (not Thread.join: a Ctrl-C inside it can leave a
     #: running thread marked as stopped, CPython gh-90882, and the spare would be discarded too early)
     done: threading.Event = field(default_factory=threading.Event)
@@ -213,11 +211,10 @@ class SpareKeys:
             self._reserved[key] = reserved
             reserved = None
         spare = Spare(shape(plan), store, key, intent=reserved[1] if reserved else None)
-        spare.thread = threading.Thread(
-            target=self._generate, args=(spare, session, plan), name="tokenagent-spare-key", daemon=True
-        )
         self._spares[key] = spare
-        spare.thread.start()
+        threading.Thread(
+            target=self._generate, args=(spare, session, plan), name="tokenagent-spare-key", daemon=True
+        ).start()
         # the intent of the spare after this one, recorded while this one is generated: the
         # generation need not wait for a commit of its own (a reserved intent with no objects
         # is ended by `close`, or by recovery after a crash)
@@ -258,7 +255,6 @@ class SpareKeys:
                 temporary_id=temporary_id,
                 defer_id=True,  # set by the request that takes it, with its label (`TakenSpare.finish`)
             )
-            spare.created = [spare.pair.public, spare.pair.private]
             spare.ready.set()  # the request can build and sign its request meanwhile
             spare.store.note_key_id(intent_id, spare.pair.key_id)  # before the ID is set on the objects
             spare.intent = replace(spare.intent, key_id=spare.pair.key_id.hex())
@@ -273,18 +269,17 @@ class SpareKeys:
     @staticmethod
     def _wait(spare: Spare, event: threading.Event | None = None) -> None:
         """Until ``event`` (by default: the generation's end) is set."""
-        if spare.thread is not None:
-            while not (event or spare.done).wait(0.5):
-                pass
+        while not (event or spare.done).wait(0.5):
+            pass
 
     def _discard(self, spare: Spare) -> None:
         """Destroy what the spare made (found by its intent's CKA_IDs, as `new`'s undo does) and end
         its intent; what cannot be destroyed keeps the intent open, for recovery."""
-        if spare.intent is None:
+        session = self._sessions.get(spare.token)  # (open from `make` until `close` has discarded every spare)
+        if spare.intent is None or session is None:
             return
-        session = self._sessions.get(spare.token)
         try:
-            objects = intent_objects(session, spare.intent) if session is not None else list(spare.created)
+            objects = intent_objects(session, spare.intent)
             problems = destroy_objects(objects, what="spare key pair") if objects else []
             if problems:
                 log.warning("spare key pair not removed: its intent stays open for recovery")

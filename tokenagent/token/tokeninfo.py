@@ -51,8 +51,12 @@ def gather_facts(ts: TokenSession, needs: FactNeeds = EVERYTHING) -> TokenFacts:
     # the flags open_session read just before its login: a login that worked leaves the PIN usable
     handle = ts.handle if ts.logged_in else ts.handle.refresh()
     state = PinState.from_flags(handle.flags)
-    mechanisms = mechanism_ranges(handle, needs.mechanisms)
-    learn_mechanisms(handle, needs, mechanisms, set(mechanisms))
+    if needs.mechanisms is None:  # every mechanism the slot lists: all asked already
+        mechanisms = mechanism_ranges(handle, None)
+        asked = set(mechanisms)
+    else:  # (an absent one is asked once: `learn_mechanisms` remembers what it asked, found or not)
+        mechanisms, asked = {}, set()
+    learn_mechanisms(handle, needs, mechanisms, asked)
     count = len(raw.find_handles(ts.session, handle.module.path, {})) if needs.objects else 0
     if needs.private_keys:  # every private key's label: the count, and any label collision
         labels = [
@@ -166,15 +170,13 @@ def first_mechanism(ts: TokenSession, names: Iterable[str]) -> str | None:
     return None
 
 
-def read_token_info(handle: TokenHandle) -> raw.CK_TOKEN_INFO | None:
+def read_token_info(handle: TokenHandle) -> raw.CK_TOKEN_INFO:
     """CK_TOKEN_INFO as the token's listing or the last `refresh` read it."""
     return handle.info
 
 
 def _free_memory(ts: TokenSession) -> tuple[int | None, int | None]:
     info = read_token_info(ts.handle)
-    if info is None:
-        return None, None
 
     def known(value: int) -> int | None:
         # CK_UNAVAILABLE_INFORMATION, and CK_EFFECTIVELY_INFINITE (0) for memory, mean "no limit to check"

@@ -24,7 +24,6 @@ from pathlib import Path
 from pkcs11.exceptions import PinInvalid, PinLenRange, PKCS11Error
 
 from tokenagent.errors import OutputError, PinError, TokenOperationError
-from tokenagent.token import raw
 from tokenagent.token.ckr import exception_rv_name
 from tokenagent.token.library import TokenHandle
 from tokenagent.token.pins import Pin, PinSource
@@ -36,9 +35,10 @@ ALPHABET = "0123456789"
 
 
 def pin_length_range(handle: TokenHandle) -> tuple[int, int]:
-    """ulMinPinLen, ulMaxPinLen from CK_TOKEN_INFO (4..8 when the token does not say)."""
-    info = raw.token_info(handle.module.path, handle.slot_id)
-    if info is None or not info.ulMaxPinLen:
+    """ulMinPinLen, ulMaxPinLen from CK_TOKEN_INFO as the listing read it (4..8 when the token does
+    not say): they do not change, so no call of their own."""
+    info = handle.info
+    if not info.ulMaxPinLen:
         return 4, 8
     return int(info.ulMinPinLen), int(info.ulMaxPinLen)
 
